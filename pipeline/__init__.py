@@ -1,0 +1,1 @@
+"""petseg: binary pet/background segmentation on Oxford-IIIT Pet, orchestrated by DVC."""

@@ -1,0 +1,140 @@
+"""Train/valid/test split, trimap → mask, and the preprocessed cache (uint8 arrays per split).
+
+Trimap values follow the dataset README: 1 = pet, 2 = background, 3 = boundary.
+"""
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.errors import UserError
+from pipeline.io import atomic_path
+from pipeline.layout import image_path, read_stems, trimap_path
+
+TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Split:
+    """Stem lists of the three splits, and how many listed stems were skipped for missing files."""
+
+    train: list[str]
+    valid: list[str]
+    test: list[str]
+    skipped: dict[str, int]
+
+
+def make_split(root: Path, valid_fraction: float, seed: int) -> Split:
+    """Split official trainval.txt into train/valid and take test.txt as test.
+
+    The valid set is ``round(valid_fraction * len(trainval))`` stems drawn with ``random.Random(seed)``
+    from the sorted trainval stems, so the split depends only on the stems, the fraction and the
+    seed. Stems without both an image and a trimap are skipped; ``skipped`` counts them per list.
+    Raises UserError if a split would be empty.
+    """
+    root = Path(root)
+    lists, skipped = {}, {}
+    for name in ("trainval", "test"):
+        stems = sorted(set(read_stems(root / "annotations" / f"{name}.txt")))
+        present = [s for s in stems if image_path(root, s).is_file() and trimap_path(root, s).is_file()]
+        lists[name], skipped[name] = present, len(stems) - len(present)
+    trainval = lists["trainval"]
+    n_valid = round(valid_fraction * len(trainval))
+    valid = sorted(random.Random(seed).sample(trainval, n_valid))
+    chosen = set(valid)
+    split = Split([s for s in trainval if s not in chosen], valid, lists["test"], skipped)
+    for name in ("train", "valid", "test"):
+        if not getattr(split, name):
+            raise UserError(
+                f"{root}: the {name} split is empty ({len(trainval)} trainval, {len(lists['test'])} test "
+                "stems with files); check the dataset and split.valid_fraction"
+            )
+    return split
+
+
+def trimap_to_mask(trimap: np.ndarray, boundary: str = "pet") -> np.ndarray:
+    """Map an Oxford-IIIT Pet trimap to a binary mask.
+
+    ``trimap``: uint8 (H, W) with values in {1 pet, 2 background, 3 boundary}. ``boundary``: "pet"
+    counts the boundary band as pet, "background" as background. Returns uint8 (H, W) in {0, 1}.
+    Raises ValueError on any other trimap value or policy.
+    """
+    if boundary not in ("pet", "background"):
+        raise ValueError(f"boundary policy must be 'pet' or 'background', got {boundary!r}")
+    bad = np.setdiff1d(np.unique(trimap), [TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY])
+    if bad.size:
+        raise ValueError(f"trimap has values {bad.tolist()}; expected only 1 (pet), 2 (background), 3 (boundary)")
+    mask = trimap == TRIMAP_PET
+    if boundary == "pet":
+        mask |= trimap == TRIMAP_BOUNDARY
+    return mask.astype(np.uint8)
+
+
+def _open(path: Path, mode: str) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            # convert() decodes fully, so a truncated file fails here, not later.
+            return img.convert(mode)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found; rerun the download and split stages") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise UserError(f"{path}: cannot decode ({err}); replace the file or delete the pair") from None
+
+
+def load_pair(root: Path, stem: str, size: int, boundary: str) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one image/trimap pair and resize it to ``size`` x ``size`` pixels.
+
+    The image is opened with PIL whatever its real format (the official set has PNG and GIF files
+    named .jpg) and converted to RGB, then resized bilinearly; the trimap is resized with nearest
+    neighbour so its labels stay labels. Returns image uint8 (size, size, 3) and mask uint8
+    (size, size) in {0, 1}. Raises UserError for a missing or undecodable file or bad trimap values.
+    """
+    image = _open(image_path(root, stem), "RGB").resize((size, size), Image.Resampling.BILINEAR)
+    tpath = trimap_path(root, stem)
+    trimap = _open(tpath, "L").resize((size, size), Image.Resampling.NEAREST)
+    try:
+        mask = trimap_to_mask(np.asarray(trimap), boundary)
+    except ValueError as err:
+        raise UserError(f"{tpath}: {err}") from None
+    return np.asarray(image, dtype=np.uint8), mask
+
+
+@dataclass(frozen=True)
+class CachedSplit:
+    """One split of the cache: images uint8 (N, S, S, 3), masks uint8 (N, S, S) in {0, 1}, N stems."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    stems: list[str]
+
+
+def build_cache(root: Path, stems: list[str], size: int, boundary: str, progress: bool = True) -> CachedSplit:
+    """Decode and resize every stem once (see :func:`load_pair`)."""
+    from tqdm import tqdm
+
+    images = np.empty((len(stems), size, size, 3), np.uint8)
+    masks = np.empty((len(stems), size, size), np.uint8)
+    for i, stem in enumerate(tqdm(stems, desc="preprocess", unit="img", disable=not progress)):
+        images[i], masks[i] = load_pair(root, stem, size, boundary)
+    return CachedSplit(images, masks, list(stems))
+
+
+def save_cache(path: Path, split: CachedSplit) -> None:
+    """Write a split as an uncompressed .npz (images, masks, stems), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, images=split.images, masks=split.masks, stems=np.array(split.stems))
+
+
+def load_cache(path: Path) -> CachedSplit:
+    """Read a split written by :func:`save_cache`. Raises UserError if missing or malformed."""
+    try:
+        with np.load(path) as data:
+            split = CachedSplit(data["images"], data["masks"], data["stems"].tolist())
+    except FileNotFoundError:
+        raise UserError(f"{path}: cache not found; run `dvc repro preprocess`") from None
+    except (KeyError, ValueError, OSError) as err:
+        raise UserError(f"{path}: not a petseg cache ({err}); run `dvc repro -f preprocess`") from None
+    return split

@@ -1,0 +1,53 @@
+"""Stage `plot`: learning curves, prediction overlays and test Dice bars for all models."""
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cli import run_stage
+from pipeline.data import load_cache
+from pipeline.errors import UserError
+from pipeline.params import get_int, load_params, section
+from pipeline.plots import dice_bars, learning_curves, load_predictions, prediction_grid, read_curves, save_figure
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--models", nargs="+", required=True, help="model names, in display order")
+    parser.add_argument("--live", nargs="+", required=True, help="dvclive folder per model")
+    parser.add_argument("--metrics", nargs="+", required=True, help="metrics .json per model")
+    parser.add_argument("--predictions", nargs="+", required=True, help="predictions .npz per model")
+    parser.add_argument("--test", required=True, help="test split cache (.npz)")
+    parser.add_argument("--curves-png", required=True)
+    parser.add_argument("--predictions-png", required=True)
+    parser.add_argument("--dice-png", required=True)
+    args = parser.parse_args(argv)
+    if not len(args.models) == len(args.live) == len(args.metrics) == len(args.predictions):
+        raise UserError("plot: give one --live, --metrics and --predictions path per --models name")
+    params = section(load_params(args.params), "plot")
+    num_images = get_int(params, "num_images", "plot.", minimum=1)
+    seed = get_int(params, "seed", "plot.")
+
+    save_figure(learning_curves({m: read_curves(Path(p)) for m, p in zip(args.models, args.live)}), args.curves_png)
+    save_figure(dice_bars({m: json.loads(Path(p).read_text()) for m, p in zip(args.models, args.metrics)}), args.dice_png)
+
+    test = load_cache(Path(args.test))
+    chosen = np.sort(np.random.default_rng(seed).choice(len(test.stems), min(num_images, len(test.stems)), replace=False))
+    predictions = {}
+    for model, path in zip(args.models, args.predictions):
+        masks, stems = load_predictions(Path(path))
+        if stems != test.stems:
+            raise UserError(f"{path}: predictions are for other test images than {args.test}; run dvc repro")
+        predictions[model] = masks[chosen]
+    grid = prediction_grid(test.images[chosen], test.masks[chosen], predictions, [test.stems[i] for i in chosen])
+    save_figure(grid, args.predictions_png)
+    print(f"plot: wrote {args.curves_png}, {args.predictions_png}, {args.dice_png}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))

@@ -1,0 +1,35 @@
+"""Stage `preprocess`: decode, resize and binarise every split once into uint8 .npz caches."""
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.cli import run_stage
+from pipeline.data import build_cache, save_cache
+from pipeline.layout import read_stems
+from pipeline.models.blocks import SIZE_MULTIPLE
+from pipeline.params import BOUNDARY_POLICIES, get_choice, get_int, load_params, section
+from pipeline.errors import UserError
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--raw", required=True, help="dataset folder in the official layout")
+    parser.add_argument("--splits", required=True, help="folder with train.txt, valid.txt, test.txt")
+    parser.add_argument("--out", required=True, help="folder for train.npz, valid.npz, test.npz")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    size = get_int(params, "image_size", minimum=SIZE_MULTIPLE)
+    if size % SIZE_MULTIPLE:
+        raise UserError(f"params.yaml: image_size must be a multiple of {SIZE_MULTIPLE}, got {size}")
+    boundary = get_choice(section(params, "preprocess"), "boundary", BOUNDARY_POLICIES, "preprocess.")
+    for name in ("train", "valid", "test"):
+        stems = read_stems(Path(args.splits) / f"{name}.txt")
+        save_cache(Path(args.out) / f"{name}.npz", build_cache(Path(args.raw), stems, size, boundary))
+        print(f"preprocess: {name}: {len(stems)} images at {size}x{size}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))

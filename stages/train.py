@@ -1,0 +1,45 @@
+"""Stages `train-unet`, `train-resnet34unet`: fit one model, keep the best-valid-Dice weights."""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from dvclive import Live
+
+from pipeline.cli import run_stage
+from pipeline.data import load_cache
+from pipeline.params import load_params, train_config
+from pipeline.training import fit, select_device
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--model", required=True, help="registry name: unet or resnet34_unet")
+    parser.add_argument("--train", required=True, help="train split cache (.npz)")
+    parser.add_argument("--valid", required=True, help="valid split cache (.npz)")
+    parser.add_argument("--checkpoint", required=True, help="output .pt file")
+    parser.add_argument("--live", required=True, help="dvclive output folder")
+    args = parser.parse_args(argv)
+    cfg, arch = train_config(load_params(args.params), args.model)
+    train, valid = load_cache(args.train), load_cache(args.valid)
+    print(f"train {args.model}: {len(train.stems)} train / {len(valid.stems)} valid images on {select_device()}")
+    # dvcyaml=False: the plots are declared in dvc.yaml, which dvclive must not rewrite.
+    with Live(args.live, dvcyaml=False, save_dvc_exp=False, report=None) as live:
+
+        def log(epoch: int, record: dict[str, float]) -> None:
+            for name, value in record.items():
+                live.log_metric(name, value)
+            live.next_step()
+
+        result = fit(
+            args.model, arch, cfg, (train.images, train.masks), (valid.images, valid.masks), args.checkpoint, log
+        )
+    print(
+        f"train {args.model}: best valid Dice {result.best_valid_dice:.4f} at epoch {result.best_epoch} "
+        f"in {result.seconds:.0f} s → {args.checkpoint}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))
