@@ -4,6 +4,7 @@ Trimap values follow the dataset README: 1 = pet, 2 = background, 3 = boundary.
 """
 
 import random
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +136,6 @@ def load_cache(path: Path) -> CachedSplit:
             split = CachedSplit(data["images"], data["masks"], data["stems"].tolist())
     except FileNotFoundError:
         raise UserError(f"{path}: cache not found; run `dvc repro preprocess`") from None
-    except (KeyError, ValueError, OSError) as err:
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise UserError(f"{path}: not a petseg cache ({err}); run `dvc repro -f preprocess`") from None
     return split

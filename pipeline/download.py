@@ -1,18 +1,20 @@
 """Put Oxford-IIIT Pet in the official layout: from the official tarballs, a local copy, or synthetic."""
 
 import hashlib
+import http.client
 import shutil
 import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.layout import check_layout
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
+from pipeline.layout import check_layout
 from pipeline.synthetic import make_synthetic
 
 OFFICIAL_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/data"
@@ -57,14 +59,23 @@ def download(url: str, dest: Path, expected_size: int | None = None, timeout: fl
     request = urllib.request.Request(url, headers={"User-Agent": "petseg"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response, atomic_path(dest) as tmp:
-            total = int(response.headers.get("Content-Length") or 0) or expected_size
-            with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=Path(dest).name) as bar:
+            announced = int(response.headers.get("Content-Length") or 0)
+            received = 0
+            with (
+                open(tmp, "wb") as f,
+                tqdm(total=announced or expected_size, unit="B", unit_scale=True, desc=Path(dest).name) as bar,
+            ):
                 while chunk := response.read(CHUNK):
                     f.write(chunk)
+                    received += len(chunk)
                     bar.update(len(chunk))
+            if announced and received != announced:
+                raise UserError(
+                    f"cannot download {url}: connection closed after {received} of {announced} bytes; retry"
+                )
     except urllib.error.HTTPError as err:
         raise UserError(f"cannot download {url}: HTTP {err.code} {err.reason}; {OTHER_SOURCES}") from None
-    except (urllib.error.URLError, OSError) as err:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         reason = getattr(err, "reason", err)
         raise UserError(f"cannot download {url} ({reason}): no network?; {OTHER_SOURCES}") from None
 
@@ -89,9 +100,12 @@ def extract(tarball: Path, dest: Path) -> None:
     try:
         with tarfile.open(tarball, "r:gz") as tar:
             tar.extractall(dest, filter="data")
+            # tarfile stops at the end-of-archive marker; read on so gzip checks its CRC and length.
+            while tar.fileobj.read(CHUNK):
+                pass
     except tarfile.FilterError as err:
         raise UserError(f"{tarball}: refused unsafe member ({err}); the archive is not the official one") from None
-    except (tarfile.TarError, OSError, EOFError) as err:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
         raise UserError(f"{tarball}: cannot extract ({err}); delete it and download it again") from None
 
 

@@ -42,5 +42,3 @@ def read_stems(list_file: Path) -> list[str]:
     except FileNotFoundError:
         raise UserError(f"{list_file}: list file not found; rerun the download stage") from None
     return [line.split()[0] for line in lines if line.strip() and not line.startswith("#")]
-
-

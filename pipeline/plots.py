@@ -1,5 +1,6 @@
 """Figures for review: learning curves, prediction overlays, test Dice per model (matplotlib)."""
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -8,11 +9,13 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.io import atomic_path  # noqa: E402
+from pipeline.metrics import confusion_counts, dice_from_counts  # noqa: E402
 
-# dvclive writes one TSV per metric under <live>/plots/metrics/, with columns timestamp, step, <name>.
+# dvclive writes one TSV per metric under <live>/plots/metrics/, with columns step (0-based epoch) and <name>.
 CURVES = {"train/loss": "train loss", "valid/loss": "valid loss", "valid/dice": "valid Dice"}
 OVERLAY = np.array([255, 64, 0], np.float32)  # RGB of the mask overlay
 
@@ -75,9 +78,6 @@ def prediction_grid(
     ``images`` uint8 (K, S, S, 3); ``truth`` and each prediction uint8 (K, S, S) in {0, 1}.
     Prediction panels are titled with that image's Dice.
     """
-    from pipeline.metrics import confusion_counts, dice_from_counts
-    import torch
-
     cols = 2 + len(predictions)
     fig, axes = plt.subplots(len(images), cols, figsize=(2.4 * cols, 2.4 * len(images)), squeeze=False)
     for row, (image, gt, stem) in enumerate(zip(images, truth, stems, strict=True)):
@@ -111,6 +111,16 @@ def dice_bars(metrics: dict[str, dict]) -> plt.Figure:
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def read_metrics(path: Path) -> dict:
+    """The metrics dict an evaluate stage wrote. Raises UserError if missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: metrics not found; run the evaluate stages (dvc repro)") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err}); run dvc repro -f for its evaluate stage") from None
 
 
 def load_predictions(path: Path) -> tuple[np.ndarray, list[str]]:

@@ -35,7 +35,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(
+    name: str, optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step lr schedule: "cosine" anneals from ``lr`` to 0 over ``total_steps`` (Loshchilov &
     Hutter 2017, SGDR, without restarts); "constant" keeps ``lr``. Raises UserError for other names."""
     if name == "cosine":
@@ -68,7 +70,9 @@ def evaluate(
 
 
 @torch.no_grad()
-def predict_masks(model: nn.Module, images: np.ndarray, batch_size: int, threshold: float, device: torch.device) -> np.ndarray:
+def predict_masks(
+    model: nn.Module, images: np.ndarray, batch_size: int, threshold: float, device: torch.device
+) -> np.ndarray:
     """Binary masks for uint8 images (N, S, S, 3) → uint8 (N, S, S) in {0, 1} (sigmoid > threshold)."""
     model.eval()
     out = np.empty(images.shape[:3], np.uint8)
@@ -147,8 +151,14 @@ def fit(
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             with atomic_path(checkpoint) as tmp:
                 torch.save(
-                    {"model": model_name, "arch": arch, "state_dict": state, "epoch": epoch,
-                     "valid_dice": best, "image_size": size},
+                    {
+                        "model": model_name,
+                        "arch": arch,
+                        "state_dict": state,
+                        "epoch": epoch,
+                        "valid_dice": best,
+                        "image_size": size,
+                    },
                     tmp,
                 )
         if progress:

@@ -49,7 +49,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     with atomic_path(args.predictions) as tmp, open(tmp, "wb") as f:
         np.savez(f, masks=np.packbits(pred, axis=-1), shape=np.array(pred.shape), stems=np.array(test.stems))
     write_json(args.metrics, metrics)
-    print(f"evaluate {ckpt['model']}: test Dice {metrics['dice']:.4f}, IoU {metrics['iou']:.4f} over {len(pred)} images")
+    print(
+        f"evaluate {ckpt['model']}: test Dice {metrics['dice']:.4f}, IoU {metrics['iou']:.4f} over {len(pred)} images"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Stage `plot`: learning curves, prediction overlays and test Dice bars for all models."""
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +11,15 @@ from pipeline.cli import run_stage
 from pipeline.data import load_cache
 from pipeline.errors import UserError
 from pipeline.params import get_int, load_params, section
-from pipeline.plots import dice_bars, learning_curves, load_predictions, prediction_grid, read_curves, save_figure
+from pipeline.plots import (
+    dice_bars,
+    learning_curves,
+    load_predictions,
+    prediction_grid,
+    read_curves,
+    read_metrics,
+    save_figure,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -33,13 +40,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     num_images = get_int(params, "num_images", "plot.", minimum=1)
     seed = get_int(params, "seed", "plot.")
 
-    save_figure(learning_curves({m: read_curves(Path(p)) for m, p in zip(args.models, args.live)}), args.curves_png)
-    save_figure(dice_bars({m: json.loads(Path(p).read_text()) for m, p in zip(args.models, args.metrics)}), args.dice_png)
+    names = args.models
+    save_figure(
+        learning_curves({m: read_curves(Path(p)) for m, p in zip(names, args.live, strict=True)}), args.curves_png
+    )
+    save_figure(dice_bars({m: read_metrics(Path(p)) for m, p in zip(names, args.metrics, strict=True)}), args.dice_png)
 
     test = load_cache(Path(args.test))
-    chosen = np.sort(np.random.default_rng(seed).choice(len(test.stems), min(num_images, len(test.stems)), replace=False))
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(test.stems), min(num_images, len(test.stems)), replace=False))
     predictions = {}
-    for model, path in zip(args.models, args.predictions):
+    for model, path in zip(names, args.predictions, strict=True):
         masks, stems = load_predictions(Path(path))
         if stems != test.stems:
             raise UserError(f"{path}: predictions are for other test images than {args.test}; run dvc repro")

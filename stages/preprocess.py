@@ -7,10 +7,10 @@ from pathlib import Path
 
 from pipeline.cli import run_stage
 from pipeline.data import build_cache, save_cache
+from pipeline.errors import UserError
 from pipeline.layout import read_stems
 from pipeline.models.blocks import SIZE_MULTIPLE
 from pipeline.params import BOUNDARY_POLICIES, get_choice, get_int, load_params, section
-from pipeline.errors import UserError
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,24 @@
+# Set-up and the two entry points; see README.md.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export DVC_NO_ANALYTICS ?= 1
+
+.PHONY: setup test repro
+setup: $(VENV)/.installed
+
+# torch/torchvision are pinned here, not in pyproject.toml: pip would otherwise be free to pick any
+# build satisfying the ranges there (the pinned pair is the one this project is tested with).
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
+
+repro: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro

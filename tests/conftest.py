@@ -1,0 +1,30 @@
+"""Shared fixtures: the repository root, the real mini dataset, a small synthetic dataset."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+# ../shared beside the repository (CI puts it there); PETSEG_PETS_MINI overrides.
+PETS_MINI = Path(os.environ.get("PETSEG_PETS_MINI", REPO.parent / "shared" / "data" / "oxford-iiit-pet-mini"))
+
+
+@pytest.fixture(scope="session")
+def pets_mini() -> Path:
+    """The real 619-pair Oxford-IIIT Pet subset; skips the test when it is absent."""
+    if not (PETS_MINI / "annotations" / "trimaps").is_dir():
+        pytest.skip(f"real pets not found at {PETS_MINI} (set PETSEG_PETS_MINI or put ../shared beside the repo)")
+    return PETS_MINI
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A 16-image synthetic dataset in the official layout (seed 0), shared read-only by tests."""
+    from pipeline.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic(root, 16, seed=0)
+    return root

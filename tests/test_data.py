@@ -1,0 +1,383 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import stages.preprocess
+import stages.split
+from pipeline.cli import run_stage
+from pipeline.data import CachedSplit, build_cache, load_cache, load_pair, make_split, save_cache, trimap_to_mask
+from pipeline.errors import UserError
+from pipeline.layout import image_path, read_stems, trimap_path
+
+TRIMAP = np.array(
+    [
+        [1, 1, 3, 2],
+        [1, 3, 3, 2],
+        [3, 2, 2, 2],
+    ],
+    dtype=np.uint8,
+)
+
+
+# --- trimap_to_mask ---------------------------------------------------------------------------
+
+
+def test_trimap_to_mask_pet_policy_counts_boundary_as_pet():
+    mask = trimap_to_mask(TRIMAP, "pet")
+    expected = np.array([[1, 1, 1, 0], [1, 1, 1, 0], [1, 0, 0, 0]], dtype=np.uint8)
+    assert mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_trimap_to_mask_background_policy_counts_only_pet_as_pet():
+    mask = trimap_to_mask(TRIMAP, "background")
+    expected = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=np.uint8)
+    assert mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_trimap_to_mask_default_policy_is_pet():
+    np.testing.assert_array_equal(trimap_to_mask(TRIMAP), trimap_to_mask(TRIMAP, "pet"))
+
+
+def test_trimap_to_mask_does_not_modify_input():
+    trimap = TRIMAP.copy()
+    trimap_to_mask(trimap, "pet")
+    np.testing.assert_array_equal(trimap, TRIMAP)
+
+
+@pytest.mark.parametrize("bad", [0, 4, 255])
+@pytest.mark.parametrize("boundary", ["pet", "background"])
+def test_trimap_to_mask_rejects_unexpected_values(bad, boundary):
+    trimap = TRIMAP.copy()
+    trimap[1, 1] = bad
+    with pytest.raises(ValueError, match=str(bad)):
+        trimap_to_mask(trimap, boundary)
+
+
+def test_trimap_to_mask_rejects_unknown_policy():
+    with pytest.raises(ValueError, match="boundary"):
+        trimap_to_mask(TRIMAP, "border")
+
+
+# --- make_split -------------------------------------------------------------------------------
+
+
+def _stub_dataset(root: Path, n_trainval: int, n_test: int) -> Path:
+    """Official layout with empty image/trimap files: enough for make_split, which only checks files exist."""
+    (root / "images").mkdir(parents=True)
+    (root / "annotations" / "trimaps").mkdir(parents=True)
+    trainval = [f"pet_{i:03d}" for i in range(n_trainval)]
+    test = [f"pet_{i:03d}" for i in range(n_trainval, n_trainval + n_test)]
+    for stem in trainval + test:
+        image_path(root, stem).touch()
+        trimap_path(root, stem).touch()
+    header = "#Image CLASS-ID SPECIES BREED ID\n"
+    (root / "annotations" / "trainval.txt").write_text("".join(f"{s} 1 2 1\n" for s in trainval))
+    (root / "annotations" / "test.txt").write_text("".join(f"{s} 1 2 1\n" for s in test))
+    (root / "annotations" / "list.txt").write_text(header + "".join(f"{s} 1 2 1\n" for s in trainval + test))
+    return root
+
+
+@pytest.fixture(scope="module")
+def stub_root(tmp_path_factory) -> Path:
+    return _stub_dataset(tmp_path_factory.mktemp("stub"), n_trainval=120, n_test=30)
+
+
+def test_make_split_same_seed_gives_identical_lists(stub_root):
+    a = make_split(stub_root, 0.2, seed=7)
+    b = make_split(stub_root, 0.2, seed=7)
+    assert (a.train, a.valid, a.test) == (b.train, b.valid, b.test)
+
+
+def test_make_split_different_seed_gives_different_valid_set(stub_root):
+    a = make_split(stub_root, 0.2, seed=7)
+    b = make_split(stub_root, 0.2, seed=8)
+    assert len(a.valid) == len(b.valid)
+    assert set(a.valid) != set(b.valid)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.2, 0.33, 0.5, 0.9])
+def test_make_split_valid_size_train_valid_partition_and_test(stub_root, fraction):
+    trainval = read_stems(stub_root / "annotations" / "trainval.txt")
+    test = read_stems(stub_root / "annotations" / "test.txt")
+    split = make_split(stub_root, fraction, seed=0)
+    assert len(split.valid) == round(fraction * len(trainval))
+    assert not set(split.train) & set(split.valid)
+    assert sorted(split.train + split.valid) == sorted(trainval)
+    assert sorted(split.test) == sorted(test)
+    assert split.skipped == {"trainval": 0, "test": 0}
+
+
+def test_make_split_on_synthetic_dataset(synthetic_root):
+    trainval = read_stems(synthetic_root / "annotations" / "trainval.txt")
+    split = make_split(synthetic_root, 0.25, seed=0)
+    assert len(split.valid) == round(0.25 * len(trainval))
+    assert sorted(split.train + split.valid) == sorted(trainval)
+    assert sorted(split.test) == sorted(read_stems(synthetic_root / "annotations" / "test.txt"))
+
+
+def test_make_split_skips_and_counts_stems_without_files(synthetic_root, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(synthetic_root, root)
+    trainval = read_stems(root / "annotations" / "trainval.txt")
+    test = read_stems(root / "annotations" / "test.txt")
+    no_image, no_trimap, no_test_trimap = trainval[0], trainval[1], test[0]
+    image_path(root, no_image).unlink()
+    trimap_path(root, no_trimap).unlink()
+    trimap_path(root, no_test_trimap).unlink()
+
+    split = make_split(root, 0.25, seed=0)
+
+    assert split.skipped == {"trainval": 2, "test": 1}
+    kept = split.train + split.valid + split.test
+    for stem in (no_image, no_trimap, no_test_trimap):
+        assert stem not in kept
+    assert sorted(split.train + split.valid) == sorted(set(trainval) - {no_image, no_trimap})
+    assert sorted(split.test) == sorted(set(test) - {no_test_trimap})
+    assert len(split.valid) == round(0.25 * (len(trainval) - 2))
+
+
+def test_make_split_raises_when_a_split_would_be_empty(stub_root):
+    with pytest.raises(UserError, match="valid"):
+        make_split(stub_root, 0.0, seed=0)
+
+
+# --- build_cache / save_cache / load_cache ------------------------------------------------------
+
+SIZE = 64
+
+
+def test_cache_round_trip_shapes_dtypes_and_masks(synthetic_root, tmp_path):
+    stems = read_stems(synthetic_root / "annotations" / "trainval.txt")[:5]
+    cache = build_cache(synthetic_root, stems, SIZE, "pet", progress=False)
+    path = tmp_path / "sub" / "train.npz"
+    save_cache(path, cache)
+    loaded = load_cache(path)
+
+    assert loaded.images.shape == (len(stems), SIZE, SIZE, 3)
+    assert loaded.masks.shape == (len(stems), SIZE, SIZE)
+    assert loaded.images.dtype == np.uint8
+    assert loaded.masks.dtype == np.uint8
+    assert set(np.unique(loaded.masks).tolist()) <= {0, 1}
+    assert loaded.stems == stems
+    np.testing.assert_array_equal(loaded.images, cache.images)
+    np.testing.assert_array_equal(loaded.masks, cache.masks)
+    assert [p.name for p in path.parent.iterdir()] == ["train.npz"]  # no temporary left behind
+
+    for i, stem in enumerate(stems):
+        with Image.open(trimap_path(synthetic_root, stem)) as tri:
+            trimap = np.asarray(tri.resize((SIZE, SIZE), Image.Resampling.NEAREST))
+        np.testing.assert_array_equal(loaded.masks[i], trimap_to_mask(trimap, "pet"), err_msg=stem)
+        np.testing.assert_array_equal(loaded.masks[i], np.isin(trimap, (1, 3)).astype(np.uint8), err_msg=stem)
+        with Image.open(image_path(synthetic_root, stem)) as img:
+            image = np.asarray(img.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+        np.testing.assert_array_equal(loaded.images[i], image, err_msg=stem)
+
+
+def test_build_cache_background_policy_gives_smaller_masks(synthetic_root):
+    stems = read_stems(synthetic_root / "annotations" / "trainval.txt")[:3]
+    pet = build_cache(synthetic_root, stems, SIZE, "pet", progress=False).masks
+    background = build_cache(synthetic_root, stems, SIZE, "background", progress=False).masks
+    assert (background <= pet).all()
+    for i in range(len(stems)):
+        assert background[i].sum() < pet[i].sum()
+
+
+def test_load_cache_missing_file_raises_user_error(tmp_path):
+    path = tmp_path / "nope.npz"
+    with pytest.raises(UserError, match="nope.npz"):
+        load_cache(path)
+
+
+def test_load_cache_not_a_cache_raises_user_error(tmp_path):
+    path = tmp_path / "other.npz"
+    np.savez(path, something=np.zeros(3))
+    with pytest.raises(UserError, match="other.npz"):
+        load_cache(path)
+
+
+# --- load_pair on odd files ---------------------------------------------------------------------
+
+
+def _pair_root(root: Path, stem: str, image: Image.Image, fmt: str, size=(40, 30)) -> Path:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / "trimaps").mkdir(parents=True, exist_ok=True)
+    image.save(image_path(root, stem), format=fmt)
+    trimap = np.full((size[1], size[0]), 2, np.uint8)
+    trimap[5:25, 10:30] = 3
+    trimap[8:22, 13:27] = 1
+    Image.fromarray(trimap).save(trimap_path(root, stem))
+    return root
+
+
+def test_load_pair_png_with_alpha_named_jpg(tmp_path):
+    rgba = np.zeros((30, 40, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 3] = 200, 50, 128
+    root = _pair_root(tmp_path, "alpha", Image.fromarray(rgba, "RGBA"), "PNG")
+    with Image.open(image_path(root, "alpha")) as img:
+        assert img.format == "PNG" and img.mode == "RGBA"  # really a PNG behind the .jpg name
+
+    image, mask = load_pair(root, "alpha", 32, "pet")
+
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    assert mask.shape == (32, 32) and mask.dtype == np.uint8
+    assert set(np.unique(mask).tolist()) == {0, 1}
+    np.testing.assert_array_equal(image[..., 0], 200)
+    np.testing.assert_array_equal(image[..., 1], 50)
+
+
+def test_load_pair_gif_named_jpg(tmp_path):
+    rgb = np.zeros((30, 40, 3), np.uint8)
+    rgb[:, :20] = (255, 0, 0)
+    rgb[:, 20:] = (0, 0, 255)
+    root = _pair_root(tmp_path, "anim", Image.fromarray(rgb).convert("P"), "GIF")
+    with Image.open(image_path(root, "anim")) as img:
+        assert img.format == "GIF" and img.mode == "P"
+
+    image, mask = load_pair(root, "anim", 64, "background")
+
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert mask.shape == (64, 64) and mask.dtype == np.uint8
+    assert set(np.unique(mask).tolist()) == {0, 1}
+    np.testing.assert_array_equal(image[:, 0], np.tile([255, 0, 0], (64, 1)))
+    np.testing.assert_array_equal(image[:, -1], np.tile([0, 0, 255], (64, 1)))
+
+
+def test_load_pair_corrupt_image_raises_user_error_naming_file(tmp_path):
+    root = _pair_root(tmp_path, "broken", Image.new("RGB", (40, 30)), "JPEG")
+    image_path(root, "broken").write_bytes(np.random.default_rng(0).bytes(2048))
+    with pytest.raises(UserError, match="broken.jpg"):
+        load_pair(root, "broken", 32, "pet")
+
+
+def test_load_pair_truncated_jpeg_raises_user_error_naming_file(tmp_path):
+    noise = np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    root = _pair_root(tmp_path, "cut", Image.fromarray(noise), "JPEG")
+    path = image_path(root, "cut")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError, match="cut.jpg"):
+        load_pair(root, "cut", 32, "pet")
+
+
+def test_load_pair_missing_trimap_raises_user_error_naming_file(tmp_path):
+    root = _pair_root(tmp_path, "lonely", Image.new("RGB", (40, 30)), "JPEG")
+    trimap_path(root, "lonely").unlink()
+    with pytest.raises(UserError, match="lonely.png"):
+        load_pair(root, "lonely", 32, "pet")
+
+
+def test_load_pair_bad_trimap_value_raises_user_error_naming_file(tmp_path):
+    root = _pair_root(tmp_path, "odd", Image.new("RGB", (40, 30)), "JPEG")
+    Image.fromarray(np.full((30, 40), 7, np.uint8)).save(trimap_path(root, "odd"))
+    with pytest.raises(UserError, match="odd.png"):
+        load_pair(root, "odd", 32, "pet")
+
+
+# --- split and preprocess stages, in process ----------------------------------------------------
+
+
+def _params(tmp_path: Path, image_size: int = 64, valid_fraction: float = 0.25, boundary: str = "pet") -> Path:
+    path = tmp_path / "params.yaml"
+    params = {
+        "split": {"valid_fraction": valid_fraction, "seed": 0},
+        "image_size": image_size,
+        "preprocess": {"boundary": boundary},
+    }
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_split_and_preprocess_stages_write_their_outputs(synthetic_root, tmp_path, capsys):
+    params = _params(tmp_path)
+    splits, cache = tmp_path / "splits", tmp_path / "cache"
+
+    code = run_stage(stages.split.main, ["--params", str(params), "--raw", str(synthetic_root), "--out", str(splits)])
+    assert code == 0
+    expected = make_split(synthetic_root, 0.25, seed=0)
+    assert sorted(p.name for p in splits.iterdir()) == ["summary.json", "test.txt", "train.txt", "valid.txt"]
+    assert _lines(splits / "train.txt") == expected.train
+    assert _lines(splits / "valid.txt") == expected.valid
+    assert _lines(splits / "test.txt") == expected.test
+    summary = json.loads((splits / "summary.json").read_text())
+    assert summary["train"] == len(expected.train)
+    assert summary["valid"] == len(expected.valid)
+    assert summary["test"] == len(expected.test)
+    assert summary["skipped_missing_files"] == {"trainval": 0, "test": 0}
+
+    argv = ["--params", str(params), "--raw", str(synthetic_root), "--splits", str(splits), "--out", str(cache)]
+    code = run_stage(stages.preprocess.main, argv)
+    assert code == 0
+    assert sorted(p.name for p in cache.iterdir()) == ["test.npz", "train.npz", "valid.npz"]
+    for name in ("train", "valid", "test"):
+        stems = _lines(splits / f"{name}.txt")
+        loaded = load_cache(cache / f"{name}.npz")
+        assert loaded.stems == stems
+        assert loaded.images.shape == (len(stems), 64, 64, 3)
+        assert loaded.masks.shape == (len(stems), 64, 64)
+        assert set(np.unique(loaded.masks).tolist()) == {0, 1}
+    assert "error" not in capsys.readouterr().err
+
+
+def test_preprocess_stage_rejects_image_size_not_multiple_of_32(synthetic_root, tmp_path, capsys):
+    splits, cache = tmp_path / "splits", tmp_path / "cache"
+    assert (
+        run_stage(
+            stages.split.main, ["--params", str(_params(tmp_path)), "--raw", str(synthetic_root), "--out", str(splits)]
+        )
+        == 0
+    )
+    capsys.readouterr()
+
+    params = _params(tmp_path, image_size=100)
+    argv = ["--params", str(params), "--raw", str(synthetic_root), "--splits", str(splits), "--out", str(cache)]
+    code = run_stage(stages.preprocess.main, argv)
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: ")
+    assert "image_size" in err and "100" in err
+    assert "Traceback" not in err
+    assert not cache.exists()
+
+
+def test_split_stage_rejects_bad_valid_fraction(synthetic_root, tmp_path, capsys):
+    splits = tmp_path / "splits"
+    params = _params(tmp_path, valid_fraction=1.5)
+    code = run_stage(stages.split.main, ["--params", str(params), "--raw", str(synthetic_root), "--out", str(splits)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: ") and "valid_fraction" in err
+    assert not splits.exists()
+
+
+def test_split_stage_reports_missing_list_file(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    (raw / "annotations").mkdir(parents=True)
+    splits = tmp_path / "splits"
+    code = run_stage(stages.split.main, ["--params", str(_params(tmp_path)), "--raw", str(raw), "--out", str(splits)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "trainval.txt" in err
+    assert not splits.exists()
+
+
+@pytest.mark.parametrize("keep", [0, 200], ids=["empty", "truncated"])
+def test_load_cache_truncated_file_raises_user_error(tmp_path, keep):
+    good = tmp_path / "good.npz"
+    save_cache(good, CachedSplit(np.zeros((2, 8, 8, 3), np.uint8), np.zeros((2, 8, 8), np.uint8), ["a", "b"]))
+    path = tmp_path / "cut.npz"
+    path.write_bytes(good.read_bytes()[:keep])
+    with pytest.raises(UserError, match="cut.npz"):
+        load_cache(path)

@@ -1,0 +1,379 @@
+import hashlib
+import http.client
+import http.server
+import io
+import socket
+import tarfile
+import threading
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import stages.download
+from pipeline.cli import run_stage
+from pipeline.download import Archive, download, extract, from_url, prepare_dataset
+from pipeline.errors import UserError
+from pipeline.layout import check_layout
+from pipeline.synthetic import make_synthetic
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    # urllib honours *_proxy variables; requests to 127.0.0.1 must not leave the machine.
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def fake_pets(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fake_pets")
+    make_synthetic(root, 8, seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tarballs(fake_pets, tmp_path_factory) -> Path:
+    """A folder holding images.tar.gz (images/...) and annotations.tar.gz (annotations/...)."""
+    folder = tmp_path_factory.mktemp("tarballs")
+    for sub in ("images", "annotations"):
+        with tarfile.open(folder / f"{sub}.tar.gz", "w:gz") as tar:
+            tar.add(fake_pets / sub, arcname=sub)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def archives(tarballs) -> tuple[Archive, ...]:
+    return tuple(
+        Archive(name, _md5(tarballs / name), (tarballs / name).stat().st_size)
+        for name in ("images.tar.gz", "annotations.tar.gz")
+    )
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(tarballs):
+    """Base URL of an HTTP server on 127.0.0.1 serving the tarball folder."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(tarballs)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# --- from_url over a real local HTTP server -----------------------------------------------------
+
+
+def test_from_url_downloads_verifies_and_extracts(server, archives, fake_pets, tmp_path):
+    dest, work = tmp_path / "dest", tmp_path / "work"
+    from_url(server, dest, work, archives)
+    check_layout(dest)
+    assert _files(dest) == _files(fake_pets)
+    assert sorted(p.name for p in work.iterdir()) == ["annotations.tar.gz", "images.tar.gz"]
+
+
+def test_from_url_accepts_trailing_slash(server, archives, tmp_path):
+    from_url(server + "/", tmp_path / "dest", tmp_path / "work", archives)
+    check_layout(tmp_path / "dest")
+
+
+def test_from_url_wrong_md5_raises_and_extracts_nothing(server, archives, tmp_path):
+    bad = (Archive(archives[0].name, "0" * 32, archives[0].size), archives[1])
+    dest = tmp_path / "dest"
+    with pytest.raises(UserError, match="MD5") as info:
+        from_url(server, dest, tmp_path / "work", bad)
+    assert "images.tar.gz" in str(info.value)
+    assert not (dest / "images").exists()
+
+
+# --- prepare_dataset ----------------------------------------------------------------------------
+
+
+def test_prepare_dataset_from_tarball_folder_rejects_unofficial_md5_and_leaves_no_dest(tarballs, tmp_path):
+    dest = tmp_path / "out" / "raw"
+    with pytest.raises(UserError, match="MD5"):
+        prepare_dataset(str(tarballs), dest)
+    assert not dest.exists()
+    assert _leftovers(dest.parent) == []
+
+
+def test_prepare_dataset_official_source_with_unofficial_tarballs_leaves_no_dest(server, tmp_path):
+    dest = tmp_path / "out" / "raw"
+    with pytest.raises(UserError, match="MD5"):
+        prepare_dataset("oxford-iiit-pet", dest, url=server)
+    assert not dest.exists()
+    assert _leftovers(dest.parent) == []
+
+
+def test_prepare_dataset_copies_local_folder_in_official_layout(fake_pets, tmp_path):
+    dest = tmp_path / "out" / "raw"
+    done = prepare_dataset(str(fake_pets), dest)
+    assert str(fake_pets) in done
+    check_layout(dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["annotations", "images"]
+    assert _files(dest) == _files(fake_pets)
+    assert _leftovers(dest.parent) == ["raw"]
+
+
+def test_prepare_dataset_replaces_existing_dest(fake_pets, tmp_path):
+    dest = tmp_path / "raw"
+    (dest / "stale").mkdir(parents=True)
+    (dest / "stale" / "old.txt").write_text("old")
+    prepare_dataset(str(fake_pets), dest)
+    assert not (dest / "stale").exists()
+    assert _files(dest) == _files(fake_pets)
+
+
+def test_prepare_dataset_failure_keeps_existing_dest(tmp_path):
+    dest = tmp_path / "raw"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("keep")
+    with pytest.raises(UserError):
+        prepare_dataset(str(tmp_path / "missing"), dest)
+    assert _files(dest) == {"keep.txt": b"keep"}
+
+
+def test_prepare_dataset_missing_folder_raises_naming_it(tmp_path):
+    missing, dest = tmp_path / "no_such_folder", tmp_path / "raw"
+    with pytest.raises(UserError, match="no_such_folder"):
+        prepare_dataset(str(missing), dest)
+    assert not dest.exists()
+
+
+def test_prepare_dataset_folder_in_neither_layout_raises_naming_it(tmp_path):
+    folder, dest = tmp_path / "random_stuff", tmp_path / "raw"
+    (folder / "images").mkdir(parents=True)
+    (folder / "notes.txt").write_text("not a dataset")
+    with pytest.raises(UserError, match="random_stuff") as info:
+        prepare_dataset(str(folder), dest)
+    assert "annotations" in str(info.value)
+    assert not dest.exists()
+
+
+def test_prepare_dataset_folder_with_only_one_tarball_is_not_taken_for_tarballs(tarballs, tmp_path):
+    folder, dest = tmp_path / "half", tmp_path / "raw"
+    folder.mkdir()
+    (folder / "images.tar.gz").write_bytes((tarballs / "images.tar.gz").read_bytes())
+    with pytest.raises(UserError, match="half"):
+        prepare_dataset(str(folder), dest)
+    assert not dest.exists()
+
+
+def test_prepare_dataset_synthetic(tmp_path):
+    dest = tmp_path / "raw"
+    prepare_dataset("synthetic", dest, synthetic_images=6, synthetic_seed=2)
+    check_layout(dest)
+    assert len(list((dest / "images").iterdir())) == 6
+    reference = tmp_path / "reference"
+    make_synthetic(reference, 6, seed=2)
+    assert _files(dest) == _files(reference)
+
+
+# --- download -----------------------------------------------------------------------------------
+
+
+def test_download_fetches_file(server, tarballs, tmp_path):
+    dest = tmp_path / "dl" / "images.tar.gz"
+    download(f"{server}/images.tar.gz", dest)
+    assert dest.read_bytes() == (tarballs / "images.tar.gz").read_bytes()
+    assert _leftovers(dest.parent) == ["images.tar.gz"]
+
+
+def test_download_no_network_names_other_sources_and_writes_nothing(closed_port, tmp_path):
+    dest = tmp_path / "dl" / "x"
+    url = f"http://127.0.0.1:{closed_port}/x"
+    with pytest.raises(UserError, match="synthetic") as info:
+        download(url, dest, timeout=5)
+    assert url in str(info.value)
+    assert not dest.exists()
+    assert _leftovers(dest.parent) == []
+
+
+def test_download_http_404_raises_with_status(server, tmp_path):
+    dest = tmp_path / "dl" / "missing.tar.gz"
+    with pytest.raises(UserError, match="404") as info:
+        download(f"{server}/missing.tar.gz", dest, timeout=5)
+    assert "synthetic" in str(info.value)
+    assert not dest.exists()
+    assert _leftovers(dest.parent) == []
+
+
+class _TruncatingHandler(http.server.BaseHTTPRequestHandler):
+    """Promises more bytes than it sends, then hangs up (a dropped connection mid-transfer)."""
+
+    def log_message(self, format, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        if self.path == "/chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"a\r\n0123456789\r\n")  # no terminating 0-length chunk
+        else:
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"x" * 10)
+        self.wfile.flush()
+        self.close_connection = True
+
+
+@pytest.fixture
+def truncating_server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TruncatingHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+def test_download_dropped_connection_raises_and_writes_nothing(truncating_server, tmp_path):
+    dest = tmp_path / "dl" / "file"
+    with pytest.raises(UserError):
+        download(f"{truncating_server}/plain", dest, timeout=5)
+    assert not dest.exists()
+
+
+def test_download_cut_chunked_response_raises_user_error(truncating_server, tmp_path):
+    dest = tmp_path / "dl" / "file"
+    with pytest.raises(UserError):
+        download(f"{truncating_server}/chunked", dest, timeout=5)
+    assert not dest.exists()
+
+
+# --- extract ------------------------------------------------------------------------------------
+
+
+def _tar_with(path: Path, members: list[tuple[str, bytes | None, str | None]]) -> Path:
+    """Write a .tar.gz of (name, data, symlink target) members."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data, target in members:
+            info = tarfile.TarInfo(name)
+            if target is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, target
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "member",
+    [("../evil.txt", b"evil", None), ("sub/../../evil.txt", b"evil", None), ("link", None, "../../evil.txt")],
+    ids=["dotdot", "nested-dotdot", "symlink-out"],
+)
+def test_extract_refuses_members_leaving_dest(tmp_path, member):
+    tarball = _tar_with(tmp_path / "evil.tar.gz", [member])
+    box = tmp_path / "box"
+    dest = box / "dest"
+    dest.mkdir(parents=True)
+    before = _files(tmp_path)
+    with pytest.raises(UserError, match="evil.tar.gz"):
+        extract(tarball, dest)
+    assert not (box / "evil.txt").exists()
+    assert not (tmp_path / "evil.txt").exists()
+    outside = {k: v for k, v in _files(tmp_path).items() if not k.startswith("box/dest/")}
+    assert outside == before
+
+
+def test_extract_safe_tarball(tmp_path):
+    tarball = _tar_with(tmp_path / "ok.tar.gz", [("a/b.txt", b"hello", None)])
+    extract(tarball, tmp_path / "dest")
+    assert _files(tmp_path / "dest") == {"a/b.txt": b"hello"}
+
+
+def test_extract_corrupt_tarball_raises_user_error(tmp_path):
+    tarball = tmp_path / "broken.tar.gz"
+    tarball.write_bytes(b"\x1f\x8b" + b"definitely not gzip data" * 10)
+    with pytest.raises(UserError, match="broken.tar.gz"):
+        extract(tarball, tmp_path / "dest")
+
+
+# --- the download stage, in process -------------------------------------------------------------
+
+
+def _params(tmp_path: Path, source: str, url: str = "http://127.0.0.1:9/data") -> Path:
+    path = tmp_path / "params.yaml"
+    data = {"source": source, "url": url, "synthetic_images": 6, "synthetic_seed": 1}
+    path.write_text(yaml.safe_dump({"data": data}))
+    return path
+
+
+def test_download_stage_without_network_fails_with_one_line(closed_port, tmp_path, capsys):
+    params = _params(tmp_path, "oxford-iiit-pet", url=f"http://127.0.0.1:{closed_port}/data")
+    out = tmp_path / "data" / "raw"
+    code = run_stage(stages.download.main, ["--params", str(params), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: ")
+    assert "synthetic" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert _leftovers(out.parent) == []
+
+
+def test_download_stage_synthetic_writes_layout(tmp_path, capsys):
+    out = tmp_path / "data" / "raw"
+    code = run_stage(stages.download.main, ["--params", str(_params(tmp_path, "synthetic")), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "error" not in captured.err
+    check_layout(out)
+    assert len(list((out / "images").iterdir())) == 6
+    reference = tmp_path / "reference"
+    make_synthetic(reference, 6, seed=1)
+    assert _files(out) == _files(reference)
+
+
+def test_download_stage_rejects_too_few_synthetic_images(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    data = {"source": "synthetic", "url": "x", "synthetic_images": 2, "synthetic_seed": 0}
+    params.write_text(yaml.safe_dump({"data": data}))
+    out = tmp_path / "raw"
+    code = run_stage(stages.download.main, ["--params", str(params), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "synthetic_images" in err
+    assert not out.exists()
+
+
+def test_extract_detects_bytes_corrupted_inside_the_gzip_stream(tmp_path):
+    payload = np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    tarball = _tar_with(tmp_path / "a.tar.gz", [("images/x.bin", payload, None)])
+    data = bytearray(tarball.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tarball.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="a.tar.gz"):
+        extract(tarball, tmp_path / "out")
