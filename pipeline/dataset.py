@@ -11,19 +11,30 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-def train_transform(size: int) -> v2.Transform:
-    """Random flip, random resized crop back to ``size`` pixels, and colour jitter.
+AUGMENTATIONS = ("none", "flip", "full")
 
-    v2 applies the geometric ops to image and mask alike (nearest-neighbour for the
-    ``tv_tensors.Mask``) and the colour jitter to the image only.
+
+def train_transform(size: int, level: str) -> v2.Transform | None:
+    """The train-time augmentation named ``level`` for ``size``-pixel square images.
+
+    "none": no augmentation (returns None). "flip": random horizontal flip. "full": flip, a random
+    resized crop (50-100 % of the area) back to ``size`` pixels, and colour jitter. v2 applies the
+    geometric ops to image and mask alike (nearest-neighbour for the ``tv_tensors.Mask``) and the
+    colour jitter to the image only. Raises ValueError for another level.
     """
-    return v2.Compose(
-        [
-            v2.RandomHorizontalFlip(),
-            v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-        ]
-    )
+    if level == "none":
+        return None
+    if level == "flip":
+        return v2.RandomHorizontalFlip()
+    if level == "full":
+        return v2.Compose(
+            [
+                v2.RandomHorizontalFlip(),
+                v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
+                v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+            ]
+        )
+    raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {level!r}")
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

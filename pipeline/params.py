@@ -79,14 +79,6 @@ def get_choice(d: dict[str, Any], key: str, choices: tuple[str, ...], where: str
     return value
 
 
-def get_bool(d: dict[str, Any], key: str, where: str = "") -> bool:
-    """``d[key]``, which must be true or false."""
-    value = _require(d, key, where)
-    if not isinstance(value, bool):
-        raise UserError(f"params.yaml: {where}{key} must be true or false, got {value!r}")
-    return value
-
-
 def _require(d: dict[str, Any], key: str, where: str) -> Any:
     if key not in d:
         raise UserError(f"params.yaml: missing key {where}{key}; see the README for the full params file")
@@ -104,7 +96,7 @@ class TrainConfig:
     scheduler: str
     loss: str
     seed: int
-    augment: bool
+    augment: str
 
 
 def train_config(params: dict[str, Any], model: str) -> tuple[TrainConfig, dict[str, Any]]:
@@ -113,6 +105,7 @@ def train_config(params: dict[str, Any], model: str) -> tuple[TrainConfig, dict[
     The model's section (``params[model]``) may override any shared key in ``TRAIN_KEYS``; its other
     keys are passed to the model class. Raises UserError on a bad value.
     """
+    from pipeline.dataset import AUGMENTATIONS
     from pipeline.losses import LOSSES
 
     own = section(params, model)
@@ -127,7 +120,7 @@ def train_config(params: dict[str, Any], model: str) -> tuple[TrainConfig, dict[
         scheduler=get_choice(merged, "scheduler", SCHEDULERS),
         loss=get_choice(merged, "loss", tuple(LOSSES)),
         seed=get_int(merged, "seed"),
-        augment=get_bool(merged, "augment"),
+        augment=get_choice(merged, "augment", AUGMENTATIONS),
     )
     if cfg.lr == 0.0:
         raise UserError("params.yaml: lr must be > 0")

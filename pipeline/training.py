@@ -114,7 +114,7 @@ def fit(
     device = select_device()
     model = build_model(model_name, **arch).to(device)
     size = train[0].shape[1]
-    train_ds = SegmentationDataset(*train, transform=train_transform(size) if cfg.augment else None)
+    train_ds = SegmentationDataset(*train, transform=train_transform(size, cfg.augment))
     generator = torch.Generator().manual_seed(cfg.seed)
     # drop_last avoids a final batch of one image, which BatchNorm cannot normalise in train mode.
     train_loader = DataLoader(

@@ -10,6 +10,7 @@ from pipeline.params import get_int, get_str, load_params, section
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Parse args, read data.* params, fill --out with the dataset. Raises UserError (see prepare_dataset)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True)
     parser.add_argument("--out", required=True, help="folder to fill with images/ and annotations/")

@@ -18,6 +18,7 @@ from pipeline.training import load_checkpoint, predict_masks, select_device
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Parse args, read evaluate.*, score the checkpoint on the test cache, write metrics and masks."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True)
     parser.add_argument("--checkpoint", required=True, help="model .pt written by the training stage")

@@ -23,6 +23,7 @@ from pipeline.plots import (
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Parse args, read plot.*, write the three PNG figures. Raises UserError for missing inputs."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True)
     parser.add_argument("--models", nargs="+", required=True, help="model names, in display order")

@@ -14,6 +14,7 @@ from pipeline.params import BOUNDARY_POLICIES, get_choice, get_int, load_params,
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Parse args, read image_size and preprocess.*, write one .npz cache per split. Raises UserError."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True)
     parser.add_argument("--raw", required=True, help="dataset folder in the official layout")

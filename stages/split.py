@@ -12,6 +12,7 @@ from pipeline.params import get_float, get_int, load_params, section
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Parse args, read split.* params, write the three stem lists and summary.json. Raises UserError."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True)
     parser.add_argument("--raw", required=True, help="dataset folder in the official layout")

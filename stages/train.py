@@ -13,6 +13,7 @@ from pipeline.training import fit, select_device
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Parse args, read the shared training keys and the model's section, train, log with dvclive."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True)
     parser.add_argument("--model", required=True, help="registry name: unet or resnet34_unet")

@@ -66,16 +66,21 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def server(tarballs):
-    """Base URL of an HTTP server on 127.0.0.1 serving the tarball folder."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(tarballs)))
+def _serve(handler):
+    """Run an HTTP server on 127.0.0.1 in a thread; yield its base URL, then shut it down."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
     thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def server(tarballs):
+    """Base URL of an HTTP server on 127.0.0.1 serving the tarball folder."""
+    yield from _serve(partial(_QuietHandler, directory=str(tarballs)))
 
 
 @pytest.fixture
@@ -248,13 +253,7 @@ class _TruncatingHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def truncating_server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TruncatingHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    yield from _serve(_TruncatingHandler)
 
 
 def test_download_dropped_connection_raises_and_writes_nothing(truncating_server, tmp_path):

@@ -13,7 +13,7 @@ SHARED = {
     "scheduler": "cosine",
     "loss": "bce_dice",
     "seed": 0,
-    "augment": True,
+    "augment": "flip",
 }
 
 
@@ -42,7 +42,7 @@ def test_exponent_without_decimal_point_is_read_as_a_number():
         ("batch_size", 2.5, "batch_size must be an integer"),
         ("loss", "focal", "loss must be one of bce_dice, dice, bce"),
         ("scheduler", "step", "scheduler must be one of cosine, constant"),
-        ("augment", "yes", "augment must be true or false"),
+        ("augment", "yes", "augment must be one of none, flip, full"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(key, value, message):

@@ -10,7 +10,7 @@ from pipeline.params import TrainConfig
 from pipeline.training import fit, load_checkpoint, make_scheduler, predict_masks
 
 CFG = TrainConfig(
-    epochs=3, batch_size=4, lr=3e-3, weight_decay=0.0, scheduler="cosine", loss="bce_dice", seed=0, augment=True
+    epochs=3, batch_size=4, lr=3e-3, weight_decay=0.0, scheduler="cosine", loss="bce_dice", seed=0, augment="full"
 )
 
 
@@ -57,7 +57,7 @@ def test_fit_is_deterministic_for_a_seed(tmp_path, tiny_data):
 
 
 def test_training_lowers_the_train_loss(tmp_path, tiny_data):
-    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 6, "augment": False, "scheduler": "constant"})
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 6, "augment": "none", "scheduler": "constant"})
     _, logged = _fit(tmp_path, tiny_data, cfg)
     assert logged[-1][1]["train/loss"] < logged[0][1]["train/loss"]
     assert {record["lr"] for _, record in logged} == {cfg.lr}
