@@ -34,12 +34,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pets", default=str(Path(__file__).resolve().parents[2] / "shared/data/oxford-iiit-pet-mini"))
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
     root = Path(args.pets)
     stems = make_split(root, 0.1, 0).train
     cache = build_cache(root, stems, args.size, "pet", progress=False)
-    ds = SegmentationDataset(cache.images, cache.masks, train_transform(args.size))
+    ds = SegmentationDataset(cache.images, cache.masks, train_transform(args.size, "flip"))
 
     decode = rate(len(stems), lambda: [load_pair(root, s, args.size, "pet") for s in stems])
     cached = rate(len(ds), lambda: [ds[i] for i in range(len(ds))])

@@ -77,7 +77,10 @@ def trimap_to_mask(trimap: np.ndarray, boundary: str = "pet") -> np.ndarray:
 def _open(path: Path, mode: str) -> Image.Image:
     try:
         with Image.open(path) as img:
-            # convert() decodes fully, so a truncated file fails here, not later.
+            # A label map keeps its raw values: convert("L") would remap a palette by luminance.
+            if mode == "L" and img.mode in ("L", "P"):
+                img.load()  # decode fully, so a truncated file fails here, not later
+                return img.copy()
             return img.convert(mode)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found; rerun the download and split stages") from None
@@ -113,7 +116,7 @@ class CachedSplit:
 
 
 def build_cache(root: Path, stems: list[str], size: int, boundary: str, progress: bool = True) -> CachedSplit:
-    """Decode and resize every stem once (see :func:`load_pair`)."""
+    """Decode and resize every stem once (see :func:`load_pair`, whose UserErrors it raises)."""
     from tqdm import tqdm
 
     images = np.empty((len(stems), size, size, 3), np.uint8)

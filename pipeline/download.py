@@ -42,7 +42,7 @@ OTHER_SOURCES = (
 
 
 def md5sum(path: Path) -> str:
-    """MD5 hex digest of a file, read in 1 MiB chunks."""
+    """MD5 hex digest of a file, read in 1 MiB chunks. Raises OSError if it cannot be read."""
     digest = hashlib.md5()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
@@ -56,8 +56,8 @@ def download(url: str, dest: Path, expected_size: int | None = None, timeout: fl
     ``dest`` appears only once the transfer is complete. Raises UserError when the server cannot be
     reached or answers with an error, naming the other data sources.
     """
-    request = urllib.request.Request(url, headers={"User-Agent": "petseg"})
     try:
+        request = urllib.request.Request(url, headers={"User-Agent": "petseg"})
         with urllib.request.urlopen(request, timeout=timeout) as response, atomic_path(dest) as tmp:
             announced = int(response.headers.get("Content-Length") or 0)
             received = 0
@@ -75,6 +75,10 @@ def download(url: str, dest: Path, expected_size: int | None = None, timeout: fl
                 )
     except urllib.error.HTTPError as err:
         raise UserError(f"cannot download {url}: HTTP {err.code} {err.reason}; {OTHER_SOURCES}") from None
+    except UserError:
+        raise
+    except ValueError as err:
+        raise UserError(f"data.url: cannot download {url} ({err}); give an http(s):// or file:// URL") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         reason = getattr(err, "reason", err)
         raise UserError(f"cannot download {url} ({reason}): no network?; {OTHER_SOURCES}") from None
@@ -121,14 +125,20 @@ def from_tarballs(folder: Path, dest: Path, archives: tuple[Archive, ...] = OFFI
 
 
 def from_url(base_url: str, dest: Path, workdir: Path, archives: tuple[Archive, ...] = OFFICIAL_ARCHIVES) -> None:
-    """Download each archive from ``base_url``/<name> into ``workdir``, verify and extract into ``dest``."""
+    """Download each archive from ``base_url``/<name> into ``workdir``, verify and extract into ``dest``.
+
+    Raises UserError as :func:`download`, :func:`verify` and :func:`extract` do.
+    """
     for archive in archives:
         download(f"{base_url.rstrip('/')}/{archive.name}", Path(workdir) / archive.name, archive.size)
     from_tarballs(workdir, dest, archives)
 
 
 def from_folder(source: Path, dest: Path) -> None:
-    """Copy a dataset already in the official layout (images/ and annotations/) into ``dest``."""
+    """Copy a dataset already in the official layout (images/ and annotations/) into ``dest``.
+
+    Raises UserError if ``source`` is not in that layout.
+    """
     check_layout(source)
     for sub in ("images", "annotations"):
         shutil.copytree(Path(source) / sub, Path(dest) / sub)

@@ -26,12 +26,18 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = DICE_S
 
 
 def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy on logits (numerically stable log-sum-exp form). Scalar tensor."""
+    """Mean binary cross-entropy on logits (numerically stable log-sum-exp form).
+
+    ``logits`` float (N, 1, H, W); ``target`` float of the same shape in {0, 1}. Scalar tensor.
+    """
     return F.binary_cross_entropy_with_logits(logits.float(), target.float())
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE + soft Dice, equally weighted: per-pixel calibration plus overlap. Scalar tensor."""
+    """BCE + soft Dice, equally weighted: per-pixel calibration plus overlap.
+
+    Shapes as :func:`bce_loss`. Scalar tensor.
+    """
     return bce_loss(logits, target) + dice_loss(logits, target)
 
 

@@ -4,6 +4,7 @@ Every check raises :class:`UserError` naming the key, the bad value and what is 
 in ``params.yaml`` or ``dvc exp run -S`` fails in one line before any work starts.
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,8 @@ def get_float(
         number = float(value)
     except (TypeError, ValueError):
         raise UserError(f"params.yaml: {where}{key} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise UserError(f"params.yaml: {where}{key} must be a finite number, got {value!r}")
     if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
         raise UserError(f"params.yaml: {where}{key} must be in [{minimum}, {maximum}], got {number}")
     return number
@@ -87,7 +90,12 @@ def _require(d: dict[str, Any], key: str, where: str) -> Any:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training hyperparameters for one model, after its section's overrides are applied."""
+    """Training hyperparameters for one model, after its section's overrides are applied.
+
+    ``epochs`` and ``batch_size`` count passes and images; ``lr`` is AdamW's peak learning rate,
+    which the ``scheduler`` adjusts after every optimiser step; ``augment`` names a level of
+    :func:`pipeline.dataset.train_transform`.
+    """
 
     epochs: int
     batch_size: int
@@ -119,7 +127,7 @@ def train_config(params: dict[str, Any], model: str) -> tuple[TrainConfig, dict[
         weight_decay=get_float(merged, "weight_decay", minimum=0.0),
         scheduler=get_choice(merged, "scheduler", SCHEDULERS),
         loss=get_choice(merged, "loss", tuple(LOSSES)),
-        seed=get_int(merged, "seed"),
+        seed=get_int(merged, "seed", minimum=0),
         augment=get_choice(merged, "augment", AUGMENTATIONS),
     )
     if cfg.lr == 0.0:

@@ -1,6 +1,7 @@
 """Figures for review: learning curves, prediction overlays, test Dice per model (matplotlib)."""
 
 import json
+import zipfile
 from pathlib import Path
 
 import matplotlib
@@ -30,9 +31,11 @@ def read_curves(live_dir: Path) -> pd.DataFrame:
         path = Path(live_dir) / "plots" / "metrics" / f"{metric}.tsv"
         try:
             table = pd.read_csv(path, sep="\t")
+            columns[metric] = table.set_index(table["step"] + 1)[Path(metric).name]
         except FileNotFoundError:
             raise UserError(f"{path}: not found; rerun the training stage") from None
-        columns[metric] = table.set_index(table["step"] + 1)[Path(metric).name]
+        except (KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise UserError(f"{path}: not a dvclive metric file ({err!r}); rerun the training stage") from None
     return pd.DataFrame(columns).rename_axis("epoch")
 
 
@@ -114,13 +117,17 @@ def dice_bars(metrics: dict[str, dict]) -> plt.Figure:
 
 
 def read_metrics(path: Path) -> dict:
-    """The metrics dict an evaluate stage wrote. Raises UserError if missing or not JSON."""
+    """The metrics dict an evaluate stage wrote. Raises UserError if missing, not JSON or lacking a key."""
     try:
-        return json.loads(Path(path).read_text())
+        metrics = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: metrics not found; run the evaluate stages (dvc repro)") from None
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid JSON ({err}); run dvc repro -f for its evaluate stage") from None
+    missing = [k for k in ("dice", "dice_per_image", "iou", "num_images") if k not in metrics]
+    if missing:
+        raise UserError(f"{path}: lacks {', '.join(missing)}; run dvc repro -f for its evaluate stage")
+    return metrics
 
 
 def load_predictions(path: Path) -> tuple[np.ndarray, list[str]]:
@@ -132,3 +139,5 @@ def load_predictions(path: Path) -> tuple[np.ndarray, list[str]]:
             return masks.reshape(shape), data["stems"].tolist()
     except FileNotFoundError:
         raise UserError(f"{path}: predictions not found; run the evaluate stages (dvc repro)") from None
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path}: not a predictions file ({err!r}); run dvc repro -f for its evaluate stage") from None

@@ -1,6 +1,7 @@
 """Training loop: AdamW, an lr schedule, best-valid-Dice checkpointing, dvclive logging."""
 
 import math
+import pickle
 import random
 import time
 from collections.abc import Callable
@@ -56,7 +57,10 @@ def _autocast(device: torch.device) -> torch.autocast:
 def evaluate(
     model: nn.Module, loader: DataLoader, loss_fn: LossFn, device: torch.device
 ) -> tuple[float, dict[str, float | int]]:
-    """Mean loss (weighted by batch size) and :class:`SegmentationMeter` metrics over ``loader``."""
+    """Mean loss (weighted by batch size) and :class:`SegmentationMeter` metrics over ``loader``.
+
+    ``loader`` yields (images float (N, 3, S, S), masks float (N, 1, S, S)); the threshold is 0.5.
+    """
     model.eval()
     meter, total, count = SegmentationMeter(), 0.0, 0
     for images, masks in loader:
@@ -178,8 +182,10 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict[s
         ckpt = torch.load(path, map_location=device, weights_only=True)
         model = build_model(ckpt["model"], **ckpt["arch"]).to(device)
         model.load_state_dict(ckpt["state_dict"])
+        for key in ("epoch", "valid_dice", "image_size"):
+            ckpt[key]
     except FileNotFoundError:
         raise UserError(f"{path}: checkpoint not found; run the training stage first (dvc repro)") from None
-    except (KeyError, RuntimeError, TypeError, OSError) as err:
+    except (KeyError, RuntimeError, TypeError, OSError, EOFError, pickle.UnpicklingError) as err:
         raise UserError(f"{path}: not a petseg checkpoint ({str(err).splitlines()[0]}); retrain it") from None
     return model.eval(), ckpt

@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.out,
         url=get_str(data, "url", "data."),
         synthetic_images=get_int(data, "synthetic_images", "data.", minimum=4) if synthetic else 0,
-        synthetic_seed=get_int(data, "synthetic_seed", "data.") if synthetic else 0,
+        synthetic_seed=get_int(data, "synthetic_seed", "data.", minimum=0) if synthetic else 0,
     )
     print(f"download: {done} → {args.out}")
 

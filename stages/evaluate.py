@@ -28,6 +28,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = section(load_params(args.params), "evaluate")
     threshold = get_float(params, "threshold", "evaluate.", minimum=0.0, maximum=1.0)
+    if threshold in (0.0, 1.0):
+        raise UserError(f"params.yaml: evaluate.threshold must be strictly between 0 and 1, got {threshold}")
     batch_size = get_int(params, "batch_size", "evaluate.", minimum=1)
     device = select_device()
     model, ckpt = load_checkpoint(Path(args.checkpoint), device)

@@ -39,14 +39,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError("plot: give one --live, --metrics and --predictions path per --models name")
     params = section(load_params(args.params), "plot")
     num_images = get_int(params, "num_images", "plot.", minimum=1)
-    seed = get_int(params, "seed", "plot.")
+    seed = get_int(params, "seed", "plot.", minimum=0)
 
+    # Read and check every input before writing any figure.
     names = args.models
-    save_figure(
-        learning_curves({m: read_curves(Path(p)) for m, p in zip(names, args.live, strict=True)}), args.curves_png
-    )
-    save_figure(dice_bars({m: read_metrics(Path(p)) for m, p in zip(names, args.metrics, strict=True)}), args.dice_png)
-
+    curves = {m: read_curves(Path(p)) for m, p in zip(names, args.live, strict=True)}
+    metrics = {m: read_metrics(Path(p)) for m, p in zip(names, args.metrics, strict=True)}
     test = load_cache(Path(args.test))
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(test.stems), min(num_images, len(test.stems)), replace=False))
@@ -56,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if stems != test.stems:
             raise UserError(f"{path}: predictions are for other test images than {args.test}; run dvc repro")
         predictions[model] = masks[chosen]
+    save_figure(learning_curves(curves), args.curves_png)
+    save_figure(dice_bars(metrics), args.dice_png)
     grid = prediction_grid(test.images[chosen], test.masks[chosen], predictions, [test.stems[i] for i in chosen])
     save_figure(grid, args.predictions_png)
     print(f"plot: wrote {args.curves_png}, {args.predictions_png}, {args.dice_png}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from pipeline.cli import run_stage
 from pipeline.data import build_cache, save_cache
 from pipeline.errors import UserError
+from pipeline.io import atomic_path
 from pipeline.layout import read_stems
 from pipeline.models.blocks import SIZE_MULTIPLE
 from pipeline.params import BOUNDARY_POLICIES, get_choice, get_int, load_params, section
@@ -26,10 +27,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if size % SIZE_MULTIPLE:
         raise UserError(f"params.yaml: image_size must be a multiple of {SIZE_MULTIPLE}, got {size}")
     boundary = get_choice(section(params, "preprocess"), "boundary", BOUNDARY_POLICIES, "preprocess.")
-    for name in ("train", "valid", "test"):
-        stems = read_stems(Path(args.splits) / f"{name}.txt")
-        save_cache(Path(args.out) / f"{name}.npz", build_cache(Path(args.raw), stems, size, boundary))
-        print(f"preprocess: {name}: {len(stems)} images at {size}x{size}")
+    # All three splits or none: a bad image in test must not leave train.npz behind.
+    with atomic_path(args.out) as out:
+        for name in ("train", "valid", "test"):
+            stems = read_stems(Path(args.splits) / f"{name}.txt")
+            save_cache(out / f"{name}.npz", build_cache(Path(args.raw), stems, size, boundary))
+            print(f"preprocess: {name}: {len(stems)} images at {size}x{size}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = section(load_params(args.params), "split")
     valid_fraction = get_float(params, "valid_fraction", "split.", minimum=0.0, maximum=1.0)
-    split = make_split(Path(args.raw), valid_fraction, get_int(params, "seed", "split."))
+    split = make_split(Path(args.raw), valid_fraction, get_int(params, "seed", "split.", minimum=0))
     out = Path(args.out)
     for name in ("train", "valid", "test"):
         write_lines(out / f"{name}.txt", getattr(split, name))

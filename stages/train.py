@@ -8,6 +8,7 @@ from dvclive import Live
 
 from pipeline.cli import run_stage
 from pipeline.data import load_cache
+from pipeline.models import check_options
 from pipeline.params import load_params, train_config
 from pipeline.training import fit, select_device
 
@@ -23,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--live", required=True, help="dvclive output folder")
     args = parser.parse_args(argv)
     cfg, arch = train_config(load_params(args.params), args.model)
+    check_options(args.model, arch)  # before dvclive creates its folder
     train, valid = load_cache(args.train), load_cache(args.valid)
     print(f"train {args.model}: {len(train.stems)} train / {len(valid.stems)} valid images on {select_device()}")
     # dvcyaml=False: the plots are declared in dvc.yaml, which dvclive must not rewrite.

@@ -11,22 +11,37 @@ from pipeline.models.unet import UNet
 MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "resnet34_unet": ResNet34UNet}
 
 
-def build_model(name: str, **options) -> nn.Module:
-    """Construct the registered model ``name`` with architecture ``options``.
+def check_options(name: str, options: dict) -> type[nn.Module]:
+    """Return the class registered as ``name`` after checking ``options`` against its signature.
 
-    Raises UserError (a ValueError) for an unknown name, listing the valid names, or for an option
-    the class does not take, listing the options it does take.
+    Raises UserError (a ValueError) for an unknown name, listing the valid names; for an option the
+    class does not take, listing the ones it does; or for a value whose type differs from the
+    default's (a bool for a bool, an int for an int, a list for a tuple).
     """
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
     cls = MODELS[name]
-    accepted = [p for p in inspect.signature(cls).parameters if p not in ("in_channels", "out_channels")]
-    unknown = sorted(set(options) - set(accepted))
+    params = {k: p for k, p in inspect.signature(cls).parameters.items() if k not in ("in_channels", "out_channels")}
+    unknown = sorted(set(options) - set(params))
     if unknown:
         raise UserError(
-            f"params.yaml: {name} has no option {', '.join(unknown)}; its options are: {', '.join(accepted)} "
+            f"params.yaml: {name} has no option {', '.join(unknown)}; its options are: {', '.join(params)} "
             "(or a shared training key to override)"
         )
+    for key, value in options.items():
+        default = params[key].default
+        kinds = (list, tuple) if isinstance(default, (list, tuple)) else (type(default),)
+        if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, kinds):
+            raise UserError(f"params.yaml: {name}.{key} must be like {default!r}, got {value!r}")
+    return cls
+
+
+def build_model(name: str, **options) -> nn.Module:
+    """Construct the registered model ``name`` with architecture ``options``.
+
+    Raises UserError (a ValueError) as :func:`check_options` does, or when the class rejects a value.
+    """
+    cls = check_options(name, options)
     try:
         return cls(**options)
     except (TypeError, ValueError) as err:

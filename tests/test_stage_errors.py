@@ -1,0 +1,189 @@
+"""User-caused errors in the train, evaluate and plot stages: one `error:` line, nothing half-written."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import stages.evaluate
+import stages.plot
+import stages.preprocess
+import stages.train
+from pipeline.cli import run_stage
+from pipeline.data import build_cache, load_pair, make_split, save_cache
+from pipeline.errors import UserError
+from pipeline.models import build_model
+from pipeline.params import get_float, train_config
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root, tmp_path_factory):
+    """Caches at 32 px, a 1-epoch UNet, its metrics and predictions, and a params file."""
+    root = tmp_path_factory.mktemp("trained")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.update(image_size=32, epochs=1, batch_size=4)
+    params["unet"]["base_channels"] = 4
+    params["plot"]["num_images"] = 2
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    split = make_split(synthetic_root, 0.25, seed=0)
+    for name in ("train", "valid", "test"):
+        save_cache(root / f"{name}.npz", build_cache(synthetic_root, getattr(split, name), 32, "pet", progress=False))
+    p = ["--params", str(root / "params.yaml")]
+    train = ["--model", "unet", "--train", str(root / "train.npz"), "--valid", str(root / "valid.npz")]
+    assert (
+        run_stage(stages.train.main, [*p, *train, "--checkpoint", str(root / "unet.pt"), "--live", str(root / "live")])
+        == 0
+    )
+    evaluate = ["--checkpoint", str(root / "unet.pt"), "--test", str(root / "test.npz")]
+    evaluate += ["--metrics", str(root / "unet.json"), "--predictions", str(root / "pred.npz")]
+    assert run_stage(stages.evaluate.main, [*p, *evaluate]) == 0
+    return root
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err  # may also hold tqdm progress bars
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def _plot_args(root, metrics=None, predictions=None):
+    out = root / "figs"
+    return out, [
+        "--params", str(root / "params.yaml"), "--models", "unet",
+        "--live", str(root / "live"), "--metrics", str(metrics or root / "unet.json"),
+        "--predictions", str(predictions or root / "pred.npz"), "--test", str(root / "test.npz"),
+        "--curves-png", str(out / "c.png"), "--predictions-png", str(out / "p.png"), "--dice-png", str(out / "d.png"),
+    ]  # fmt: skip
+
+
+def test_plot_stage_writes_three_pngs(trained):
+    out, args = _plot_args(trained)
+    assert run_stage(stages.plot.main, args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["c.png", "d.png", "p.png"]
+
+
+def test_plot_stage_checks_all_inputs_before_writing(trained, tmp_path, capsys):
+    metrics = tmp_path / "m.json"
+    metrics.write_text(json.dumps({"dice": 0.5}))
+    out, args = _plot_args(trained, metrics=metrics)
+    out = tmp_path / "figs"
+    args[args.index(str(trained / "figs" / "c.png"))] = str(out / "c.png")
+    assert run_stage(stages.plot.main, args) == 1
+    assert "lacks dice_per_image, iou, num_images" in _one_error_line(capsys)
+    assert not out.exists()
+
+    broken = tmp_path / "pred.npz"
+    broken.write_bytes(b"not a zip")
+    _, args = _plot_args(trained, predictions=broken)
+    args[args.index(str(trained / "figs" / "c.png"))] = str(out / "c.png")
+    assert run_stage(stages.plot.main, args) == 1
+    assert "not a predictions file" in _one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_evaluate_stage_rejects_a_cache_of_another_size(trained, tmp_path, capsys):
+    images = np.zeros((2, 64, 64, 3), np.uint8)
+    from pipeline.data import CachedSplit
+
+    save_cache(tmp_path / "test64.npz", CachedSplit(images, np.zeros((2, 64, 64), np.uint8), ["a", "b"]))
+    args = ["--params", str(trained / "params.yaml"), "--checkpoint", str(trained / "unet.pt")]
+    args += ["--test", str(tmp_path / "test64.npz"), "--metrics", str(tmp_path / "m.json")]
+    args += ["--predictions", str(tmp_path / "p.npz")]
+    assert run_stage(stages.evaluate.main, args) == 1
+    assert "images are 64 px but" in _one_error_line(capsys)
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_evaluate_stage_rejects_a_corrupt_checkpoint(trained, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage")
+    args = ["--params", str(trained / "params.yaml"), "--checkpoint", str(bad), "--test", str(trained / "test.npz")]
+    args += ["--metrics", str(tmp_path / "m.json"), "--predictions", str(tmp_path / "p.npz")]
+    assert run_stage(stages.evaluate.main, args) == 1
+    assert "not a petseg checkpoint" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+def test_evaluate_threshold_must_be_strictly_inside_0_1(trained, tmp_path, capsys, threshold):
+    params = yaml.safe_load((trained / "params.yaml").read_text())
+    params["evaluate"]["threshold"] = threshold
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = ["--params", str(tmp_path / "params.yaml"), "--checkpoint", str(trained / "unet.pt")]
+    args += ["--test", str(trained / "test.npz"), "--metrics", str(tmp_path / "m.json")]
+    args += ["--predictions", str(tmp_path / "p.npz")]
+    assert run_stage(stages.evaluate.main, args) == 1
+    assert "strictly between 0 and 1" in _one_error_line(capsys)
+
+
+def test_train_stage_rejects_a_mistyped_option_before_creating_the_dvclive_folder(trained, tmp_path, capsys):
+    params = yaml.safe_load((trained / "params.yaml").read_text())
+    params["unet"]["bilinear"] = "false"  # a string, which Python would take as true
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = ["--params", str(tmp_path / "params.yaml"), "--model", "unet", "--train", str(trained / "train.npz")]
+    args += [
+        "--valid",
+        str(trained / "valid.npz"),
+        "--checkpoint",
+        str(tmp_path / "m.pt"),
+        "--live",
+        str(tmp_path / "live"),
+    ]
+    assert run_stage(stages.train.main, args) == 1
+    assert "unet.bilinear must be like False, got 'false'" in _one_error_line(capsys)
+    assert not (tmp_path / "live").exists() and not (tmp_path / "m.pt").exists()
+
+
+def test_model_options_accept_a_list_for_a_tuple_default():
+    assert build_model("resnet34_unet", decoder_channels=[8, 8, 8, 4, 4]) is not None
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, "nan"])
+def test_non_finite_numbers_are_rejected(value):
+    with pytest.raises(UserError, match="finite"):
+        get_float({"lr": float(value) if isinstance(value, float) else value}, "lr")
+
+
+def test_negative_seed_is_rejected():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["seed"] = -1
+    with pytest.raises(UserError, match="seed must be >= 0"):
+        train_config(params, "unet")
+
+
+def test_preprocess_writes_no_split_when_one_image_is_corrupt(synthetic_root, tmp_path, capsys):
+    import shutil
+
+    raw = tmp_path / "raw"
+    shutil.copytree(synthetic_root, raw)
+    split = make_split(raw, 0.25, seed=0)
+    (raw / "images" / f"{split.test[-1]}.jpg").write_bytes(b"not an image")
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    for name in ("train", "valid", "test"):
+        (splits / f"{name}.txt").write_text("\n".join(getattr(split, name)) + "\n")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"image_size": 32, "preprocess": {"boundary": "pet"}}))
+    out = tmp_path / "cache"
+    args = ["--params", str(params), "--raw", str(raw), "--splits", str(splits), "--out", str(out)]
+    assert run_stage(stages.preprocess.main, args) == 1
+    assert f"{split.test[-1]}.jpg: cannot decode" in _one_error_line(capsys)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".cache")] == []
+
+
+def test_palette_trimap_keeps_its_label_values(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations" / "trimaps").mkdir(parents=True)
+    Image.new("RGB", (32, 32), (200, 100, 50)).save(tmp_path / "images" / "x.jpg")
+    labels = np.full((32, 32), 2, np.uint8)
+    labels[8:24, 8:24] = 1
+    trimap = Image.fromarray(labels, mode="L").convert("P")
+    # A palette whose colours have nothing to do with the indices: only the indices are labels.
+    trimap.putpalette([255, 255, 255, 0, 0, 0, 10, 200, 10, 90, 90, 90] + [0] * 756)
+    trimap.save(tmp_path / "annotations" / "trimaps" / "x.png")
+    _, mask = load_pair(tmp_path, "x", 32, "pet")
+    assert mask.sum() == 16 * 16 and mask[8:24, 8:24].all()
