@@ -113,8 +113,13 @@ def test_experiments_rerun_exactly_the_affected_stages(repo):
     out = run(repo, str(DVC), "exp", "run", "-S", "plot.num_images=3")
     assert stages_run(out) == {"plot"}
 
+    # plot follows only if a tiny model's masks change at the new threshold (DVC skips it otherwise).
     out = run(repo, str(DVC), "exp", "run", "-S", "evaluate.threshold=0.4")
-    assert stages_run(out) == {"evaluate-unet", "evaluate-resnet34unet", "plot"}
+    assert (
+        {"evaluate-unet", "evaluate-resnet34unet"}
+        <= stages_run(out)
+        <= {"evaluate-unet", "evaluate-resnet34unet", "plot"}
+    )
 
     out = run(repo, str(DVC), "exp", "run", "-S", "image_size=64")
     assert stages_run(out) == ALL_STAGES - {"download", "split"}
