@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
@@ -117,8 +118,6 @@ class CachedSplit:
 
 def build_cache(root: Path, stems: list[str], size: int, boundary: str, progress: bool = True) -> CachedSplit:
     """Decode and resize every stem once (see :func:`load_pair`, whose UserErrors it raises)."""
-    from tqdm import tqdm
-
     images = np.empty((len(stems), size, size, 3), np.uint8)
     masks = np.empty((len(stems), size, size), np.uint8)
     for i, stem in enumerate(tqdm(stems, desc="preprocess", unit="img", disable=not progress)):

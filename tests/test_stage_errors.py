@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import stages.plot
 import stages.preprocess
 import stages.train
 from pipeline.cli import run_stage
-from pipeline.data import build_cache, load_pair, make_split, save_cache
+from pipeline.data import CachedSplit, build_cache, load_pair, make_split, save_cache
 from pipeline.errors import UserError
 from pipeline.models import build_model
 from pipeline.params import get_float, train_config
@@ -88,8 +89,6 @@ def test_plot_stage_checks_all_inputs_before_writing(trained, tmp_path, capsys):
 
 def test_evaluate_stage_rejects_a_cache_of_another_size(trained, tmp_path, capsys):
     images = np.zeros((2, 64, 64, 3), np.uint8)
-    from pipeline.data import CachedSplit
-
     save_cache(tmp_path / "test64.npz", CachedSplit(images, np.zeros((2, 64, 64), np.uint8), ["a", "b"]))
     args = ["--params", str(trained / "params.yaml"), "--checkpoint", str(trained / "unet.pt")]
     args += ["--test", str(tmp_path / "test64.npz"), "--metrics", str(tmp_path / "m.json")]
@@ -156,8 +155,6 @@ def test_negative_seed_is_rejected():
 
 
 def test_preprocess_writes_no_split_when_one_image_is_corrupt(synthetic_root, tmp_path, capsys):
-    import shutil
-
     raw = tmp_path / "raw"
     shutil.copytree(synthetic_root, raw)
     split = make_split(raw, 0.25, seed=0)
