@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
-from pipeline.layout import image_path, read_stems, trimap_path
+from pipeline.layout import UNKNOWN_SPECIES, breed_of, image_path, read_species, read_stems, trimap_path
+from pipeline.masks import PackedMasks
 
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY = 1, 2, 3
 
@@ -89,53 +90,109 @@ def _open(path: Path, mode: str) -> Image.Image:
         raise UserError(f"{path}: cannot decode ({err}); replace the file or delete the pair") from None
 
 
-def load_pair(root: Path, stem: str, size: int, boundary: str) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one image/trimap pair and resize it to ``size`` x ``size`` pixels.
+def decode_pair(root: Path, stem: str, boundary: str) -> tuple[Image.Image, np.ndarray]:
+    """Decode one image/trimap pair at the photo's own resolution.
 
     The image is opened with PIL whatever its real format (the official set has PNG and GIF files
-    named .jpg) and converted to RGB, then resized bilinearly; the trimap is resized with nearest
-    neighbour so its labels stay labels. Returns image uint8 (size, size, 3) and mask uint8
-    (size, size) in {0, 1}. Raises UserError for a missing or undecodable file or bad trimap values.
+    named .jpg) and converted to RGB. Returns the RGB image and the binary mask uint8 (H, W) in
+    {0, 1} (:func:`trimap_to_mask` with ``boundary``). Raises UserError for a missing or undecodable
+    file, bad trimap values, or a trimap whose size differs from the image's.
     """
-    image = _open(image_path(root, stem), "RGB").resize((size, size), Image.Resampling.BILINEAR)
+    image = _open(image_path(root, stem), "RGB")
     tpath = trimap_path(root, stem)
-    trimap = _open(tpath, "L").resize((size, size), Image.Resampling.NEAREST)
+    trimap = _open(tpath, "L")
+    if trimap.size != image.size:
+        raise UserError(
+            f"{tpath}: trimap is {trimap.size[0]}x{trimap.size[1]} px but its image is "
+            f"{image.size[0]}x{image.size[1]}; replace the file or delete the pair"
+        )
     try:
         mask = trimap_to_mask(np.asarray(trimap), boundary)
     except ValueError as err:
         raise UserError(f"{tpath}: {err}") from None
-    return np.asarray(image, dtype=np.uint8), mask
+    return image, mask
+
+
+def resize_pair(image: Image.Image, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize to ``size`` x ``size`` pixels: the image bilinearly, the mask with nearest neighbour.
+
+    Returns image uint8 (size, size, 3) and mask uint8 (size, size) in {0, 1}.
+    """
+    resized = image.resize((size, size), Image.Resampling.BILINEAR)
+    small = Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(resized, dtype=np.uint8), np.asarray(small, dtype=np.uint8)
+
+
+def load_pair(root: Path, stem: str, size: int, boundary: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`decode_pair` then :func:`resize_pair`: image uint8 (size, size, 3), mask uint8 (size, size)."""
+    return resize_pair(*decode_pair(root, stem, boundary), size)
 
 
 @dataclass(frozen=True)
 class CachedSplit:
-    """One split of the cache: images uint8 (N, S, S, 3), masks uint8 (N, S, S) in {0, 1}, N stems."""
+    """One split of the cache.
+
+    ``images`` uint8 (N, S, S, 3) and ``masks`` uint8 (N, S, S) in {0, 1} at ``image_size`` S;
+    ``native`` the same N masks at each photo's own size (what evaluation scores against);
+    ``stems``, ``breeds`` (from the stem) and ``species`` ("cat", "dog" or "unknown", from
+    annotations/list.txt) as lists of N strings.
+    """
 
     images: np.ndarray
     masks: np.ndarray
     stems: list[str]
+    native: PackedMasks
+    breeds: list[str]
+    species: list[str]
 
 
 def build_cache(root: Path, stems: list[str], size: int, boundary: str, progress: bool = True) -> CachedSplit:
-    """Decode and resize every stem once (see :func:`load_pair`, whose UserErrors it raises)."""
+    """Decode every stem once, keep its native-size mask, and resize it (UserErrors as :func:`decode_pair`)."""
+    root = Path(root)
+    species = read_species(root / "annotations" / "list.txt")
     images = np.empty((len(stems), size, size, 3), np.uint8)
     masks = np.empty((len(stems), size, size), np.uint8)
+    native = []
     for i, stem in enumerate(tqdm(stems, desc="preprocess", unit="img", disable=not progress)):
-        images[i], masks[i] = load_pair(root, stem, size, boundary)
-    return CachedSplit(images, masks, list(stems))
+        image, mask = decode_pair(root, stem, boundary)
+        images[i], masks[i] = resize_pair(image, mask, size)
+        native.append(mask)
+    return CachedSplit(
+        images,
+        masks,
+        list(stems),
+        PackedMasks.pack(native),
+        [breed_of(s) for s in stems],
+        [species.get(s, UNKNOWN_SPECIES) for s in stems],
+    )
 
 
 def save_cache(path: Path, split: CachedSplit) -> None:
-    """Write a split as an uncompressed .npz (images, masks, stems), atomically."""
+    """Write a split as an uncompressed .npz, atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, images=split.images, masks=split.masks, stems=np.array(split.stems))
+        np.savez(
+            f,
+            images=split.images,
+            masks=split.masks,
+            stems=np.array(split.stems),
+            breeds=np.array(split.breeds),
+            species=np.array(split.species),
+            **split.native.to_arrays("native"),
+        )
 
 
 def load_cache(path: Path) -> CachedSplit:
     """Read a split written by :func:`save_cache`. Raises UserError if missing or malformed."""
     try:
         with np.load(path) as data:
-            split = CachedSplit(data["images"], data["masks"], data["stems"].tolist())
+            split = CachedSplit(
+                data["images"],
+                data["masks"],
+                data["stems"].tolist(),
+                PackedMasks.from_arrays(data, "native"),
+                data["breeds"].tolist(),
+                data["species"].tolist(),
+            )
     except FileNotFoundError:
         raise UserError(f"{path}: cache not found; run `dvc repro preprocess`") from None
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:

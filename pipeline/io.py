@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -46,3 +48,9 @@ def write_lines(path: str | Path, lines: list[str]) -> None:
     """Write one string per line, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text("".join(f"{line}\n" for line in lines))
+
+
+def write_csv(path: str | Path, table: pd.DataFrame) -> None:
+    """Write a pandas table as CSV (header, no index), atomically."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)

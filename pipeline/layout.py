@@ -42,3 +42,29 @@ def read_stems(list_file: Path) -> list[str]:
     except FileNotFoundError:
         raise UserError(f"{list_file}: list file not found; rerun the download stage") from None
     return [line.split()[0] for line in lines if line.strip() and not line.startswith("#")]
+
+
+# annotations/list.txt, SPECIES column (dataset README): 1 = cat, 2 = dog.
+SPECIES = {"1": "cat", "2": "dog"}
+UNKNOWN_SPECIES = "unknown"
+
+
+def read_species(list_file: Path) -> dict[str, str]:
+    """Map each stem of an official list file to "cat" or "dog" (its third field, SPECIES).
+
+    A line whose species is neither 1 nor 2, or that has fewer than three fields, is left out, so
+    its stem reads as :data:`UNKNOWN_SPECIES` to callers using ``.get(stem, UNKNOWN_SPECIES)``.
+    Raises UserError if the file is missing.
+    """
+    try:
+        lines = Path(list_file).read_text().splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{list_file}: list file not found; rerun the download stage") from None
+    fields = (line.split() for line in lines if line.strip() and not line.startswith("#"))
+    return {f[0]: SPECIES[f[2]] for f in fields if len(f) >= 3 and f[2] in SPECIES}
+
+
+def breed_of(stem: str) -> str:
+    """The breed in an official stem, ``<breed>_<number>`` (e.g. "american_bulldog_12" → "american_bulldog")."""
+    breed, _, number = stem.rpartition("_")
+    return breed if breed and number.isdigit() else stem

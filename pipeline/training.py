@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.dataset import SegmentationDataset, normalize, train_transform
+from pipeline.dataset import SegmentationDataset, train_transform
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
 from pipeline.losses import LOSSES, LossFn
@@ -71,21 +71,6 @@ def evaluate(
         count += len(images)
         meter.update(logits, masks)
     return total / count, meter.compute()
-
-
-@torch.no_grad()
-def predict_masks(
-    model: nn.Module, images: np.ndarray, batch_size: int, threshold: float, device: torch.device
-) -> np.ndarray:
-    """Binary masks for uint8 images (N, S, S, 3) → uint8 (N, S, S) in {0, 1} (sigmoid > threshold)."""
-    model.eval()
-    out = np.empty(images.shape[:3], np.uint8)
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).to(device)
-        with _autocast(device):
-            logits = model(normalize(batch))
-        out[start : start + batch_size] = (torch.sigmoid(logits.float()) > threshold)[:, 0].cpu().numpy()
-    return out
 
 
 @dataclass

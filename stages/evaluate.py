@@ -1,4 +1,4 @@
-"""Stages `evaluate-unet`, `evaluate-resnet34unet`: test-set metrics and predicted masks."""
+"""Stages `evaluate-unet`, `evaluate-resnet34unet`: test metrics at native resolution, breakdowns, masks."""
 
 import argparse
 import sys
@@ -6,54 +6,96 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline.cli import run_stage
 from pipeline.data import load_cache
 from pipeline.errors import UserError
-from pipeline.io import atomic_path, write_json
-from pipeline.metrics import SegmentationMeter
-from pipeline.params import get_float, get_int, load_params, section
-from pipeline.training import load_checkpoint, predict_masks, select_device
+from pipeline.evaluation import choose_threshold, per_breed_table, per_image_table, score, summary
+from pipeline.inference import TTA_MODES, load_model, onnx_forward, predict_logits
+from pipeline.io import atomic_path, write_csv, write_json
+from pipeline.params import get_choice, get_float, get_int, load_params, section
+from pipeline.record import write_eval_record
+from pipeline.training import select_device
+
+
+def read_threshold(params: dict) -> float | str:
+    """evaluate.threshold: a number strictly between 0 and 1, or "auto". Raises UserError otherwise."""
+    if params.get("threshold") == "auto":
+        return "auto"
+    try:
+        threshold = get_float(params, "threshold", "evaluate.", minimum=0.0, maximum=1.0)
+    except UserError:
+        threshold = None
+    if threshold is None or threshold in (0.0, 1.0):
+        raise UserError(
+            f"params.yaml: evaluate.threshold must be a number strictly between 0 and 1, or auto; "
+            f"got {params.get('threshold')!r}"
+        )
+    return threshold
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Parse args, read evaluate.*, score the checkpoint on the test cache, write metrics and masks."""
+    """Parse args, read evaluate.*, score the checkpoint on the test cache, write metrics, tables and masks."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True)
     parser.add_argument("--checkpoint", required=True, help="model .pt written by the training stage")
+    parser.add_argument("--onnx", required=True, help="the export stage's .onnx (for its parity metadata)")
+    parser.add_argument("--valid", required=True, help="valid split cache (.npz), for threshold: auto")
     parser.add_argument("--test", required=True, help="test split cache (.npz)")
     parser.add_argument("--metrics", required=True, help="output metrics .json")
-    parser.add_argument("--predictions", required=True, help="output predicted masks (.npz, bit-packed)")
+    parser.add_argument("--per-image", required=True, help="output per-image .csv")
+    parser.add_argument("--per-breed", required=True, help="output per-breed .csv")
+    parser.add_argument("--predictions", required=True, help="output predicted native-size masks (.npz)")
+    parser.add_argument("--record", required=True, help="output .json beside the weights: threshold and tta used")
     args = parser.parse_args(argv)
     params = section(load_params(args.params), "evaluate")
-    threshold = get_float(params, "threshold", "evaluate.", minimum=0.0, maximum=1.0)
-    if threshold in (0.0, 1.0):
-        raise UserError(f"params.yaml: evaluate.threshold must be strictly between 0 and 1, got {threshold}")
+    threshold = read_threshold(params)
+    tta = get_choice(params, "tta", TTA_MODES, "evaluate.")
     batch_size = get_int(params, "batch_size", "evaluate.", minimum=1)
     device = select_device()
-    model, ckpt = load_checkpoint(Path(args.checkpoint), device)
-    test = load_cache(Path(args.test))
-    if test.images.shape[1] != ckpt["image_size"]:
+    model = load_model(Path(args.checkpoint), device)
+    _, onnx_meta = onnx_forward(Path(args.onnx))
+    try:
+        onnx_diff = float(onnx_meta["onnx_max_abs_diff"])
+    except (KeyError, ValueError):
         raise UserError(
-            f"{args.test}: images are {test.images.shape[1]} px but {args.checkpoint} was trained at "
-            f"{ckpt['image_size']} px; run dvc repro"
-        )
-    pred = predict_masks(model, test.images, batch_size, threshold, device)
-    meter = SegmentationMeter(threshold)
-    meter.add(torch.from_numpy(pred), torch.from_numpy(test.masks))
+            f"{args.onnx}: no onnx_max_abs_diff in its metadata; run `dvc repro -f` on its export stage"
+        ) from None
+    test = load_cache(Path(args.test))
+    valid = load_cache(Path(args.valid)) if threshold == "auto" else None
+    for path, split in ((args.test, test), (args.valid, valid)):
+        if split is not None and split.images.shape[1] != model.image_size:
+            raise UserError(
+                f"{path}: images are {split.images.shape[1]} px but {args.checkpoint} was trained at "
+                f"{model.image_size} px; run dvc repro"
+            )
+    if valid is not None:
+        valid_logits, _ = predict_logits(model.forward, valid.images, batch_size, tta)
+        threshold = choose_threshold(valid_logits, valid.native)
+    logits, seconds = predict_logits(model.forward, test.images, batch_size, tta)
+    scored = score(logits, test.masks, test.native, threshold)
+    per_image = per_image_table(scored, test.stems, test.breeds, test.species, test.native)
     metrics = {
-        "model": ckpt["model"],
-        **meter.compute(),
-        "best_valid_dice": ckpt["valid_dice"],
-        "best_epoch": ckpt["epoch"],
-        "image_size": ckpt["image_size"],
+        **summary(scored, test.species),
+        "threshold": threshold,
+        "tta": tta,
+        "images_per_s": len(logits) / seconds,
+        "device": device.type,
+        "best_valid_dice": model.info["valid_dice"],
+        "best_epoch": model.info["epoch"],
+        "image_size": model.image_size,
+        "onnx_max_abs_diff": onnx_diff,
     }
     with atomic_path(args.predictions) as tmp, open(tmp, "wb") as f:
-        np.savez(f, masks=np.packbits(pred, axis=-1), shape=np.array(pred.shape), stems=np.array(test.stems))
+        np.savez(f, stems=np.array(test.stems), **scored.predictions.to_arrays("masks"))
+    write_csv(args.per_image, per_image)
+    write_csv(args.per_breed, per_breed_table(scored, per_image))
+    write_eval_record(Path(args.record), model.name, model.image_size, threshold, tta)
     write_json(args.metrics, metrics)
     print(
-        f"evaluate {ckpt['model']}: test Dice {metrics['dice']:.4f}, IoU {metrics['iou']:.4f} over {len(pred)} images"
+        f"evaluate {model.name}: test Dice {metrics['dice']:.4f} at native size "
+        f"({metrics['at_image_size']['dice']:.4f} at {model.image_size} px), threshold {threshold}, tta {tta}, "
+        f"{len(logits)} images"
     )
 
 

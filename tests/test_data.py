@@ -13,6 +13,7 @@ from pipeline.cli import run_stage
 from pipeline.data import CachedSplit, build_cache, load_cache, load_pair, make_split, save_cache, trimap_to_mask
 from pipeline.errors import UserError
 from pipeline.layout import image_path, read_stems, trimap_path
+from pipeline.masks import PackedMasks
 
 TRIMAP = np.array(
     [
@@ -178,6 +179,13 @@ def test_cache_round_trip_shapes_dtypes_and_masks(synthetic_root, tmp_path):
         with Image.open(image_path(synthetic_root, stem)) as img:
             image = np.asarray(img.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR))
         np.testing.assert_array_equal(loaded.images[i], image, err_msg=stem)
+        # The native mask is the whole trimap at the photo's own size, same boundary policy.
+        with Image.open(trimap_path(synthetic_root, stem)) as tri:
+            full = np.asarray(tri)
+        np.testing.assert_array_equal(loaded.native[i], np.isin(full, (1, 3)).astype(np.uint8), err_msg=stem)
+        assert tuple(loaded.native.shapes[i]) == full.shape
+    assert loaded.breeds == [s.rpartition("_")[0] for s in stems]
+    assert loaded.species == ["cat" if s.startswith("Synthcat") else "dog" for s in stems]
 
 
 def test_build_cache_background_policy_gives_smaller_masks(synthetic_root):
@@ -375,7 +383,11 @@ def test_split_stage_reports_missing_list_file(tmp_path, capsys):
 @pytest.mark.parametrize("keep", [0, 200], ids=["empty", "truncated"])
 def test_load_cache_truncated_file_raises_user_error(tmp_path, keep):
     good = tmp_path / "good.npz"
-    save_cache(good, CachedSplit(np.zeros((2, 8, 8, 3), np.uint8), np.zeros((2, 8, 8), np.uint8), ["a", "b"]))
+    masks = np.zeros((2, 8, 8), np.uint8)
+    split = CachedSplit(
+        np.zeros((2, 8, 8, 3), np.uint8), masks, ["a", "b"], PackedMasks.pack(masks), ["a", "b"], ["cat"] * 2
+    )
+    save_cache(good, split)
     path = tmp_path / "cut.npz"
     path.write_bytes(good.read_bytes()[:keep])
     with pytest.raises(UserError, match="cut.npz"):

@@ -1,5 +1,6 @@
 """End to end through the real `dvc` CLI on a temporary copy of the repository (synthetic data)."""
 
+import hashlib
 import json
 import os
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.record import eval_record_path
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
@@ -21,6 +23,8 @@ ALL_STAGES = {
     "preprocess",
     "train-unet",
     "train-resnet34unet",
+    "export-unet",
+    "export-resnet34unet",
     "evaluate-unet",
     "evaluate-resnet34unet",
     "plot",
@@ -32,8 +36,10 @@ TINY = {
     "batch_size": 4,
     "unet": {"base_channels": 4},
     "resnet34_unet": {"decoder_channels": [8, 8, 8, 4, 4]},
-    "plot": {"num_images": 2},
+    "export": {"check_images": 2},
+    "plot": {"num_images": 2, "worst": 3},
 }
+PNGS = ("learning_curves", "overlays", "worst", "dice_distribution", "per_breed", "test_dice")
 
 
 def run(repo: Path, *args: str) -> str:
@@ -80,35 +86,58 @@ def repo(tmp_path_factory) -> Path:
     return repo
 
 
-def test_repro_writes_metrics_and_plots_for_both_models(repo):
+def test_repro_writes_metrics_models_and_plots_for_both_models(repo):
     for model in ("unet", "resnet34_unet"):
         metrics = json.loads((repo / "metrics" / f"{model}.json").read_text())
-        assert metrics["model"] == model
-        assert metrics["num_images"] == 8  # synthetic: every other image is in test.txt
+        assert metrics["images"] == 8  # synthetic: every other image is in test.txt
         for key in ("dice", "dice_per_image", "iou", "pixel_accuracy", "best_valid_dice"):
             assert 0.0 <= metrics[key] <= 1.0
-        assert (repo / "models" / f"{model}.pt").stat().st_size > 0
+        assert metrics["onnx_max_abs_diff"] <= 1e-3
+        # The record petseg predict looks for beside the weights (the path is in dvc.yaml).
+        record = json.loads(eval_record_path(repo / "models" / f"{model}.pt").read_text())
+        assert record["model"] == model and record["threshold"] == metrics["threshold"]
+        for name in (f"models/{model}.pt", f"models/{model}.onnx", f"metrics/{model}_per_image.csv"):
+            assert (repo / name).stat().st_size > 0
         assert (repo / "live" / model / "plots" / "metrics" / "valid" / "dice.tsv").exists()
-    for png in ("learning_curves", "predictions", "test_dice"):
+    for png in PNGS:
         assert (repo / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     shown = json.loads(run(repo, str(DVC), "metrics", "show", "--json"))
     files = next(iter(shown.values()))["data"]
     assert {"metrics/unet.json", "metrics/resnet34_unet.json"} <= set(files)
     plots = json.loads(run(repo, str(DVC), "plots", "show", "--json"))
     assert {"Valid Dice", "Train loss", "Valid loss"} <= set(plots["data"])
+    assert {f"plots/{png}.png" for png in PNGS} <= set(plots["data"])
+    per_image = plots["data"]["Test Dice per image vs pet fraction (native resolution)"][0]["content"]
+    assert "pet_fraction" in json.dumps(per_image)  # the CSV is drawn, with its columns
+    # The models are declared artifacts: once a version is registered with a GTO-style git tag,
+    # `dvc artifacts get` fetches the file by name, as it was at that commit.
+    run(repo, "git", "tag", "-a", "unet-onnx@v0.0.1", "-m", "Registering artifact unet-onnx version 0.0.1")
+    got = repo.parent / "got.onnx"
+    run(repo, str(DVC), "artifacts", "get", str(repo), "unet-onnx", "-o", str(got))
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert hashlib.md5(got.read_bytes()).hexdigest() == lock["stages"]["export-unet"]["outs"][0]["md5"]
     # Nothing left to do: the lock file matches the workspace.
     assert stages_run(run(repo, str(DVC), "repro")) == set()
 
 
 def test_experiments_rerun_exactly_the_affected_stages(repo):
     out = run(repo, str(DVC), "exp", "run", "-S", "lr=3e-4")
-    assert stages_run(out) == {"train-unet", "train-resnet34unet", "evaluate-unet", "evaluate-resnet34unet", "plot"}
+    assert stages_run(out) == ALL_STAGES - {"download", "split", "preprocess"}
     diff = json.loads(run(repo, str(DVC), "metrics", "diff", "--all", "--json"))
     assert {"metrics/unet.json", "metrics/resnet34_unet.json"} <= set(diff)
     assert "dice" in diff["metrics/unet.json"] and "dice" in diff["metrics/resnet34_unet.json"]
 
     out = run(repo, str(DVC), "exp", "run", "-S", "unet.base_channels=6")
-    assert stages_run(out) == {"train-unet", "evaluate-unet", "plot"}
+    assert stages_run(out) == {"train-unet", "export-unet", "evaluate-unet", "plot"}
+
+    out = run(repo, str(DVC), "exp", "run", "-S", "evaluate.tta=hflip")
+    assert stages_run(out) == {"evaluate-unet", "evaluate-resnet34unet", "plot"}
+    assert json.loads((repo / "metrics" / "unet.json").read_text())["tta"] == "hflip"
+
+    # Only export and what depends on it (evaluate reads the parity it records, plot reads evaluate).
+    out = run(repo, str(DVC), "exp", "run", "-S", "export.check_images=3")
+    assert {"export-unet", "export-resnet34unet"} <= stages_run(out)
+    assert stages_run(out) <= {"export-unet", "export-resnet34unet", "evaluate-unet", "evaluate-resnet34unet", "plot"}
 
     out = run(repo, str(DVC), "exp", "run", "-S", "plot.num_images=3")
     assert stages_run(out) == {"plot"}

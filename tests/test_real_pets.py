@@ -4,10 +4,12 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import yaml
 
 import stages.download
 import stages.evaluate
+import stages.export
 import stages.preprocess
 import stages.split
 import stages.train
@@ -61,10 +63,22 @@ def test_stages_on_a_few_real_pets_for_one_epoch(pets_mini, tmp_path):
     train_args = ["--model", "unet", "--train", str(cache / "train.npz"), "--valid", str(cache / "valid.npz")]
     train_args += ["--checkpoint", str(out / "unet.pt"), "--live", str(out / "live")]
     assert run_stage(stages.train.main, [*p, *train_args]) == 0
-    eval_args = ["--checkpoint", str(out / "unet.pt"), "--test", str(cache / "test.npz")]
-    eval_args += ["--metrics", str(out / "unet.json"), "--predictions", str(out / "pred.npz")]
-    assert run_stage(stages.evaluate.main, [*p, *eval_args]) == 0
+    export_args = ["--checkpoint", str(out / "unet.pt"), "--test", str(cache / "test.npz")]
+    assert run_stage(stages.export.main, [*p, *export_args, "--out", str(out / "unet.onnx")]) == 0
+    eval_args = ["--checkpoint", str(out / "unet.pt"), "--onnx", str(out / "unet.onnx")]
+    eval_args += ["--valid", str(cache / "valid.npz"), "--test", str(cache / "test.npz")]
+    eval_args += ["--metrics", str(out / "unet.json"), "--per-image", str(out / "img.csv")]
+    eval_args += ["--per-breed", str(out / "breed.csv"), "--predictions", str(out / "pred.npz")]
+    assert run_stage(stages.evaluate.main, [*p, *eval_args, "--record", str(out / "unet.eval.json")]) == 0
 
     metrics = json.loads((out / "unet.json").read_text())
-    assert metrics["num_images"] == 6 and metrics["best_epoch"] == 1 and metrics["image_size"] == 64
-    assert 0.0 <= metrics["dice"] <= 1.0
+    assert metrics["images"] == 6 and metrics["best_epoch"] == 1 and metrics["image_size"] == 64
+    assert 0.0 <= metrics["dice"] <= 1.0 and metrics["onnx_max_abs_diff"] <= 1e-3
+    # Real photos keep their own sizes, species come from list.txt, breeds from the stems.
+    per_image = pd.read_csv(out / "img.csv")
+    assert (per_image["width"] != 64).all() and per_image["width"].between(150, 2000).all()
+    lines = (src / "annotations" / "list.txt").read_text().splitlines()
+    listed = dict(line.split()[::2] for line in lines if not line.startswith("#"))
+    expected = ["cat" if listed[stem] == "1" else "dog" for stem in per_image["stem"]]
+    assert per_image["species"].tolist() == expected
+    assert sum(v["images"] for v in metrics["species"].values()) == 6

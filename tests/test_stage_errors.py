@@ -10,12 +10,14 @@ import yaml
 from PIL import Image
 
 import stages.evaluate
+import stages.export
 import stages.plot
 import stages.preprocess
 import stages.train
 from pipeline.cli import run_stage
 from pipeline.data import CachedSplit, build_cache, load_pair, make_split, save_cache
 from pipeline.errors import UserError
+from pipeline.masks import PackedMasks
 from pipeline.models import build_model
 from pipeline.params import get_float, train_config
 from tests.conftest import REPO
@@ -39,10 +41,21 @@ def trained(synthetic_root, tmp_path_factory):
         run_stage(stages.train.main, [*p, *train, "--checkpoint", str(root / "unet.pt"), "--live", str(root / "live")])
         == 0
     )
-    evaluate = ["--checkpoint", str(root / "unet.pt"), "--test", str(root / "test.npz")]
-    evaluate += ["--metrics", str(root / "unet.json"), "--predictions", str(root / "pred.npz")]
-    assert run_stage(stages.evaluate.main, [*p, *evaluate]) == 0
+    export = ["--checkpoint", str(root / "unet.pt"), "--test", str(root / "test.npz"), "--out", str(root / "unet.onnx")]
+    assert run_stage(stages.export.main, [*p, *export]) == 0
+    assert run_stage(stages.evaluate.main, [*p, *evaluate_args(root, root)]) == 0
     return root
+
+
+def evaluate_args(trained, out, checkpoint=None, test=None, params=None) -> list[str]:
+    """Arguments of the evaluate stage on the ``trained`` fixture, writing into ``out``."""
+    return [
+        "--params", str(params or trained / "params.yaml"), "--checkpoint", str(checkpoint or trained / "unet.pt"),
+        "--onnx", str(trained / "unet.onnx"), "--valid", str(trained / "valid.npz"),
+        "--test", str(test or trained / "test.npz"), "--metrics", str(out / "unet.json"),
+        "--per-image", str(out / "unet_per_image.csv"), "--per-breed", str(out / "unet_per_breed.csv"),
+        "--predictions", str(out / "pred.npz"), "--record", str(out / "unet.eval.json"),
+    ]  # fmt: skip
 
 
 def _one_error_line(capsys) -> str:
@@ -89,34 +102,30 @@ def test_plot_stage_checks_all_inputs_before_writing(trained, tmp_path, capsys):
 
 def test_evaluate_stage_rejects_a_cache_of_another_size(trained, tmp_path, capsys):
     images = np.zeros((2, 64, 64, 3), np.uint8)
-    save_cache(tmp_path / "test64.npz", CachedSplit(images, np.zeros((2, 64, 64), np.uint8), ["a", "b"]))
-    args = ["--params", str(trained / "params.yaml"), "--checkpoint", str(trained / "unet.pt")]
-    args += ["--test", str(tmp_path / "test64.npz"), "--metrics", str(tmp_path / "m.json")]
-    args += ["--predictions", str(tmp_path / "p.npz")]
-    assert run_stage(stages.evaluate.main, args) == 1
+    masks = np.zeros((2, 64, 64), np.uint8)
+    split = CachedSplit(images, masks, ["a", "b"], PackedMasks.pack(list(masks)), ["a", "b"], ["cat", "dog"])
+    save_cache(tmp_path / "test64.npz", split)
+    assert run_stage(stages.evaluate.main, evaluate_args(trained, tmp_path, test=tmp_path / "test64.npz")) == 1
     assert "images are 64 px but" in _one_error_line(capsys)
-    assert not (tmp_path / "m.json").exists()
+    assert list(tmp_path.glob("unet*")) == [] and not (tmp_path / "pred.npz").exists()
 
 
 def test_evaluate_stage_rejects_a_corrupt_checkpoint(trained, tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00garbage")
-    args = ["--params", str(trained / "params.yaml"), "--checkpoint", str(bad), "--test", str(trained / "test.npz")]
-    args += ["--metrics", str(tmp_path / "m.json"), "--predictions", str(tmp_path / "p.npz")]
-    assert run_stage(stages.evaluate.main, args) == 1
+    assert run_stage(stages.evaluate.main, evaluate_args(trained, tmp_path, checkpoint=bad)) == 1
     assert "not a petseg checkpoint" in _one_error_line(capsys)
+    assert list(tmp_path.glob("unet*")) == []
 
 
-@pytest.mark.parametrize("threshold", [0.0, 1.0])
-def test_evaluate_threshold_must_be_strictly_inside_0_1(trained, tmp_path, capsys, threshold):
+@pytest.mark.parametrize("threshold", [0.0, 1.0, "best"])
+def test_evaluate_threshold_must_be_strictly_inside_0_1_or_auto(trained, tmp_path, capsys, threshold):
     params = yaml.safe_load((trained / "params.yaml").read_text())
     params["evaluate"]["threshold"] = threshold
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    args = ["--params", str(tmp_path / "params.yaml"), "--checkpoint", str(trained / "unet.pt")]
-    args += ["--test", str(trained / "test.npz"), "--metrics", str(tmp_path / "m.json")]
-    args += ["--predictions", str(tmp_path / "p.npz")]
-    assert run_stage(stages.evaluate.main, args) == 1
-    assert "strictly between 0 and 1" in _one_error_line(capsys)
+    assert run_stage(stages.evaluate.main, evaluate_args(trained, tmp_path, params=tmp_path / "params.yaml")) == 1
+    line = _one_error_line(capsys)
+    assert "evaluate.threshold must be" in line and ("strictly between 0 and 1" in line or "number" in line)
 
 
 def test_train_stage_rejects_a_mistyped_option_before_creating_the_dvclive_folder(trained, tmp_path, capsys):

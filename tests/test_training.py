@@ -1,13 +1,12 @@
-import numpy as np
 import pytest
 import torch
 
 from pipeline.data import build_cache, make_split
 from pipeline.errors import UserError
+from pipeline.inference import predict_logits, torch_forward
 from pipeline.metrics import SegmentationMeter
-from pipeline.models import build_model
 from pipeline.params import TrainConfig
-from pipeline.training import fit, load_checkpoint, make_scheduler, predict_masks
+from pipeline.training import fit, load_checkpoint, make_scheduler
 
 CFG = TrainConfig(
     epochs=3, batch_size=4, lr=3e-3, weight_decay=0.0, scheduler="cosine", loss="bce_dice", seed=0, augment="full"
@@ -46,7 +45,8 @@ def test_fit_logs_every_epoch_and_keeps_the_best_valid_dice_weights(tmp_path, ti
     # The saved weights reproduce the logged valid Dice of the best epoch.
     images, masks = tiny_data[1]
     meter = SegmentationMeter()
-    meter.add(torch.from_numpy(predict_masks(model, images, 4, 0.5, torch.device("cpu"))), torch.from_numpy(masks))
+    logits, _ = predict_logits(torch_forward(model, torch.device("cpu")), images, 4, "none")
+    meter.update(torch.from_numpy(logits), torch.from_numpy(masks))
     assert meter.compute()["dice"] == pytest.approx(result.best_valid_dice, abs=1e-6)
 
 
@@ -68,14 +68,6 @@ def test_resnet34_unet_trains_too(tmp_path, tiny_data):
     result, _ = _fit(tmp_path, tiny_data, cfg, name="resnet34_unet")
     _, ckpt = load_checkpoint(tmp_path / "m.pt", torch.device("cpu"))
     assert ckpt["model"] == "resnet34_unet" and ckpt["valid_dice"] == result.best_valid_dice
-
-
-def test_predict_masks_shape_and_values(tiny_data):
-    torch.manual_seed(0)
-    images = tiny_data[1][0]
-    masks = predict_masks(build_model("unet", base_channels=4), images, 3, 0.5, torch.device("cpu"))
-    assert masks.shape == images.shape[:3] and masks.dtype == np.uint8
-    assert set(np.unique(masks)) <= {0, 1}
 
 
 def test_unknown_scheduler_is_a_user_error():

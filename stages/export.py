@@ -1,0 +1,38 @@
+"""Stages `export-unet`, `export-resnet34unet`: the trained model as ONNX, checked against PyTorch."""
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from pipeline.cli import run_stage
+from pipeline.data import load_cache
+from pipeline.export import export_checked
+from pipeline.inference import prepare
+from pipeline.params import get_float, get_int, load_params, section
+from pipeline.training import load_checkpoint
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse args, read export.*, write the .onnx and check it on the first test images. Raises UserError."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--checkpoint", required=True, help="model .pt written by the training stage")
+    parser.add_argument("--test", required=True, help="test split cache (.npz): images for the parity check")
+    parser.add_argument("--out", required=True, help="output .onnx")
+    args = parser.parse_args(argv)
+    params = section(load_params(args.params), "export")
+    opset = get_int(params, "opset", "export.", minimum=18)
+    check_images = get_int(params, "check_images", "export.", minimum=1)
+    tolerance = get_float(params, "max_abs_diff", "export.", minimum=0.0)
+    model, ckpt = load_checkpoint(Path(args.checkpoint), torch.device("cpu"))
+    images = prepare(load_cache(Path(args.test)).images[:check_images])
+    metadata = {"model": ckpt["model"], "image_size": str(ckpt["image_size"]), "best_epoch": str(ckpt["epoch"])}
+    diff = export_checked(model, Path(args.out), metadata, images, opset, tolerance)
+    print(f"export {ckpt['model']}: {args.out}, max |logit difference| vs PyTorch {diff:.2e} on {len(images)} images")
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))
