@@ -1,6 +1,10 @@
-"""Figures for review: learning curves, prediction overlays, test Dice per model (matplotlib)."""
+"""Figures for review (matplotlib), and the readers of the evaluate and training outputs they draw.
+
+The mask pictures (overlays on photos) are in :mod:`pipeline.plot_masks`.
+"""
 
 import json
+import math
 import zipfile
 from pathlib import Path
 
@@ -10,21 +14,26 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.io import atomic_path  # noqa: E402
-from pipeline.metrics import confusion_counts, dice_from_counts  # noqa: E402
+from pipeline.masks import PackedMasks  # noqa: E402
 
 # dvclive writes one TSV per metric under <live>/plots/metrics/, with columns step (0-based epoch) and <name>.
 CURVES = {"train/loss": "train loss", "valid/loss": "valid loss", "valid/dice": "valid Dice"}
-OVERLAY = np.array([255, 64, 0], np.float32)  # RGB of the mask overlay
+# Numbers the figures need from metrics/<model>.json; a dot reaches into a nested mapping.
+METRIC_KEYS = ("dice", "dice_per_image", "iou", "at_image_size.dice", "images", "threshold", "image_size")
+# Tick label colours of per_breed.png, so cat and dog breeds read apart: dark enough for text, unlike
+# the bars' blue and orange, and apart for colour-blind readers (Paul Tol's "bright" purple and green).
+SPECIES_COLOURS = {"cat": "#AA3377", "dog": "#228833"}
+REDO_EVALUATE = "run dvc repro -f for its evaluate stage"
 
 
 def read_curves(live_dir: Path) -> pd.DataFrame:
     """Per-epoch metrics logged by dvclive: a DataFrame indexed by epoch (1-based) with CURVES columns.
 
-    Raises UserError if a TSV is missing.
+    Raises UserError if a TSV is missing or malformed.
     """
     columns = {}
     for metric in CURVES:
@@ -37,6 +46,79 @@ def read_curves(live_dir: Path) -> pd.DataFrame:
         except (KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
             raise UserError(f"{path}: not a dvclive metric file ({err!r}); rerun the training stage") from None
     return pd.DataFrame(columns).rename_axis("epoch")
+
+
+def read_metrics(path: Path) -> dict:
+    """The metrics dict an evaluate stage wrote, with a number for every key of METRIC_KEYS and a ``tta``.
+
+    Raises UserError if the file is missing, not JSON, or lacks one of those keys.
+    """
+    try:
+        metrics = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: metrics not found; run the evaluate stages (dvc repro)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err}); {REDO_EVALUATE}") from None
+    missing = [key for key in METRIC_KEYS if not _is_number(_lookup(metrics, key))]
+    missing += [] if isinstance(_lookup(metrics, "tta"), str) else ["tta"]
+    if missing:
+        raise UserError(f"{path}: missing or malformed {', '.join(missing)}; {REDO_EVALUATE}")
+    return metrics
+
+
+def _lookup(d: object, dotted: str) -> object:
+    for key in dotted.split("."):
+        d = d.get(key) if isinstance(d, dict) else None
+    return d
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_table(path: Path, text: tuple[str, ...], numbers: tuple[str, ...]) -> pd.DataFrame:
+    """A CSV an evaluate stage wrote, with ``text`` columns as str and ``numbers`` columns as finite floats.
+
+    Raises UserError if the file is missing, not a CSV, lacks a column or has a non-number in ``numbers``.
+    """
+    try:
+        table = pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=False)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run the evaluate stages (dvc repro)") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a CSV ({str(err).strip()!r}); {REDO_EVALUATE}") from None
+    missing = [c for c in (*text, *numbers) if c not in table.columns]
+    if missing:
+        raise UserError(f"{path}: lacks column {', '.join(missing)}; {REDO_EVALUATE}")
+    for column in numbers:
+        table[column] = pd.to_numeric(table[column], errors="coerce")
+        if not np.isfinite(table[column]).all():
+            raise UserError(f"{path}: column {column} holds a non-number; {REDO_EVALUATE}")
+    return table
+
+
+def load_predictions(path: Path) -> tuple[PackedMasks, list[str]]:
+    """The predicted native-size masks and their stems from an evaluate stage's .npz.
+
+    Raises UserError if the file is missing, not an .npz, or its arrays do not fit together.
+    """
+    try:
+        with np.load(path) as data:
+            masks, stems = PackedMasks.from_arrays(data, "masks"), data["stems"].tolist()
+    except FileNotFoundError:
+        raise UserError(f"{path}: predictions not found; run the evaluate stages (dvc repro)") from None
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path}: not a predictions file ({err!r}); {REDO_EVALUATE}") from None
+    sizes = (masks.shapes.prod(axis=1) + 7) // 8 if masks.shapes.ndim == 2 else None
+    consistent = (
+        sizes is not None
+        and len(masks.offsets) == len(sizes) + 1 == len(stems) + 1
+        and np.array_equal(np.diff(masks.offsets), sizes)
+        and masks.offsets[-1] == len(masks.bits)
+    )
+    if not consistent:
+        raise UserError(f"{path}: mask arrays and stems do not fit together; {REDO_EVALUATE}")
+    return masks, stems
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
@@ -66,78 +148,108 @@ def learning_curves(curves: dict[str, pd.DataFrame]) -> plt.Figure:
     return fig
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend ``OVERLAY`` into uint8 (H, W, 3) ``image`` where uint8 (H, W) ``mask`` is 1."""
-    out = image.astype(np.float32)
-    out[mask.astype(bool)] = (1 - alpha) * out[mask.astype(bool)] + alpha * OVERLAY
-    return out.astype(np.uint8)
+def ecdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Empirical CDF of float (N,) ``values``, N >= 1: the distinct values sorted, float (K,), and the
+    fraction of ``values`` at most each of them, float (K,)."""
+    x, counts = np.unique(values, return_counts=True)
+    return x, np.cumsum(counts) / len(values)
 
 
-def prediction_grid(
-    images: np.ndarray, truth: np.ndarray, predictions: dict[str, np.ndarray], stems: list[str]
-) -> plt.Figure:
-    """Rows of test images: the photo, ground truth overlay, then each model's prediction overlay.
-
-    ``images`` uint8 (K, S, S, 3); ``truth`` and each prediction uint8 (K, S, S) in {0, 1}.
-    Prediction panels are titled with that image's Dice.
-    """
-    cols = 2 + len(predictions)
-    fig, axes = plt.subplots(len(images), cols, figsize=(2.4 * cols, 2.4 * len(images)), squeeze=False)
-    for row, (image, gt, stem) in enumerate(zip(images, truth, stems, strict=True)):
-        panels = [(image, stem), (overlay(image, gt), "ground truth")]
-        for name, pred in predictions.items():
-            tp, fp, fn, _ = confusion_counts(torch.from_numpy(pred[row][None]), torch.from_numpy(gt[None]))[0]
-            panels.append((overlay(image, pred[row]), f"{name} Dice {float(dice_from_counts(tp, fp, fn)):.3f}"))
-        for ax, (picture, title) in zip(axes[row], panels, strict=True):
-            ax.imshow(picture)
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
+def dice_distribution(per_image: dict[str, pd.DataFrame]) -> plt.Figure:
+    """ECDF of each model's per-image native Dice (``dice`` column of its per-image table), shared axes."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, table in per_image.items():
+        x, y = ecdf(table["dice"].to_numpy())
+        # Start at (0, 0) and end at Dice 1 so every curve spans the whole axis.
+        ax.step(
+            np.r_[0.0, x, 1.0], np.r_[0.0, y, 1.0], where="post", label=f"{name} (median {table['dice'].median():.3f})"
+        )
+    ax.axhline(0.5, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("Dice of an image (native resolution)")
+    ax.set_ylabel("fraction of test images with Dice ≤ x")
+    ax.set_title(f"Per-image test Dice ({len(next(iter(per_image.values())))} images)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
     fig.tight_layout()
+    return fig
+
+
+def breed_order(per_breed: dict[str, pd.DataFrame]) -> list[str]:
+    """Breeds by the mean over models of their ``dice`` (worst first, ties by name).
+
+    Each table has one row per breed with columns breed and dice; a breed missing from a model's
+    table is averaged over the others.
+    """
+    dice = pd.concat([t.set_index("breed")["dice"] for t in per_breed.values()], axis=1).mean(axis=1)
+    return sorted(dice.index, key=lambda breed: (dice[breed], breed))
+
+
+def per_breed_bars(per_breed: dict[str, pd.DataFrame]) -> plt.Figure:
+    """Horizontal grouped bars of each model's per-breed Dice (worst breed on top), labelled with the
+    breed's image count; tick labels coloured by species.
+
+    Each table has columns breed, species, images, dice, one row per breed (the same breeds).
+    """
+    order = breed_order(per_breed)
+    first = next(iter(per_breed.values())).set_index("breed")
+    y = np.arange(len(order))[::-1]  # the first (worst) breed at the top
+    height = 0.8 / len(per_breed)
+    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.22 * len(order) * len(per_breed)), layout="constrained")
+    for i, (name, table) in enumerate(per_breed.items()):
+        dice = table.set_index("breed")["dice"].reindex(order)
+        ax.barh(y + (len(per_breed) / 2 - 0.5 - i) * height, dice, height, label=name)
+    ax.set_yticks(y, [f"{b} (n={int(first.loc[b, 'images'])})" for b in order], fontsize=8)
+    for label, breed in zip(ax.get_yticklabels(), order, strict=True):
+        label.set_color(SPECIES_COLOURS.get(first.loc[breed, "species"], "black"))
+    ax.set_ylim(-0.6, len(order) - 0.4)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("test Dice within the breed (dataset-level, native resolution)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("Test Dice per breed, worst on top", pad=24)
+    handles, _ = ax.get_legend_handles_labels()
+    # Species entries are their label text in the tick label colour, with no mark.
+    handles += [Line2D([], [], linestyle="none", label=f"{s} breed names") for s in SPECIES_COLOURS]
+    colours = ["black"] * len(per_breed) + list(SPECIES_COLOURS.values())
+    ax.legend(
+        handles=handles,
+        labelcolor=colours,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=len(handles),
+        frameon=False,
+        fontsize=9,
+    )
     return fig
 
 
 def dice_bars(metrics: dict[str, dict]) -> plt.Figure:
-    """Grouped bars of test Dice, per-image Dice and IoU for each model, values printed on the bars."""
-    keys = ("dice", "dice_per_image", "iou")
-    fig, ax = plt.subplots(figsize=(2 + 2 * len(metrics), 3.5))
-    width = 0.8 / len(keys)
+    """Grouped bars per model of native Dice, per-image Dice, IoU and Dice at the cache's image size
+    (what resizing the masks to each photo costs), values printed on the bars; the title gives the
+    number of test images and each model's threshold and TTA. Each metrics dict has the keys of
+    METRIC_KEYS and tta; image_size and images are taken from the first."""
+    first = next(iter(metrics.values()))
+    bars = {
+        "Dice": lambda m: m["dice"],
+        "Dice per image": lambda m: m["dice_per_image"],
+        "IoU": lambda m: m["iou"],
+        f"Dice at {first['image_size']} px": lambda m: m["at_image_size"]["dice"],
+    }
+    fig, ax = plt.subplots(figsize=(max(6.0, 2 + 2.4 * len(metrics)), 4))  # wide enough for the legend
+    width = 0.8 / len(bars)
     x = np.arange(len(metrics))
-    for i, key in enumerate(keys):
-        values = [m[key] for m in metrics.values()]
-        bars = ax.bar(x + (i - 1) * width, values, width, label=key)
-        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    for i, (label, value) in enumerate(bars.items()):
+        drawn = ax.bar(x + (i - (len(bars) - 1) / 2) * width, [value(m) for m in metrics.values()], width, label=label)
+        ax.bar_label(drawn, fmt="%.3f", fontsize=7, padding=1)
     ax.set_xticks(x, list(metrics))
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.15)
     ax.set_ylabel("test score")
-    n = next(iter(metrics.values()))["num_images"]
-    ax.set_title(f"Test set ({n} images)")
-    ax.legend(loc="lower right", fontsize=8)
+    settings = [f"{name}: threshold {m['threshold']:g}, TTA {m['tta']}" for name, m in metrics.items()]
+    if len({(m["threshold"], m["tta"]) for m in metrics.values()}) == 1:
+        settings = [f"threshold {first['threshold']:g}, TTA {first['tta']}"]
+    resolution = f"at each photo's own size but the last bar ({first['image_size']}x{first['image_size']} px)"
+    ax.set_title(f"Test set ({first['images']} images), {resolution}\n" + "; ".join(settings), fontsize=10)
+    ax.legend(loc="upper center", ncol=len(bars), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
-
-
-def read_metrics(path: Path) -> dict:
-    """The metrics dict an evaluate stage wrote. Raises UserError if missing, not JSON or lacking a key."""
-    try:
-        metrics = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: metrics not found; run the evaluate stages (dvc repro)") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err}); run dvc repro -f for its evaluate stage") from None
-    missing = [k for k in ("dice", "dice_per_image", "iou", "num_images") if k not in metrics]
-    if missing:
-        raise UserError(f"{path}: lacks {', '.join(missing)}; run dvc repro -f for its evaluate stage")
-    return metrics
-
-
-def load_predictions(path: Path) -> tuple[np.ndarray, list[str]]:
-    """Masks uint8 (N, S, S) and stems from an evaluate stage's bit-packed .npz."""
-    try:
-        with np.load(path) as data:
-            shape = tuple(data["shape"])
-            masks = np.unpackbits(data["masks"], axis=-1, count=shape[-1])
-            return masks.reshape(shape), data["stems"].tolist()
-    except FileNotFoundError:
-        raise UserError(f"{path}: predictions not found; run the evaluate stages (dvc repro)") from None
-    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise UserError(f"{path}: not a predictions file ({err!r}); run dvc repro -f for its evaluate stage") from None

@@ -1,7 +1,8 @@
-"""Stage `plot`: learning curves, prediction overlays and test Dice bars for all models."""
+"""Stage `plot`: learning curves, mask overlays, worst images, Dice distribution, per-breed and test Dice figures."""
 
 import argparse
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,54 +12,83 @@ from pipeline.cli import run_stage
 from pipeline.data import load_cache
 from pipeline.errors import UserError
 from pipeline.params import get_int, load_params, section
+from pipeline.plot_masks import overlay_grid, worst_grid
 from pipeline.plots import (
+    REDO_EVALUATE,
     dice_bars,
+    dice_distribution,
     learning_curves,
     load_predictions,
-    prediction_grid,
+    per_breed_bars,
     read_curves,
     read_metrics,
+    read_table,
     save_figure,
 )
 
+PER_MODEL = ("live", "metrics", "per_image", "per_breed", "predictions")
+
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Parse args, read plot.*, write the three PNG figures. Raises UserError for missing inputs."""
+    """Parse args, read plot.*, check every input against the test cache, then write the six PNG figures.
+
+    Raises UserError for a bad param, a missing or corrupt input, inputs of another test set, or a
+    per-model option not given once per model.
+    """
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True)
     parser.add_argument("--models", nargs="+", required=True, help="model names, in display order")
     parser.add_argument("--live", nargs="+", required=True, help="dvclive folder per model")
     parser.add_argument("--metrics", nargs="+", required=True, help="metrics .json per model")
+    parser.add_argument("--per-image", nargs="+", required=True, help="per-image .csv per model")
+    parser.add_argument("--per-breed", nargs="+", required=True, help="per-breed .csv per model")
     parser.add_argument("--predictions", nargs="+", required=True, help="predictions .npz per model")
     parser.add_argument("--test", required=True, help="test split cache (.npz)")
-    parser.add_argument("--curves-png", required=True)
-    parser.add_argument("--predictions-png", required=True)
-    parser.add_argument("--dice-png", required=True)
+    for name in ("curves", "overlays", "worst", "distribution", "breeds", "dice"):
+        parser.add_argument(f"--{name}-png", required=True)
     args = parser.parse_args(argv)
-    if not len(args.models) == len(args.live) == len(args.metrics) == len(args.predictions):
-        raise UserError("plot: give one --live, --metrics and --predictions path per --models name")
+    counts = {f"--{key.replace('_', '-')}": len(getattr(args, key)) for key in PER_MODEL}
+    if any(n != len(args.models) for n in counts.values()):
+        given = ", ".join(f"{n} {option}" for option, n in counts.items())
+        raise UserError(f"plot: {len(args.models)} --models but {given}; give one path per model to each")
     params = section(load_params(args.params), "plot")
     num_images = get_int(params, "num_images", "plot.", minimum=1)
+    worst = get_int(params, "worst", "plot.", minimum=1)
     seed = get_int(params, "seed", "plot.", minimum=0)
 
-    # Read and check every input before writing any figure.
-    names = args.models
-    curves = {m: read_curves(Path(p)) for m, p in zip(names, args.live, strict=True)}
-    metrics = {m: read_metrics(Path(p)) for m, p in zip(names, args.metrics, strict=True)}
+    # Read and check every input before writing any figure, so a bad input leaves no PNG.
     test = load_cache(Path(args.test))
+    curves, metrics, per_image, per_breed, predictions = {}, {}, {}, {}, {}
+    for i, model in enumerate(args.models):
+        curves[model] = read_curves(Path(args.live[i]))
+        metrics[model] = read_metrics(Path(args.metrics[i]))
+        per_image[model] = read_table(Path(args.per_image[i]), ("stem",), ("dice",))
+        per_breed[model] = read_table(Path(args.per_breed[i]), ("breed", "species"), ("images", "dice"))
+        predictions[model], stems = load_predictions(Path(args.predictions[i]))
+        breeds = per_breed[model].groupby("breed")["images"].sum().to_dict()
+        same_masks = stems == test.stems and np.array_equal(predictions[model].shapes, test.native.shapes)
+        for path, same in (
+            (args.metrics[i], metrics[model]["images"] == len(test.stems)),
+            (args.per_image[i], per_image[model]["stem"].tolist() == test.stems),
+            (args.per_breed[i], breeds == Counter(test.breeds)),
+            (args.predictions[i], same_masks),
+        ):
+            if not same:
+                raise UserError(f"{path}: not about the {len(test.stems)} test images of {args.test}; {REDO_EVALUATE}")
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(test.stems), min(num_images, len(test.stems)), replace=False))
-    predictions = {}
-    for model, path in zip(names, args.predictions, strict=True):
-        masks, stems = load_predictions(Path(path))
-        if stems != test.stems:
-            raise UserError(f"{path}: predictions are for other test images than {args.test}; run dvc repro")
-        predictions[model] = masks[chosen]
-    save_figure(learning_curves(curves), args.curves_png)
-    save_figure(dice_bars(metrics), args.dice_png)
-    grid = prediction_grid(test.images[chosen], test.masks[chosen], predictions, [test.stems[i] for i in chosen])
-    save_figure(grid, args.predictions_png)
-    print(f"plot: wrote {args.curves_png}, {args.predictions_png}, {args.dice_png}")
+
+    figures = {
+        args.curves_png: learning_curves(curves),
+        args.overlays_png: overlay_grid(test, predictions, per_image, chosen),
+        args.worst_png: worst_grid(test, predictions, per_image, worst),
+        args.distribution_png: dice_distribution(per_image),
+        args.breeds_png: per_breed_bars(per_breed),
+        args.dice_png: dice_bars(metrics),
+    }
+    for path, fig in figures.items():
+        save_figure(fig, Path(path))
+    print(f"plot: wrote {', '.join(figures)}")
 
 
 if __name__ == "__main__":

@@ -65,38 +65,53 @@ def _one_error_line(capsys) -> str:
     return errors[0]
 
 
-def _plot_args(root, metrics=None, predictions=None):
-    out = root / "figs"
+def _plot_args(root, out=None, metrics=None, predictions=None):
+    """The plot stage's arguments on the ``trained`` fixture (one model), writing the figures into ``out``."""
+    out = out or root / "figs"
+    figures = ("curves", "overlays", "worst", "distribution", "breeds", "dice")
     return out, [
-        "--params", str(root / "params.yaml"), "--models", "unet",
-        "--live", str(root / "live"), "--metrics", str(metrics or root / "unet.json"),
-        "--predictions", str(predictions or root / "pred.npz"), "--test", str(root / "test.npz"),
-        "--curves-png", str(out / "c.png"), "--predictions-png", str(out / "p.png"), "--dice-png", str(out / "d.png"),
+        "--params", str(root / "params.yaml"), "--models", "unet", "--live", str(root / "live"),
+        "--metrics", str(metrics or root / "unet.json"), "--per-image", str(root / "unet_per_image.csv"),
+        "--per-breed", str(root / "unet_per_breed.csv"), "--predictions", str(predictions or root / "pred.npz"),
+        "--test", str(root / "test.npz"), *[a for f in figures for a in (f"--{f}-png", str(out / f"{f}.png"))],
     ]  # fmt: skip
 
 
-def test_plot_stage_writes_three_pngs(trained):
+def test_plot_stage_writes_six_pngs(trained):
     out, args = _plot_args(trained)
     assert run_stage(stages.plot.main, args) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["c.png", "d.png", "p.png"]
+    names = ["breeds", "curves", "dice", "distribution", "overlays", "worst"]
+    assert sorted(p.name for p in out.iterdir()) == [f"{n}.png" for n in names]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in out.iterdir())
 
 
 def test_plot_stage_checks_all_inputs_before_writing(trained, tmp_path, capsys):
     metrics = tmp_path / "m.json"
     metrics.write_text(json.dumps({"dice": 0.5}))
-    out, args = _plot_args(trained, metrics=metrics)
-    out = tmp_path / "figs"
-    args[args.index(str(trained / "figs" / "c.png"))] = str(out / "c.png")
+    out, args = _plot_args(trained, out=tmp_path / "figs", metrics=metrics)
     assert run_stage(stages.plot.main, args) == 1
-    assert "lacks dice_per_image, iou, num_images" in _one_error_line(capsys)
+    assert "missing or malformed dice_per_image, iou, at_image_size.dice, images" in _one_error_line(capsys)
     assert not out.exists()
 
     broken = tmp_path / "pred.npz"
     broken.write_bytes(b"not a zip")
-    _, args = _plot_args(trained, predictions=broken)
-    args[args.index(str(trained / "figs" / "c.png"))] = str(out / "c.png")
+    _, args = _plot_args(trained, out=out, predictions=broken)
     assert run_stage(stages.plot.main, args) == 1
     assert "not a predictions file" in _one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_plot_stage_rejects_predictions_of_another_test_set(trained, tmp_path, capsys):
+    with np.load(trained / "pred.npz") as data:
+        arrays = dict(data)
+    arrays["stems"] = arrays["stems"][::-1]
+    other = tmp_path / "pred.npz"
+    with open(other, "wb") as f:
+        np.savez(f, **arrays)
+    out, args = _plot_args(trained, out=tmp_path / "figs", predictions=other)
+    assert run_stage(stages.plot.main, args) == 1
+    line = _one_error_line(capsys)
+    assert f"{other}: not about the" in line and "run dvc repro -f for its evaluate stage" in line
     assert not out.exists()
 
 
