@@ -1,0 +1,8 @@
+"""``python -m pipeline``: the ``petseg`` command (see :func:`pipeline.cli.main`)."""
+
+import sys
+
+from pipeline.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
