@@ -34,17 +34,20 @@ def torch_forward(model: torch.nn.Module, device: torch.device) -> Forward:
     return forward
 
 
-def onnx_forward(path: Path, device: str = "cpu") -> tuple[Forward, dict[str, str]]:
-    """An ONNX Runtime session on ``path`` as a forward function, and the model's metadata_props.
+def onnx_providers(device: str) -> list[str]:
+    """ONNX Runtime execution providers for a torch device type: CUDA first on "cuda" (ONNX Runtime
+    falls back to the next provider when its build lacks one), the CPU always."""
+    return (["CUDAExecutionProvider"] if device == "cuda" else []) + ["CPUExecutionProvider"]
 
-    ``device`` "cuda" asks for the CUDA execution provider first (ONNX Runtime falls back to the CPU
-    if that build lacks it). Raises UserError if the file is missing or not an ONNX model.
+
+def onnx_forward(path: Path, device: str = "cpu") -> tuple[Forward, dict[str, str]]:
+    """An ONNX Runtime session on ``path`` (providers: :func:`onnx_providers`) as a forward function,
+    and the model's metadata_props. Raises UserError if the file is missing or not an ONNX model.
     """
     import onnxruntime as ort  # imported here: a training-only install never loads it
 
-    providers = (["CUDAExecutionProvider"] if device == "cuda" else []) + ["CPUExecutionProvider"]
     try:
-        session = ort.InferenceSession(str(path), providers=providers)
+        session = ort.InferenceSession(str(path), providers=onnx_providers(device))
     except Exception as err:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
         if not Path(path).is_file():
             raise UserError(f"{path}: ONNX model not found; run `dvc repro` (export stage)") from None

@@ -18,10 +18,11 @@ from tqdm import tqdm
 
 from pipeline.data import resize_pair
 from pipeline.errors import UserError
-from pipeline.inference import TTA_MODES, LoadedModel, load_model, native_probabilities, predict_logits
+from pipeline.inference import LoadedModel, load_model, native_probabilities, predict_logits
 from pipeline.io import atomic_path
 from pipeline.overlays import tint
 from pipeline.record import eval_record_path, read_eval_record
+from pipeline.training import select_device
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 DEVICES = ("auto", "cpu", "cuda")
@@ -122,8 +123,6 @@ def read_image(path: Path) -> Image.Image:
             return img.convert("RGB")  # convert() decodes fully, so a truncated file fails here
     except FileNotFoundError:
         raise UserError(f"{path}: not found; check the path") from None
-    except PermissionError:
-        raise UserError(f"{path}: permission denied; make the file readable") from None
     except Image.DecompressionBombError as err:
         raise UserError(f"{path}: {err}; downscale the image") from None
     # PIL reports corrupt data as OSError, SyntaxError or ValueError depending on the decoder.
@@ -139,16 +138,15 @@ def resize_for_model(image: Image.Image, size: int) -> np.ndarray:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` (CUDA if available, else CPU), ``"cpu"`` or ``"cuda"`` → a torch device.
+    """``"auto"`` (:func:`pipeline.training.select_device`: CUDA if available, else CPU), ``"cpu"``
+    or ``"cuda"`` (one of :data:`DEVICES`, which the command line enforces) → a torch device.
 
-    Raises UserError for ``"cuda"`` without a usable GPU, or for another name.
+    Raises UserError for ``"cuda"`` without a usable GPU.
     """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return select_device()
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is available to PyTorch; use --device cpu or auto")
-    if name not in DEVICES:
-        raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
     return torch.device(name)
 
 
@@ -259,15 +257,9 @@ def run(
     Returns those problems (empty when every input was written). Raises UserError, before writing
     anything, for weights that are not a petseg model, a malformed evaluate record, two inputs with
     the same stem, an output that would overwrite an input, ``--out`` not a folder, an unavailable
-    device, or ``threshold`` / ``tta`` / ``batch_size`` out of range; and while writing, for a file
-    that cannot be written.
+    device; and while writing, for a file that cannot be written. ``threshold``, ``tta`` and
+    ``batch_size`` are taken as valid: :func:`pipeline.cli.build_parser` checks them.
     """
-    if threshold is not None and not (0 < threshold < 1):  # also rejects NaN
-        raise UserError(f"--threshold must be strictly between 0 and 1, got {threshold}")
-    if tta is not None and tta not in TTA_MODES:
-        raise UserError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; choose another --out")

@@ -392,3 +392,12 @@ def test_load_cache_truncated_file_raises_user_error(tmp_path, keep):
     path.write_bytes(good.read_bytes()[:keep])
     with pytest.raises(UserError, match="cut.npz"):
         load_cache(path)
+
+
+def test_a_trimap_of_another_size_than_its_photo_is_one_line(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations" / "trimaps").mkdir(parents=True)
+    Image.new("RGB", (40, 30)).save(tmp_path / "images" / "x.jpg")
+    Image.fromarray(np.full((30, 41), 2, np.uint8)).save(tmp_path / "annotations" / "trimaps" / "x.png")
+    with pytest.raises(UserError, match=r"x.png: trimap is 41x30 px but its image is 40x30"):
+        load_pair(tmp_path, "x", 32, "pet")

@@ -3,9 +3,11 @@
 import json
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 import yaml
+from onnx import TensorProto, helper
 
 import stages.evaluate
 from pipeline.cli import run_stage
@@ -80,3 +82,17 @@ def test_hflip_tta_is_recorded_and_changes_the_scores(trained, tmp_path):  # noq
     assert tta["tta"] == "hflip" and json.loads((tmp_path / "unet.eval.json").read_text())["tta"] == "hflip"
     assert tta["dice"] != plain["dice"]
     assert tta["images"] == plain["images"]
+
+
+def test_an_onnx_without_its_parity_record_is_one_line_and_nothing_is_written(trained, tmp_path, capsys):  # noqa: F811
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])  # fmt: skip
+    onnx.save(helper.make_model(graph), tmp_path / "other.onnx")
+    args = evaluate_args(trained, tmp_path)
+    args[args.index("--onnx") + 1] = str(tmp_path / "other.onnx")
+    assert run_stage(stages.evaluate.main, args) == 1
+    err = capsys.readouterr().err
+    expected = f"error: {tmp_path / 'other.onnx'}: no onnx_max_abs_diff in its metadata; run `dvc repro -f`"
+    assert [line[: len(expected)] for line in err.splitlines() if line.startswith("error: ")] == [expected]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.onnx"]

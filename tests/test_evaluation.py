@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.data import trimap_to_mask
+from pipeline.errors import UserError
 from pipeline.evaluation import choose_threshold, per_breed_table, per_image_table, score, summary
 from pipeline.inference import native_probabilities, tta_forward
 from pipeline.layout import breed_of, read_species
@@ -165,3 +166,14 @@ def test_packed_masks_round_trip_different_sizes():
     np.testing.assert_array_equal(again[2], masks[2])
     with pytest.raises(ValueError, match="2-D"):
         PackedMasks.pack([np.zeros((2, 2, 2))])
+    assert len(PackedMasks.pack([])) == 0
+
+
+def test_score_refuses_mismatched_counts():
+    with pytest.raises(ValueError, match="2 logits, 1 masks, 1 native masks"):
+        score(np.zeros((2, 4, 4), np.float32), np.zeros((1, 4, 4), np.uint8), PackedMasks.pack([np.zeros((4, 4))]), 0.5)
+
+
+def test_read_species_missing_file_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="list.txt: list file not found; rerun the download stage"):
+        read_species(tmp_path / "list.txt")

@@ -1,6 +1,7 @@
 """The plot stage and its figures, on small hand-made evaluate and training outputs."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -178,6 +179,12 @@ def test_plot_stage_rejects_predictions_for_other_stems_and_writes_nothing(input
     assert not (inputs / "figs").exists()
 
 
+def _bad_live(folder: Path) -> None:
+    # A dvclive layout whose first metric file lacks its value column.
+    (folder / "plots" / "metrics" / "train").mkdir(parents=True)
+    (folder / "plots" / "metrics" / "train" / "loss.tsv").write_text("step\tvalue\n0\t1.0\n")
+
+
 @pytest.mark.parametrize(
     "option, write, message",
     [
@@ -187,6 +194,11 @@ def test_plot_stage_rejects_predictions_for_other_stems_and_writes_nothing(input
         ("per_image", lambda p: p.write_text("stem,iou\nBengal_1,0.5\n"), "lacks column dice"),
         ("per_breed", lambda p: p.write_text("breed,species,images,dice\nBengal,cat,x,0.5\n"), "images holds a non"),
         ("predictions", lambda p: p.write_bytes(b"not a zip"), "not a predictions file"),
+        ("predictions", lambda p: None, "predictions not found"),
+        ("per_image", lambda p: None, "not found; run the evaluate stages"),
+        ("per_image", lambda p: p.write_text(""), "not a CSV"),
+        ("live", lambda p: None, "not found; rerun the training stage"),
+        ("live", _bad_live, "not a dvclive metric file"),
     ],
 )
 def test_plot_stage_names_a_bad_input_and_writes_nothing(inputs, capsys, option, write, message):
@@ -196,7 +208,7 @@ def test_plot_stage_names_a_bad_input_and_writes_nothing(inputs, capsys, option,
     paths = default[default.index(f"--{option.replace('_', '-')}") + 1 :][: len(MODELS)]
     assert run_stage(stages.plot.main, plot_args(inputs, **{option: [paths[0], bad]})) == 1
     line = _error(capsys)
-    assert line.startswith(f"error: {bad}: ") and message in line
+    assert line.startswith(f"error: {bad}") and message in line  # the file, or one inside the folder
     assert not (inputs / "figs").exists()
 
 

@@ -17,6 +17,7 @@ from pipeline.cli import main
 from pipeline.data import load_pair, make_split, resize_pair
 from pipeline.dataset import normalize
 from pipeline.export import export_checked
+from pipeline.inference import onnx_providers
 from pipeline.layout import image_path
 from pipeline.losses import LOSSES
 from pipeline.models import build_model
@@ -240,7 +241,16 @@ def test_eval_record_sets_the_defaults_and_flags_override_it(model_dir, photos, 
 
 
 @pytest.mark.parametrize(
-    "text", ["{not json", "[0.5]", '{"model": "unet", "threshold": 1.5, "tta": "none"}', '{"model": "unet"}']
+    "text",
+    [
+        "{not json",
+        "[0.5]",
+        '{"threshold": 0.5, "tta": "none"}',
+        '{"model": "unet", "threshold": 1.5, "tta": "none"}',
+        '{"model": "unet"}',
+        '{"model": "unet", "threshold": 0.5, "tta": "vflip"}',
+        '{"model": "unet", "threshold": 0.5, "tta": "none", "image_size": "32"}',
+    ],
 )
 def test_malformed_eval_record(text, model_dir, photos, tmp_path, capsys):
     shutil.copy(model_dir / "unet.pt", tmp_path / "unet.pt")
@@ -331,3 +341,56 @@ def test_entry_points(model_dir, photos, tmp_path):
     np.testing.assert_array_equal(
         read_mask(tmp_path / "module" / "dog_mask.png"), read_mask(tmp_path / "script" / "dog_mask.png")
     )
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "x"])
+def test_batch_size_must_be_a_whole_number_from_1(value, model_dir, photos, tmp_path, capsys):
+    code, _, err = predict(
+        ["--weights", model_dir / "unet.pt", photos["jpeg"], "--out", tmp_path, "--batch-size", value], capsys
+    )
+    assert code == 2 and "--batch-size" in err and "whole number >= 1" in err
+
+
+def test_a_decompression_bomb_is_one_line_and_the_rest_are_written(model_dir, photos, tmp_path, capsys, monkeypatch):
+    big = tmp_path / "big.png"
+    Image.new("RGB", (300, 300)).save(big)
+    # PIL refuses images over 2 x MAX_IMAGE_PIXELS outright; lower the limit instead of making a huge file.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)
+    code, _, err = predict(["--weights", model_dir / "unet.pt", big, photos["grey"], "--out", tmp_path / "o"], capsys)
+    assert code == 1
+    assert error_lines(err) == [line for line in error_lines(err) if str(big) in line] and len(error_lines(err)) == 1
+    assert "downscale the image" in err
+    assert (tmp_path / "o" / f"{Path(photos['grey']).stem}_mask.png").exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(model_dir, photos, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, _, err = predict(
+        ["--weights", model_dir / "unet.pt", photos["jpeg"], "--out", tmp_path / "file" / "o"], capsys
+    )
+    assert code == 1 and len(error_lines(err)) == 1 and "cannot create the output folder" in err
+
+
+def test_a_failed_write_is_one_line_and_leaves_no_partial_file(model_dir, photos, tmp_path, capsys, monkeypatch):
+    def full_disk(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    code, _, err = predict(["--weights", model_dir / "unet.pt", photos["jpeg"], "--out", tmp_path / "o"], capsys)
+    assert code == 1 and len(error_lines(err)) == 1 and "cannot write predictions" in err
+    assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_ctrl_c_exits_130(model_dir, photos, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pipeline.predict.run", interrupted)
+    code, _, err = predict(["--weights", model_dir / "unet.pt", photos["jpeg"], "--out", tmp_path / "o"], capsys)
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+
+
+def test_onnx_runs_on_cuda_first_when_asked():
+    assert onnx_providers("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_providers("cpu") == ["CPUExecutionProvider"]
