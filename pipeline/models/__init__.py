@@ -1,12 +1,17 @@
-"""Model registry: ``build_model("unet" | "resnet34_unet", **options)``."""
+"""Model registry: ``build_model("unet" | "resnet34_unet", **options)``; :func:`init_weights` and
+:func:`load_encoder_weights` to initialise a built model."""
 
 import inspect
 
 from torch import nn
 
 from pipeline.errors import UserError
+from pipeline.models.init import INIT_SCHEMES, init_weights
+from pipeline.models.pretrained import load_encoder_weights
 from pipeline.models.resnet34_unet import ResNet34UNet
 from pipeline.models.unet import UNet
+
+__all__ = ["INIT_SCHEMES", "MODELS", "build_model", "check_options", "init_weights", "load_encoder_weights"]
 
 MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "resnet34_unet": ResNet34UNet}
 
