@@ -1,6 +1,7 @@
 """Train/valid/test split, trimap → mask, and the preprocessed cache (uint8 arrays per split).
 
-Trimap values follow the dataset README: 1 = pet, 2 = background, 3 = boundary.
+Trimap values follow the dataset README: 1 = pet, 2 = background, 3 = boundary. Masks are uint8
+with 0 = background, 1 = pet and :data:`~pipeline.masks.IGNORE` (255) = counted in no loss or metric.
 """
 
 import random
@@ -15,7 +16,8 @@ from tqdm import tqdm
 from pipeline.errors import UserError
 from pipeline.io import atomic_path
 from pipeline.layout import UNKNOWN_SPECIES, breed_of, image_path, read_species, read_stems, trimap_path
-from pipeline.masks import PackedMasks
+from pipeline.masks import IGNORE, PackedMasks
+from pipeline.params import BOUNDARY_POLICIES
 
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY = 1, 2, 3
 
@@ -59,21 +61,21 @@ def make_split(root: Path, valid_fraction: float, seed: int) -> Split:
 
 
 def trimap_to_mask(trimap: np.ndarray, boundary: str = "pet") -> np.ndarray:
-    """Map an Oxford-IIIT Pet trimap to a binary mask.
+    """Map an Oxford-IIIT Pet trimap to a mask.
 
     ``trimap``: uint8 (H, W) with values in {1 pet, 2 background, 3 boundary}. ``boundary``: "pet"
-    counts the boundary band as pet, "background" as background. Returns uint8 (H, W) in {0, 1}.
-    Raises ValueError on any other trimap value or policy.
+    counts the boundary band as pet, "background" as background, "ignore" marks it :data:`IGNORE`.
+    Returns uint8 (H, W) in {0, 1}, or {0, 1, 255} under "ignore". Raises ValueError on any other
+    trimap value or policy.
     """
-    if boundary not in ("pet", "background"):
-        raise ValueError(f"boundary policy must be 'pet' or 'background', got {boundary!r}")
+    if boundary not in BOUNDARY_POLICIES:
+        raise ValueError(f"boundary policy must be one of {', '.join(BOUNDARY_POLICIES)}, got {boundary!r}")
     bad = np.setdiff1d(np.unique(trimap), [TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY])
     if bad.size:
         raise ValueError(f"trimap has values {bad.tolist()}; expected only 1 (pet), 2 (background), 3 (boundary)")
-    mask = trimap == TRIMAP_PET
-    if boundary == "pet":
-        mask |= trimap == TRIMAP_BOUNDARY
-    return mask.astype(np.uint8)
+    mask = (trimap == TRIMAP_PET).astype(np.uint8)
+    mask[trimap == TRIMAP_BOUNDARY] = {"pet": 1, "background": 0, "ignore": IGNORE}[boundary]
+    return mask
 
 
 def _open(path: Path, mode: str) -> Image.Image:
@@ -94,9 +96,9 @@ def decode_pair(root: Path, stem: str, boundary: str) -> tuple[Image.Image, np.n
     """Decode one image/trimap pair at the photo's own resolution.
 
     The image is opened with PIL whatever its real format (the official set has PNG and GIF files
-    named .jpg) and converted to RGB. Returns the RGB image and the binary mask uint8 (H, W) in
-    {0, 1} (:func:`trimap_to_mask` with ``boundary``). Raises UserError for a missing or undecodable
-    file, bad trimap values, or a trimap whose size differs from the image's.
+    named .jpg) and converted to RGB. Returns the RGB image and the mask uint8 (H, W) in {0, 1} or,
+    under "ignore", {0, 1, 255} (:func:`trimap_to_mask` with ``boundary``). Raises UserError for a
+    missing or undecodable file, bad trimap values, or a trimap whose size differs from the image's.
     """
     image = _open(image_path(root, stem), "RGB")
     tpath = trimap_path(root, stem)
@@ -116,7 +118,8 @@ def decode_pair(root: Path, stem: str, boundary: str) -> tuple[Image.Image, np.n
 def resize_pair(image: Image.Image, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Resize to ``size`` x ``size`` pixels: the image bilinearly, the mask with nearest neighbour.
 
-    Returns image uint8 (size, size, 3) and mask uint8 (size, size) in {0, 1}.
+    Returns image uint8 (size, size, 3) and mask uint8 (size, size) with the values of ``mask``
+    (nearest neighbour invents none, so :data:`IGNORE` stays 255).
     """
     resized = image.resize((size, size), Image.Resampling.BILINEAR)
     small = Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST)
@@ -132,10 +135,12 @@ def load_pair(root: Path, stem: str, size: int, boundary: str) -> tuple[np.ndarr
 class CachedSplit:
     """One split of the cache.
 
-    ``images`` uint8 (N, S, S, 3) and ``masks`` uint8 (N, S, S) in {0, 1} at ``image_size`` S;
-    ``native`` the same N masks at each photo's own size (what evaluation scores against);
-    ``stems``, ``breeds`` (from the stem) and ``species`` ("cat", "dog" or "unknown", from
-    annotations/list.txt) as lists of N strings.
+    ``images`` uint8 (N, S, S, 3) and ``masks`` uint8 (N, S, S) in {0, 1, 255} at ``image_size`` S
+    (255 = :data:`IGNORE`, only under preprocess.boundary: ignore); ``native`` the same N masks at
+    each photo's own size (what evaluation scores against), binary: 1 = pet; ``native_ignore``
+    (ignore policy only, else None) marks each native mask's ignored pixels with 1; ``stems``,
+    ``breeds`` (from the stem) and ``species`` ("cat", "dog" or "unknown", from annotations/list.txt)
+    as lists of N strings. Raises ValueError if ``native_ignore`` and ``native`` differ in shapes.
     """
 
     images: np.ndarray
@@ -144,19 +149,29 @@ class CachedSplit:
     native: PackedMasks
     breeds: list[str]
     species: list[str]
+    native_ignore: PackedMasks | None = None
+
+    def __post_init__(self):
+        if self.native_ignore is not None and not np.array_equal(self.native_ignore.shapes, self.native.shapes):
+            raise ValueError("native_ignore masks differ in number or size from the native masks")
 
 
 def build_cache(root: Path, stems: list[str], size: int, boundary: str, progress: bool = True) -> CachedSplit:
-    """Decode every stem once, keep its native-size mask, and resize it (UserErrors as :func:`decode_pair`)."""
+    """Decode every stem once, keep its native-size mask, and resize it (UserErrors as :func:`decode_pair`).
+
+    ``native_ignore`` is filled only when ``boundary`` is "ignore", so caches of the other policies
+    stay byte for byte what they were.
+    """
     root = Path(root)
     species = read_species(root / "annotations" / "list.txt")
     images = np.empty((len(stems), size, size, 3), np.uint8)
     masks = np.empty((len(stems), size, size), np.uint8)
-    native = []
+    native, ignored = [], []
     for i, stem in enumerate(tqdm(stems, desc="preprocess", unit="img", disable=not progress)):
         image, mask = decode_pair(root, stem, boundary)
         images[i], masks[i] = resize_pair(image, mask, size)
-        native.append(mask)
+        native.append(mask == 1)
+        ignored.append(mask == IGNORE)
     return CachedSplit(
         images,
         masks,
@@ -164,11 +179,13 @@ def build_cache(root: Path, stems: list[str], size: int, boundary: str, progress
         PackedMasks.pack(native),
         [breed_of(s) for s in stems],
         [species.get(s, UNKNOWN_SPECIES) for s in stems],
+        PackedMasks.pack(ignored) if boundary == "ignore" else None,
     )
 
 
 def save_cache(path: Path, split: CachedSplit) -> None:
-    """Write a split as an uncompressed .npz, atomically."""
+    """Write a split as an uncompressed .npz, atomically; ``native_ignore`` (if any) as ``native_ignore_*``."""
+    ignore = {} if split.native_ignore is None else split.native_ignore.to_arrays("native_ignore")
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(
             f,
@@ -178,11 +195,14 @@ def save_cache(path: Path, split: CachedSplit) -> None:
             breeds=np.array(split.breeds),
             species=np.array(split.species),
             **split.native.to_arrays("native"),
+            **ignore,
         )
 
 
 def load_cache(path: Path) -> CachedSplit:
-    """Read a split written by :func:`save_cache`. Raises UserError if missing or malformed."""
+    """Read a split written by :func:`save_cache`; a cache without ``native_ignore_*`` arrays (any
+    policy but ignore, or written before it existed) loads with ``native_ignore`` None. Raises
+    UserError if missing or malformed."""
     try:
         with np.load(path) as data:
             split = CachedSplit(
@@ -192,6 +212,7 @@ def load_cache(path: Path) -> CachedSplit:
                 PackedMasks.from_arrays(data, "native"),
                 data["breeds"].tolist(),
                 data["species"].tolist(),
+                PackedMasks.from_arrays(data, "native_ignore") if "native_ignore_bits" in data else None,
             )
     except FileNotFoundError:
         raise UserError(f"{path}: cache not found; run `dvc repro preprocess`") from None

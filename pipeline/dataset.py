@@ -1,10 +1,14 @@
 """PyTorch view of a cached split, with joint image/mask augmentation (torchvision.transforms.v2)."""
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+
+from pipeline.masks import IGNORE
 
 # ImageNet channel statistics (torchvision model docs); the usual normalisation for natural photos.
 MEAN = (0.485, 0.456, 0.406)
@@ -14,27 +18,65 @@ STD = (0.229, 0.224, 0.225)
 AUGMENTATIONS = ("none", "flip", "full")
 
 
-def train_transform(size: int, level: str) -> v2.Transform | None:
+@dataclass(frozen=True)
+class AugmentOptions:
+    """What the "full" augmentation does; the defaults are the original "full" transform.
+
+    ``hflip``/``vflip``: random horizontal/vertical flip, each with probability 0.5 (vflip off by
+    default: pets are rarely upside down). ``degrees``: random rotation by an angle uniform in
+    [-degrees, degrees], in degrees; 0 = off. ``crop_scale``: (lo, hi) range of the area fraction of
+    the random resized crop. ``jitter``: brightness, contrast and saturation strength (factors in
+    [1 - jitter, 1 + jitter]); 0 = off. Raises ValueError unless 0 < lo <= hi <= 1, 0 <= degrees
+    <= 180 and jitter >= 0.
+    """
+
+    hflip: bool = True
+    vflip: bool = False
+    degrees: float = 0.0
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    jitter: float = 0.2
+
+    def __post_init__(self):
+        scale = tuple(self.crop_scale)
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"augment crop_scale must be two area fractions 0 < lo <= hi <= 1, got {scale}")
+        if not 0 <= self.degrees <= 180:
+            raise ValueError(f"augment degrees must be between 0 and 180, got {self.degrees}")
+        if not self.jitter >= 0:
+            raise ValueError(f"augment jitter must be >= 0, got {self.jitter}")
+        object.__setattr__(self, "crop_scale", scale)  # a YAML list becomes a hashable tuple
+
+
+def train_transform(size: int, level: str, options: AugmentOptions = AugmentOptions()) -> v2.Transform | None:
     """The train-time augmentation named ``level`` for ``size``-pixel square images.
 
-    "none": no augmentation (returns None). "flip": random horizontal flip. "full": flip, a random
-    resized crop (50-100 % of the area) back to ``size`` pixels, and colour jitter. v2 applies the
-    geometric ops to image and mask alike (nearest-neighbour for the ``tv_tensors.Mask``) and the
-    colour jitter to the image only. Raises ValueError for another level.
+    "none": no augmentation (returns None). "flip": random horizontal flip. "full", in this order:
+    the flips, rotation, a random resized crop back to ``size`` pixels, and colour jitter that
+    ``options`` switches on. v2 applies the geometric ops to image and mask alike
+    (nearest-neighbour for the ``tv_tensors.Mask``) and the colour jitter to the image only. Outside
+    a rotated image the image is 0 and the mask :data:`IGNORE`, so those pixels count in no loss.
+    Raises ValueError for another level.
     """
     if level == "none":
         return None
     if level == "flip":
         return v2.RandomHorizontalFlip()
-    if level == "full":
-        return v2.Compose(
-            [
-                v2.RandomHorizontalFlip(),
-                v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
-                v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-            ]
-        )
-    raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {level!r}")
+    if level != "full":
+        raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {level!r}")
+    # Each op is built only when on: an op that is off draws no random numbers, so the defaults
+    # replay the original transform exactly under the same seed.
+    ops: list[v2.Transform] = []
+    if options.hflip:
+        ops.append(v2.RandomHorizontalFlip())
+    if options.vflip:
+        ops.append(v2.RandomVerticalFlip())
+    if options.degrees:
+        fill = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}
+        ops.append(v2.RandomRotation(options.degrees, interpolation=v2.InterpolationMode.BILINEAR, fill=fill))
+    ops.append(v2.RandomResizedCrop(size, scale=options.crop_scale, antialias=True))
+    if options.jitter:
+        ops.append(v2.ColorJitter(brightness=options.jitter, contrast=options.jitter, saturation=options.jitter))
+    return v2.Compose(ops)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -45,10 +87,11 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 
 class SegmentationDataset(Dataset):
-    """Items are (image float32 (3, S, S) normalised, mask float32 (1, S, S) in {0, 1}).
+    """Items are (image float32 (3, S, S) normalised, mask float32 (1, S, S) in {0., 1., 255.}).
 
-    ``images``: uint8 (N, S, S, 3); ``masks``: uint8 (N, S, S). ``transform`` (optional) is a v2
-    transform applied jointly to ``(tv_tensors.Image, tv_tensors.Mask)``.
+    ``images``: uint8 (N, S, S, 3); ``masks``: uint8 (N, S, S) in {0, 1, 255}, 255 =
+    :data:`IGNORE`, kept as 255. ``transform`` (optional) is a v2 transform applied jointly to
+    ``(tv_tensors.Image, tv_tensors.Mask)``. Raises ValueError if the lengths differ.
     """
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, transform: v2.Transform | None = None):

@@ -8,3 +8,10 @@ class UserError(ValueError):
     without a traceback (see :func:`pipeline.cli.run_stage`). It subclasses ``ValueError`` so
     library callers can catch it as one.
     """
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty
+    (e.g. the EOFError of an empty file), for quoting inside a one-line UserError."""
+    lines = str(err).splitlines()
+    return lines[0] if lines else type(err).__name__

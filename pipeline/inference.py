@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.checkpoint import load_checkpoint
 from pipeline.dataset import normalize
-from pipeline.errors import UserError
-from pipeline.training import load_checkpoint
+from pipeline.errors import UserError, first_line
 
 TTA_MODES = ("none", "hflip")
 Forward = Callable[[np.ndarray], np.ndarray]
@@ -51,7 +51,7 @@ def onnx_forward(path: Path, device: str = "cpu") -> tuple[Forward, dict[str, st
     except Exception as err:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
         if not Path(path).is_file():
             raise UserError(f"{path}: ONNX model not found; run `dvc repro` (export stage)") from None
-        raise UserError(f"{path}: not an ONNX model ({str(err).splitlines()[0]}); export it again") from None
+        raise UserError(f"{path}: not an ONNX model ({first_line(err)}); export it again") from None
     name = session.get_inputs()[0].name
 
     def forward(x: np.ndarray) -> np.ndarray:

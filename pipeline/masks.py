@@ -1,9 +1,15 @@
-"""Binary masks of different sizes (one per photo at its own resolution), bit-packed in flat arrays."""
+"""Binary masks of different sizes (one per photo at its own resolution), bit-packed in flat arrays, and the
+ignore label."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+# Mask value of a pixel that counts in no loss and no metric (the trimap's boundary band under
+# preprocess.boundary: ignore, or the fill outside a rotated training image). 255 is the usual void
+# label: Pascal VOC's masks and torchvision's segmentation references use it.
+IGNORE = 255
 
 
 @dataclass(frozen=True)
@@ -49,3 +55,12 @@ class PackedMasks:
     def from_arrays(cls, data, prefix: str) -> "PackedMasks":
         """Inverse of :meth:`to_arrays` on a mapping (e.g. an open ``np.load`` file). Raises KeyError."""
         return cls(data[f"{prefix}_bits"], data[f"{prefix}_offsets"], data[f"{prefix}_shapes"])
+
+
+def target_mask(masks: PackedMasks, ignore: PackedMasks | None, i: int) -> np.ndarray:
+    """Mask ``i`` of binary ``masks`` as uint8 (height, width) in {0, 1, 255}: :data:`IGNORE` where
+    mask ``i`` of ``ignore`` (same shape) is 1; nowhere if ``ignore`` is None."""
+    mask = masks[i]
+    if ignore is not None:
+        mask[ignore[i].astype(bool)] = IGNORE
+    return mask

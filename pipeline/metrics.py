@@ -1,22 +1,29 @@
-"""Dice, IoU and pixel accuracy from confusion counts accumulated over a dataset."""
+"""Dice, IoU and pixel accuracy from confusion counts accumulated over a dataset.
+
+A target pixel equal to :data:`~pipeline.masks.IGNORE` is in none of TP, FP, FN, TN.
+"""
 
 from dataclasses import dataclass, field
 
 import torch
 
+from pipeline.masks import IGNORE
+
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image counts of a binary prediction.
+    """Per-image counts of a binary prediction, on the device of the inputs (no host sync).
 
-    ``pred`` and ``target``: (N, ...) tensors of {0, 1} or bool. Returns int64 (N, 4) with columns
-    TP, FP, FN, TN, in pixels.
+    ``pred``: (N, ...) tensor of {0, 1} or bool; ``target``: the same shape, {0, 1, 255} (any
+    number dtype) or bool; pixels where ``target`` is 255 (:data:`IGNORE`) are counted nowhere.
+    Returns int64 (N, 4) with columns TP, FP, FN, TN, in pixels.
     """
     pred = pred.bool().flatten(1)
-    target = target.bool().flatten(1)
+    counted = (target != IGNORE).flatten(1)
+    target = target.bool().flatten(1) & counted
     tp = (pred & target).sum(1)
-    fp = (pred & ~target).sum(1)
+    fp = (pred & ~target & counted).sum(1)
     fn = (~pred & target).sum(1)
-    tn = (~pred & ~target).sum(1)
+    tn = (~pred & ~target & counted).sum(1)
     return torch.stack([tp, fp, fn, tn], dim=1).long()
 
 
@@ -46,14 +53,15 @@ class SegmentationMeter:
     counts: list[torch.Tensor] = field(default_factory=list)
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch: ``logits`` float (N, 1, H, W); ``target`` (N, 1, H, W) in {0, 1}.
+        """Add a batch: ``logits`` float (N, 1, H, W); ``target`` (N, 1, H, W) in {0, 1, 255}, 255 ignored.
 
         A pixel is predicted pet when sigmoid(logit) > ``threshold``.
         """
         self.add(torch.sigmoid(logits.detach().float()) > self.threshold, target)
 
     def add(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch of binary predictions: ``pred`` and ``target`` (N, ...) in {0, 1} or bool."""
+        """Add a batch of binary predictions: ``pred`` (N, ...) in {0, 1} or bool; ``target`` as in
+        :func:`confusion_counts` (255 ignored)."""
         self.counts.append(confusion_counts(pred.detach(), target.detach()).cpu())
 
     def compute(self) -> dict[str, float | int]:

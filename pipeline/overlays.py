@@ -19,13 +19,14 @@ def tint(image: np.ndarray, mask: np.ndarray, colour: np.ndarray = PET, alpha: f
 
 
 def error_overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Colour uint8 (H, W, 3) ``image`` by outcome of (H, W) binary ``pred`` against ``truth``:
-    true positives :data:`TP`, false positives :data:`FP`, false negatives :data:`FN`; true
-    negatives keep the photo. Returns uint8 (H, W, 3). Raises ValueError on mismatched shapes."""
+    """Colour uint8 (H, W, 3) ``image`` by outcome of (H, W) binary ``pred`` against ``truth`` in
+    {0, 1, 255}: true positives :data:`TP`, false positives :data:`FP`, false negatives :data:`FN`;
+    true negatives and ignored pixels (truth 255, :data:`~pipeline.masks.IGNORE`) keep the photo.
+    Returns uint8 (H, W, 3). Raises ValueError on mismatched shapes."""
     if pred.shape != truth.shape or image.shape[:2] != pred.shape:
         raise ValueError(f"image {image.shape[:2]}, prediction {pred.shape} and truth {truth.shape} differ in size")
-    pred, truth = pred.astype(bool), truth.astype(bool)
+    pred, pet, background = pred.astype(bool), truth == 1, truth == 0
     out = image
-    for colour, where in ((TP, pred & truth), (FP, pred & ~truth), (FN, ~pred & truth)):
+    for colour, where in ((TP, pred & pet), (FP, pred & background), (FN, ~pred & pet)):
         out = tint(out, where, colour, alpha)
     return out

@@ -18,7 +18,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.data import CachedSplit  # noqa: E402
-from pipeline.masks import PackedMasks  # noqa: E402
+from pipeline.masks import PackedMasks, target_mask  # noqa: E402
 from pipeline.overlays import ERROR_COLOURS, PET, error_overlay, tint  # noqa: E402
 
 PANEL_INCHES = 2.6  # width and height of one picture's box
@@ -52,7 +52,8 @@ def overlay_grid(
     test: CachedSplit, predictions: dict[str, PackedMasks], per_image: dict[str, pd.DataFrame], rows: Sequence[int]
 ) -> plt.Figure:
     """One row per test index in ``rows``: the photo, its ground truth tinted, then each model's
-    prediction coloured by outcome, titled with that model's native Dice of the image.
+    prediction coloured by outcome, titled with that model's native Dice of the image. Ignored
+    pixels (``test.native_ignore``) are drawn untinted in every panel.
 
     ``predictions[model][i]`` is uint8 (h, w), the size of ``test.native[i]``; ``per_image[model]``
     has columns stem, dice. Raises KeyError if a chosen stem has no Dice.
@@ -68,9 +69,9 @@ def overlay_grid(
     )
     fig.get_layout_engine().set(h_pad=0.1)  # room between a tall photo and the next row's titles
     for ax_row, i in zip(axes, rows, strict=True):
-        truth, stem = test.native[i], test.stems[i]
+        truth, stem = target_mask(test.native, test.native_ignore, i), test.stems[i]
         photo = native_photo(test.images[i], *truth.shape)
-        panels = [(photo, f"{stem} ({truth.shape[1]}x{truth.shape[0]})"), (tint(photo, truth), "ground truth")]
+        panels = [(photo, f"{stem} ({truth.shape[1]}x{truth.shape[0]})"), (tint(photo, truth == 1), "ground truth")]
         for name, masks in predictions.items():
             panels.append((error_overlay(photo, masks[i], truth), f"{name}: Dice {dice[name][stem]:.3f}"))
         for ax, (picture, title) in zip(ax_row, panels, strict=True):
@@ -104,7 +105,7 @@ def worst_grid(
         for ax in axes[len(stems) :]:
             ax.axis("off")
         for ax, stem in zip(axes, stems, strict=False):
-            truth = test.native[index[stem]]
+            truth = target_mask(test.native, test.native_ignore, index[stem])
             photo = native_photo(test.images[index[stem]], *truth.shape)
             _show(ax, error_overlay(photo, predictions[name][index[stem]], truth), f"{stem}: Dice {dice[stem]:.3f}")
     fig.suptitle(f"Worst test images at native size (photo shown at {test.images.shape[1]} px, upsampled)", fontsize=10)

@@ -17,12 +17,12 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from pipeline.data import resize_pair
-from pipeline.errors import UserError
+from pipeline.device import select_device
+from pipeline.errors import UserError, first_line
 from pipeline.inference import LoadedModel, load_model, native_probabilities, predict_logits
 from pipeline.io import atomic_path
 from pipeline.overlays import tint
 from pipeline.record import eval_record_path, read_eval_record
-from pipeline.training import select_device
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 DEVICES = ("auto", "cpu", "cuda")
@@ -127,7 +127,7 @@ def read_image(path: Path) -> Image.Image:
         raise UserError(f"{path}: {err}; downscale the image") from None
     # PIL reports corrupt data as OSError, SyntaxError or ValueError depending on the decoder.
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        detail = first_line(err)
         raise UserError(f"{path}: cannot decode as an image ({detail}); replace or remove the file") from None
 
 
@@ -138,7 +138,7 @@ def resize_for_model(image: Image.Image, size: int) -> np.ndarray:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` (:func:`pipeline.training.select_device`: CUDA if available, else CPU), ``"cpu"``
+    """``"auto"`` (:func:`pipeline.device.select_device`: CUDA if available, else CPU), ``"cpu"``
     or ``"cuda"`` (one of :data:`DEVICES`, which the command line enforces) → a torch device.
 
     Raises UserError for ``"cuda"`` without a usable GPU.

@@ -1,7 +1,6 @@
-"""Training loop: AdamW, an lr schedule, best-valid-Dice checkpointing, dvclive logging."""
+"""Training loop: the optimiser step, validation, best-valid-Dice checkpointing, early stopping, resume."""
 
 import math
-import pickle
 import random
 import time
 from collections.abc import Callable
@@ -15,18 +14,25 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.dataset import SegmentationDataset, train_transform
+from pipeline.checkpoint import save_checkpoint
+from pipeline.dataset import AugmentOptions, SegmentationDataset, train_transform
+from pipeline.device import (
+    autocast,
+    configure_backends,
+    device_amp_dtype,
+    memory_format,
+    needs_grad_scaler,
+    peak_memory_mib,
+    select_device,
+)
 from pipeline.errors import UserError
-from pipeline.io import atomic_path
+from pipeline.loader import make_eval_loader, make_train_loader, resolve_num_workers
 from pipeline.losses import LOSSES, LossFn
-from pipeline.metrics import SegmentationMeter
-from pipeline.models import build_model
+from pipeline.metrics import confusion_counts, dice_from_counts
+from pipeline.models import build_model, init_weights, load_encoder_weights
 from pipeline.params import TrainConfig
-
-
-def select_device() -> torch.device:
-    """CUDA if available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from pipeline.resume import rng_state, set_rng_state
+from pipeline.schedules import LrSchedule, make_optimizer
 
 
 def seed_everything(seed: int) -> None:
@@ -36,49 +42,128 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_scheduler(
-    name: str, optimizer: torch.optim.Optimizer, total_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step lr schedule: "cosine" anneals from ``lr`` to 0 over ``total_steps`` (Loshchilov &
-    Hutter 2017, SGDR, without restarts); "constant" keeps ``lr``. Raises UserError for other names."""
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
-    if name == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    raise UserError(f"params.yaml: scheduler must be cosine or constant, got {name!r}")
+def accumulation_groups(batches: int, steps: int) -> list[int]:
+    """Sizes of the groups of ``batches`` batches that make one optimiser step each.
+
+    ``steps`` batches per group; the last group takes what is left, so no batch of the epoch is
+    dropped. E.g. 10 batches, 4 steps → [4, 4, 2].
+    """
+    full, rest = divmod(batches, steps)
+    return [steps] * full + ([rest] if rest else [])
 
 
-def _autocast(device: torch.device) -> torch.autocast:
-    # Mixed precision only where it pays: fp16 on CUDA. On CPU autocast is disabled (a no-op).
-    return torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
+@dataclass
+class Batch:
+    """How to move a batch to the device: pinned-memory copies run asynchronously (``non_blocking``)."""
+
+    device: torch.device
+    non_blocking: bool
+    memory_format: torch.memory_format
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=self.non_blocking, memory_format=self.memory_format)
+        return images, masks.to(self.device, non_blocking=self.non_blocking)
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: DataLoader, loss_fn: LossFn, device: torch.device
-) -> tuple[float, dict[str, float | int]]:
-    """Mean loss (weighted by batch size) and :class:`SegmentationMeter` metrics over ``loader``.
+@torch.inference_mode()
+def validate(
+    model: nn.Module, loader: DataLoader, loss_fn: LossFn, move: Batch, dtype: torch.dtype | None
+) -> tuple[float, float]:
+    """Mean loss (weighted by batch size) and dataset-level Dice at threshold 0.5 over ``loader``.
 
-    ``loader`` yields (images float (N, 3, S, S), masks float (N, 1, S, S)); the threshold is 0.5.
+    ``loader`` yields (images float (N, 3, S, S), masks float (N, 1, S, S) in {0, 1, 255 = ignore}).
+    Sums stay on the device in fp32 (loss) and int64 (TP/FP/FN/TN counts) and are read once.
     """
     model.eval()
-    meter, total, count = SegmentationMeter(), 0.0, 0
+    loss_sum = torch.zeros((), dtype=torch.float32, device=move.device)
+    counts = torch.zeros(4, dtype=torch.int64, device=move.device)
+    images_seen = 0
     for images, masks in loader:
-        images, masks = images.to(device), masks.to(device)
-        with _autocast(device):
+        images, masks = move(images, masks)
+        with autocast(move.device.type, dtype):
             logits = model(images)
-        total += float(loss_fn(logits, masks)) * len(images)
-        count += len(images)
-        meter.update(logits, masks)
-    return total / count, meter.compute()
+        logits = logits.float()
+        loss_sum += loss_fn(logits, masks) * len(images)
+        counts += confusion_counts(torch.sigmoid(logits) > 0.5, masks).sum(0)
+        images_seen += len(images)
+    tp, fp, fn, _ = counts.cpu()
+    return loss_sum.item() / images_seen, float(dice_from_counts(tp, fp, fn))
+
+
+@dataclass
+class EpochStats:
+    """One training epoch: mean loss, first non-finite step (1-based; 0 = none), seconds waiting for data."""
+
+    loss: float
+    bad_step: int
+    data_seconds: float
+    seconds: float
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    schedule: LrSchedule,
+    scaler: torch.amp.GradScaler,
+    move: Batch,
+    dtype: torch.dtype | None,
+    accumulate_steps: int = 1,
+    grad_clip: float = 0.0,
+    progress: Any = None,
+) -> EpochStats:
+    """One pass over ``loader`` with an optimiser step every ``accumulate_steps`` batches.
+
+    Each batch's loss is divided by the size of its accumulation group, so a group's gradient is
+    the mean over its images as for one big batch. ``grad_clip`` > 0 clips the global gradient
+    norm (Pascanu et al. 2013) after unscaling. Nothing reads a device value inside the loop: the
+    loss sum (fp32) and the first non-finite step are kept on the device and read once at the end.
+    """
+    model.train()
+    groups = accumulation_groups(len(loader), accumulate_steps)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=move.device)
+    bad_step = torch.zeros((), dtype=torch.int64, device=move.device)
+    images_seen, data_seconds, start = 0, 0.0, time.perf_counter()
+    batches = iter(loader)
+    optimizer.zero_grad(set_to_none=True)
+    step = 0
+    for size in groups:
+        for _ in range(size):
+            wait = time.perf_counter()
+            images, masks = move(*next(batches))
+            data_seconds += time.perf_counter() - wait
+            step += 1
+            with autocast(move.device.type, dtype):
+                logits = model(images)
+            loss = loss_fn(logits.float(), masks)
+            scaler.scale(loss / size).backward()
+            loss = loss.detach()
+            loss_sum += loss * len(images)
+            bad_step = torch.where((bad_step == 0) & ~torch.isfinite(loss), step, bad_step)
+            images_seen += len(images)
+            if progress is not None:
+                progress.update(1)
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+    loss_value, bad = loss_sum.item() / images_seen, int(bad_step.item())
+    return EpochStats(loss_value, bad, data_seconds, time.perf_counter() - start)
 
 
 @dataclass
 class FitResult:
-    """Outcome of :func:`fit`: best valid Dice, its epoch (1-based) and wall time in seconds."""
+    """Outcome of :func:`fit`: best valid Dice and its epoch, the last epoch trained (earlier than
+    ``epochs`` after early stopping), the epoch resumed from (0 = fresh) and wall time in seconds."""
 
     best_valid_dice: float
     best_epoch: int
+    last_epoch: int
+    resumed_from: int
     seconds: float
 
 
@@ -91,97 +176,113 @@ def fit(
     checkpoint: Path,
     log: Callable[[int, dict[str, float]], None],
     progress: bool = True,
+    state: dict[str, Any] | None = None,
+    save_state: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
     """Train ``model_name`` and save the weights of the epoch with the best valid Dice.
 
-    ``train`` and ``valid`` are (images uint8 (N, S, S, 3), masks uint8 (N, S, S)). Each epoch calls
-    ``log(epoch, {"train/loss", "valid/loss", "valid/dice", "lr"})``. The checkpoint (written
-    atomically) is a dict with ``model``, ``arch``, ``state_dict``, ``epoch``, ``valid_dice`` and
-    ``image_size``, loadable with ``torch.load(..., weights_only=True)``.
+    ``train`` and ``valid`` are (images uint8 (N, S, S, 3), masks uint8 (N, S, S) in {0, 1, 255}).
+    Each epoch calls ``log(epoch, record)`` with train/loss, valid/loss, valid/dice, lr (the lr of
+    the epoch's first step), time/data_wait (share of the epoch's seconds spent waiting for
+    batches) and, on CUDA, gpu/peak_memory_mib; then ``save_state(state)`` with everything needed
+    to continue (``state`` given back resumes after its epoch with identical results on the CPU).
+    The checkpoint (:func:`pipeline.checkpoint.save_checkpoint`, atomic) holds ``model``, ``arch``,
+    ``state_dict``, ``epoch``, ``valid_dice`` and ``image_size``. Raises UserError if the loss
+    becomes non-finite (naming the epoch and step; the last good checkpoint is kept).
     """
     seed_everything(cfg.seed)
     device = select_device()
-    model = build_model(model_name, **arch).to(device)
+    configure_backends(device.type)
+    dtype = device_amp_dtype(device)
+    model = build_model(model_name, **arch)
+    init_weights(model, cfg.init, cfg.zero_init_residual)
+    load_encoder_weights(model, cfg.encoder_weights)
+    model.to(device, memory_format=memory_format(device.type))
     size = train[0].shape[1]
-    train_ds = SegmentationDataset(*train, transform=train_transform(size, cfg.augment))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    # drop_last avoids a final batch of one image, which BatchNorm cannot normalise in train mode.
-    train_loader = DataLoader(
-        train_ds, batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=len(train_ds) > cfg.batch_size
+    workers = resolve_num_workers(cfg.num_workers, device.type)
+    augment = train_transform(size, cfg.augment, cfg.augmentation or AugmentOptions())
+    train_loader = make_train_loader(
+        SegmentationDataset(*train, transform=augment), cfg.batch_size, cfg.seed, workers, device.type
     )
-    valid_loader = DataLoader(SegmentationDataset(*valid), batch_size=cfg.batch_size)
+    valid_loader = make_eval_loader(SegmentationDataset(*valid), cfg.batch_size, workers, device.type)
+    move = Batch(device, device.type == "cuda", memory_format(device.type))
     loss_fn = LOSSES[cfg.loss]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(cfg.scheduler, optimizer, cfg.epochs * len(train_loader))
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    best, best_epoch, start = -math.inf, 0, time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        lr = optimizer.param_groups[0]["lr"]
-        total, count = 0.0, 0
-        bar = tqdm(train_loader, desc=f"{model_name} epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress)
-        for images, masks in bar:
-            images, masks = images.to(device), masks.to(device)
-            with _autocast(device):
-                loss = loss_fn(model(images), masks)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            total += loss.item() * len(images)
-            count += len(images)
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        valid_loss, metrics = evaluate(model, valid_loader, loss_fn, device)
-        record = {"train/loss": total / count, "valid/loss": valid_loss, "valid/dice": metrics["dice"], "lr": lr}
+    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum)
+    steps_per_epoch = len(accumulation_groups(len(train_loader), cfg.accumulate_steps))
+    schedule = LrSchedule(cfg.scheduler, optimizer, steps_per_epoch, cfg.epochs, cfg.warmup_epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(dtype))
+    net = torch.compile(model) if cfg.compile else model
+    best, best_epoch, since_best, best_weights, first = -math.inf, 0, 0, None, 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        train_loader.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        best, best_epoch, since_best = state["best"], state["best_epoch"], state["since_best"]
+        best_weights, first = state["best_weights"], state["epoch"] + 1
+        # DVC deleted the checkpoint before rerunning the stage.
+        save_checkpoint(checkpoint, model_name, arch, best_weights, epoch=best_epoch, valid_dice=best, image_size=size)
+    start, epoch, stopped = time.perf_counter(), first - 1, state is not None and state["stopped"]
+    while not stopped and epoch < cfg.epochs:
+        epoch += 1
+        lr = schedule.lr
+        bar = tqdm(
+            total=len(train_loader), desc=f"{model_name} epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress
+        )
+        with bar:
+            stats = train_epoch(
+                net, train_loader, loss_fn, optimizer, schedule, scaler, move, dtype, cfg.accumulate_steps,
+                cfg.grad_clip, bar,
+            )  # fmt: skip
+        if stats.bad_step:
+            raise UserError(
+                f"{model_name}: the training loss became non-finite at epoch {epoch}, step {stats.bad_step}; "
+                f"{checkpoint} keeps the best weights so far. Lower lr or set grad_clip in params.yaml"
+            )
+        valid_loss, dice = validate(net, valid_loader, loss_fn, move, dtype)
+        schedule.epoch_end(dice)
+        if dice > best:
+            best, best_epoch, since_best = dice, epoch, 0
+            best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            save_checkpoint(checkpoint, model_name, arch, best_weights, epoch=epoch, valid_dice=best, image_size=size)
+        else:
+            since_best += 1
+        record = {
+            "train/loss": stats.loss,
+            "valid/loss": valid_loss,
+            "valid/dice": dice,
+            "lr": lr,
+            "time/data_wait": stats.data_seconds / stats.seconds,
+        }
+        peak = peak_memory_mib(device)
+        if peak is not None:
+            record["gpu/peak_memory_mib"] = peak
         log(epoch, record)
-        if metrics["dice"] > best:
-            best, best_epoch = metrics["dice"], epoch
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            with atomic_path(checkpoint) as tmp:
-                torch.save(
-                    {
-                        "model": model_name,
-                        "arch": arch,
-                        "state_dict": state,
-                        "epoch": epoch,
-                        "valid_dice": best,
-                        "image_size": size,
-                    },
-                    tmp,
-                )
         if progress:
             tqdm.write(
-                f"{model_name} epoch {epoch}: train loss {record['train/loss']:.4f}, valid loss {valid_loss:.4f}, "
-                f"valid Dice {metrics['dice']:.4f} (best {best:.4f} @ {best_epoch})"
+                f"{model_name} epoch {epoch}: train loss {stats.loss:.4f}, valid loss {valid_loss:.4f}, "
+                f"valid Dice {dice:.4f} (best {best:.4f} @ {best_epoch})"
             )
-    return FitResult(best, best_epoch, time.perf_counter() - start)
-
-
-def load_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model saved by :func:`fit` on ``device`` in eval mode; return it and the checkpoint.
-
-    The file is read and the model rebuilt on the CPU first, so a broken file and a device that
-    cannot take the model are told apart. Raises UserError if the file is missing or is not a
-    petseg checkpoint, if memory runs out (host or device), or if ``device`` is unusable (e.g. CUDA
-    asked for on a machine without a GPU driver).
-    """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model = build_model(ckpt["model"], **ckpt["arch"])
-        model.load_state_dict(ckpt["state_dict"])
-        for key in ("epoch", "valid_dice", "image_size"):
-            ckpt[key]
-    except FileNotFoundError:
-        raise UserError(f"{path}: checkpoint not found; run the training stage first (dvc repro)") from None
-    except MemoryError:
-        raise UserError(f"{path}: out of host memory while loading it; free memory and retry") from None
-    except (KeyError, RuntimeError, TypeError, OSError, EOFError, pickle.UnpicklingError) as err:
-        raise UserError(f"{path}: not a petseg checkpoint ({str(err).splitlines()[0]}); retrain it") from None
-    try:
-        model.to(device)
-    except torch.OutOfMemoryError:
-        raise UserError(f"{path}: out of memory on {device} moving the model there; free it or use the CPU") from None
-    except RuntimeError as err:  # no driver, no such device index, a device in use by another process
-        raise UserError(f"{path}: cannot use {device} ({str(err).splitlines()[0]}); use the CPU") from None
-    return model.eval(), ckpt
+        stopped = cfg.patience > 0 and since_best >= cfg.patience
+        if stopped and progress:
+            tqdm.write(f"{model_name}: early stop at epoch {epoch}, no better valid Dice for {cfg.patience} epochs")
+        if save_state is not None:
+            save_state(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "sampler": train_loader.sampler.state_dict(),
+                    "rng": rng_state(),
+                    "best": best,
+                    "best_epoch": best_epoch,
+                    "since_best": since_best,
+                    "best_weights": best_weights,
+                    "stopped": stopped,
+                }
+            )
+    return FitResult(best, best_epoch, epoch, first - 1, time.perf_counter() - start)

@@ -9,13 +9,13 @@ import numpy as np
 
 from pipeline.cli import run_stage
 from pipeline.data import load_cache
+from pipeline.device import select_device
 from pipeline.errors import UserError
 from pipeline.evaluation import choose_threshold, per_breed_table, per_image_table, score, summary
 from pipeline.inference import TTA_MODES, load_model, onnx_forward, predict_logits
 from pipeline.io import atomic_path, write_csv, write_json
 from pipeline.params import get_choice, get_float, get_int, load_params, section
 from pipeline.record import write_eval_record
-from pipeline.training import select_device
 
 
 def read_threshold(params: dict) -> float | str:
@@ -71,9 +71,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
     if valid is not None:
         valid_logits, _ = predict_logits(model.forward, valid.images, batch_size, tta)
-        threshold = choose_threshold(valid_logits, valid.native)
+        threshold = choose_threshold(valid_logits, valid.native, native_ignore=valid.native_ignore)
     logits, seconds = predict_logits(model.forward, test.images, batch_size, tta)
-    scored = score(logits, test.masks, test.native, threshold)
+    scored = score(logits, test.masks, test.native, threshold, test.native_ignore)
     per_image = per_image_table(scored, test.stems, test.breeds, test.species, test.native)
     metrics = {
         **summary(scored, test.species),

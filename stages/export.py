@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
+from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import run_stage
 from pipeline.data import load_cache
 from pipeline.export import export_checked
 from pipeline.inference import prepare
 from pipeline.params import get_float, get_int, load_params, section
-from pipeline.training import load_checkpoint
 
 
 def main(argv: Sequence[str] | None = None) -> None:

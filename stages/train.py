@@ -1,16 +1,23 @@
-"""Stages `train-unet`, `train-resnet34unet`: fit one model, keep the best-valid-Dice weights."""
+"""Stages `train-unet`, `train-resnet34unet`: fit one model, keep the best-valid-Dice weights.
+
+Resumable: a run killed at any moment continues after its last completed epoch when the stage
+runs again with the same settings (see pipeline/resume.py for where the state lives and why).
+"""
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from dvclive import Live
 
 from pipeline.cli import run_stage
 from pipeline.data import load_cache
+from pipeline.device import select_device
 from pipeline.models import check_options
 from pipeline.params import load_params, train_config
-from pipeline.training import fit, select_device
+from pipeline.resume import ResumeStore, file_digest
+from pipeline.training import fit
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -22,25 +29,48 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--valid", required=True, help="valid split cache (.npz)")
     parser.add_argument("--checkpoint", required=True, help="output .pt file")
     parser.add_argument("--live", required=True, help="dvclive output folder")
+    parser.add_argument("--resume", required=True, help="resume state file (untracked; deleted when training ends)")
     args = parser.parse_args(argv)
     cfg, arch = train_config(load_params(args.params), args.model)
     check_options(args.model, arch)  # before dvclive creates its folder
     train, valid = load_cache(args.train), load_cache(args.valid)
+    inputs = {
+        "model": args.model,
+        "arch": arch,
+        **cfg.fingerprint_inputs(),
+        "train_cache": file_digest(Path(args.train)),
+        "valid_cache": file_digest(Path(args.valid)),
+    }
+    if Path(cfg.encoder_weights).is_file():
+        inputs["encoder_weights_file"] = file_digest(Path(cfg.encoder_weights))
+    store = ResumeStore(Path(args.resume), inputs, Path(args.live))
+    state = store.load()
     print(f"train {args.model}: {len(train.stems)} train / {len(valid.stems)} valid images on {select_device()}")
     # dvcyaml=False: the plots are declared in dvc.yaml, which dvclive must not rewrite.
-    with Live(args.live, dvcyaml=False, save_dvc_exp=False, report=None) as live:
+    with Live(args.live, dvcyaml=False, save_dvc_exp=False, report=None, resume=state is not None) as live:
 
         def log(epoch: int, record: dict[str, float]) -> None:
+            live.step = epoch - 1  # explicit: dvclive's own resume repeats step 0 after one epoch
             for name, value in record.items():
                 live.log_metric(name, value)
             live.next_step()
 
         result = fit(
-            args.model, arch, cfg, (train.images, train.masks), (valid.images, valid.masks), args.checkpoint, log
+            args.model,
+            arch,
+            cfg,
+            (train.images, train.masks),
+            (valid.images, valid.masks),
+            Path(args.checkpoint),
+            log,
+            state=state,
+            save_state=store.save,
         )
+        live.summary["last_epoch"] = result.last_epoch
+    store.clear()
     print(
-        f"train {args.model}: best valid Dice {result.best_valid_dice:.4f} at epoch {result.best_epoch} "
-        f"in {result.seconds:.0f} s → {args.checkpoint}"
+        f"train {args.model}: best valid Dice {result.best_valid_dice:.4f} at epoch {result.best_epoch}, "
+        f"stopped after epoch {result.last_epoch}, in {result.seconds:.0f} s → {args.checkpoint}"
     )
 
 

@@ -13,7 +13,7 @@ from pipeline.cli import run_stage
 from pipeline.data import CachedSplit, build_cache, load_cache, load_pair, make_split, save_cache, trimap_to_mask
 from pipeline.errors import UserError
 from pipeline.layout import image_path, read_stems, trimap_path
-from pipeline.masks import PackedMasks
+from pipeline.masks import IGNORE, PackedMasks
 
 TRIMAP = np.array(
     [
@@ -42,6 +42,13 @@ def test_trimap_to_mask_background_policy_counts_only_pet_as_pet():
     np.testing.assert_array_equal(mask, expected)
 
 
+def test_trimap_to_mask_ignore_policy_marks_boundary_255():
+    mask = trimap_to_mask(TRIMAP, "ignore")
+    expected = np.array([[1, 1, 255, 0], [1, 255, 255, 0], [255, 0, 0, 0]], dtype=np.uint8)
+    assert mask.dtype == np.uint8 and IGNORE == 255
+    np.testing.assert_array_equal(mask, expected)
+
+
 def test_trimap_to_mask_default_policy_is_pet():
     np.testing.assert_array_equal(trimap_to_mask(TRIMAP), trimap_to_mask(TRIMAP, "pet"))
 
@@ -53,7 +60,7 @@ def test_trimap_to_mask_does_not_modify_input():
 
 
 @pytest.mark.parametrize("bad", [0, 4, 255])
-@pytest.mark.parametrize("boundary", ["pet", "background"])
+@pytest.mark.parametrize("boundary", ["pet", "background", "ignore"])
 def test_trimap_to_mask_rejects_unexpected_values(bad, boundary):
     trimap = TRIMAP.copy()
     trimap[1, 1] = bad
@@ -62,7 +69,7 @@ def test_trimap_to_mask_rejects_unexpected_values(bad, boundary):
 
 
 def test_trimap_to_mask_rejects_unknown_policy():
-    with pytest.raises(ValueError, match="boundary"):
+    with pytest.raises(ValueError, match="boundary policy must be one of pet, background, ignore, got 'border'"):
         trimap_to_mask(TRIMAP, "border")
 
 
@@ -186,6 +193,54 @@ def test_cache_round_trip_shapes_dtypes_and_masks(synthetic_root, tmp_path):
         assert tuple(loaded.native.shapes[i]) == full.shape
     assert loaded.breeds == [s.rpartition("_")[0] for s in stems]
     assert loaded.species == ["cat" if s.startswith("Synthcat") else "dog" for s in stems]
+
+
+def test_cache_round_trip_with_ignore_policy_keeps_the_band_out(synthetic_root, tmp_path):
+    stems = read_stems(synthetic_root / "annotations" / "trainval.txt")[:4]
+    path = tmp_path / "train.npz"
+    save_cache(path, build_cache(synthetic_root, stems, SIZE, "ignore", progress=False))
+    with np.load(path) as data:
+        assert {"native_ignore_bits", "native_ignore_offsets", "native_ignore_shapes"} <= set(data.files)
+    loaded = load_cache(path)
+
+    assert loaded.native_ignore is not None and len(loaded.native_ignore) == len(stems)
+    for i, stem in enumerate(stems):
+        with Image.open(trimap_path(synthetic_root, stem)) as tri:
+            full = np.asarray(tri)
+            small = np.asarray(tri.resize((SIZE, SIZE), Image.Resampling.NEAREST))
+        # At image size: 1 pet, 0 background, 255 on the band, which survives the nearest resize.
+        np.testing.assert_array_equal(loaded.masks[i], np.select([small == 1, small == 3], [1, IGNORE], 0))
+        assert (loaded.masks[i] == IGNORE).any(), stem
+        # Native: binary pet (band excluded) plus the band as its own bit-packed mask.
+        np.testing.assert_array_equal(loaded.native[i], (full == 1).astype(np.uint8), err_msg=stem)
+        np.testing.assert_array_equal(loaded.native_ignore[i], (full == 3).astype(np.uint8), err_msg=stem)
+        assert set(np.unique(loaded.native[i]).tolist()) == {0, 1}
+
+
+def test_caches_of_the_other_policies_have_no_ignore_arrays(synthetic_root, tmp_path):
+    stems = read_stems(synthetic_root / "annotations" / "trainval.txt")[:2]
+    path = tmp_path / "train.npz"
+    save_cache(path, build_cache(synthetic_root, stems, SIZE, "background", progress=False))
+    with np.load(path) as data:
+        assert not [name for name in data.files if name.startswith("native_ignore")]
+    assert load_cache(path).native_ignore is None
+
+
+def test_native_ignore_of_other_shapes_is_rejected(tmp_path):
+    masks = np.zeros((2, 8, 8), np.uint8)
+    other = PackedMasks.pack([np.zeros((8, 8)), np.zeros((8, 9))])
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="native_ignore"):
+        CachedSplit(images, masks, ["a", "b"], PackedMasks.pack(masks), ["a", "b"], ["cat"] * 2, other)
+    # The same in a file is a malformed cache: one line naming the file.
+    path = tmp_path / "odd.npz"
+    split = CachedSplit(images, masks, ["a", "b"], PackedMasks.pack(masks), ["a", "b"], ["cat"] * 2)
+    save_cache(path, split)
+    with np.load(path) as data:
+        arrays = dict(data)
+    np.savez(path, **arrays, **other.to_arrays("native_ignore"))
+    with pytest.raises(UserError, match="odd.npz: not a petseg cache"):
+        load_cache(path)
 
 
 def test_build_cache_background_policy_gives_smaller_masks(synthetic_root):
@@ -333,6 +388,20 @@ def test_split_and_preprocess_stages_write_their_outputs(synthetic_root, tmp_pat
         assert loaded.images.shape == (len(stems), 64, 64, 3)
         assert loaded.masks.shape == (len(stems), 64, 64)
         assert set(np.unique(loaded.masks).tolist()) == {0, 1}
+        assert loaded.native_ignore is None
+
+
+def test_preprocess_stage_with_boundary_ignore(synthetic_root, tmp_path):
+    splits, cache = tmp_path / "splits", tmp_path / "cache"
+    params = _params(tmp_path, boundary="ignore")
+    assert (
+        run_stage(stages.split.main, ["--params", str(params), "--raw", str(synthetic_root), "--out", str(splits)]) == 0
+    )
+    argv = ["--params", str(params), "--raw", str(synthetic_root), "--splits", str(splits), "--out", str(cache)]
+    assert run_stage(stages.preprocess.main, argv) == 0
+    loaded = load_cache(cache / "test.npz")
+    assert set(np.unique(loaded.masks).tolist()) == {0, 1, IGNORE}
+    assert loaded.native_ignore is not None and len(loaded.native_ignore) == len(loaded.stems)
 
 
 def test_preprocess_stage_rejects_image_size_not_multiple_of_32(synthetic_root, tmp_path, capsys):

@@ -10,7 +10,8 @@ from pipeline.errors import UserError
 from pipeline.evaluation import choose_threshold, per_breed_table, per_image_table, score, summary
 from pipeline.inference import native_probabilities, tta_forward
 from pipeline.layout import breed_of, read_species
-from pipeline.masks import PackedMasks
+from pipeline.masks import IGNORE, PackedMasks
+from pipeline.overlays import FP, TP, error_overlay
 
 
 def _logits_for(probabilities) -> np.ndarray:
@@ -35,6 +36,48 @@ def test_native_dice_on_a_hand_built_3x5_trimap():
     np.testing.assert_array_equal(scored.predictions[0], np.repeat([[1, 1, 0, 0, 0]], 3, axis=0))
     # At image size the same logits are perfect against the 2x2 mask.
     assert summary(scored, ["cat"])["at_image_size"]["dice"] == 1.0
+
+
+def test_native_scores_leave_the_ignored_band_out():
+    # The 3x5 trimap and logits above under boundary: ignore. Prediction rows [1 1 0 0 0] x3 against
+    # pet [1 1 . 0 0], [1 . 0 0 0], [0 0 0 0 0] ("." ignored, (1, 1) predicted pet): TP 3, FP 2, FN 0,
+    # TN 8 over 13 counted pixels.
+    logits = np.array([[[10.0, -30.0], [10.0, -30.0]]], np.float32)
+    trimap = np.array([[1, 1, 3, 2, 2], [1, 3, 2, 2, 2], [2, 2, 2, 2, 2]], np.uint8)
+    native, ignore = PackedMasks.pack([trimap == 1]), PackedMasks.pack([trimap == 3])
+    at_size = np.array([[[1, IGNORE], [1, 0]]], np.uint8)  # at 2x2: TP 2, the ignored pixel, TN 1
+    scored = score(logits, at_size, native, 0.5, ignore)
+    np.testing.assert_array_equal(scored.native[0], [3, 2, 0, 8])
+    np.testing.assert_array_equal(scored.at_size[0], [2, 0, 0, 1])
+    s = summary(scored, ["cat"])
+    assert s["dice"] == pytest.approx(6 / 8) and s["iou"] == pytest.approx(3 / 5)
+    assert s["pixel_accuracy"] == pytest.approx(11 / 13)
+    table = per_image_table(scored, ["a_1"], ["a"], ["cat"], native)
+    assert table["pet_fraction"].tolist() == pytest.approx([3 / 13])
+    # Without the ignore masks the band is background: (1, 1) becomes a false positive.
+    np.testing.assert_array_equal(score(logits, at_size, native, 0.5).native[0], [3, 3, 0, 9])
+    with pytest.raises(ValueError, match="native_ignore"):
+        score(logits, at_size, native, 0.5, PackedMasks.pack([np.zeros((3, 4))]))
+
+
+def test_choose_threshold_leaves_ignored_pixels_out():
+    # Probabilities 0.22, 0.33, 0.67, 0.78; pet only at the last pixel. Counting all four pixels,
+    # only t in [0.67, 0.78) is perfect (→ 0.70); with the middle two ignored, any t in [0.22, 0.78)
+    # is, and the tie goes to 0.50.
+    logits = _logits_for([[[0.22, 0.33, 0.67, 0.78]]])
+    native = PackedMasks.pack([np.array([[0, 0, 0, 1]], np.uint8)])
+    ignore = PackedMasks.pack([np.array([[0, 1, 1, 0]], np.uint8)])
+    assert choose_threshold(logits, native) == 0.70
+    assert choose_threshold(logits, native, native_ignore=ignore) == 0.50
+
+
+def test_error_overlay_leaves_ignored_pixels_untinted():
+    image = np.full((2, 2, 3), 100, np.uint8)
+    truth = np.array([[1, IGNORE], [0, IGNORE]], np.uint8)
+    pred = np.array([[1, 1], [1, 0]], np.uint8)
+    expected = np.full((2, 2, 3), 100, np.uint8)
+    expected[0, 0], expected[1, 0] = np.round(50 + TP / 2), np.round(50 + FP / 2)
+    np.testing.assert_array_equal(error_overlay(image, pred, truth, alpha=0.5), expected)
 
 
 def test_native_equals_at_size_when_the_photo_is_already_image_size():

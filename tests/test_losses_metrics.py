@@ -2,8 +2,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipeline.losses import LOSSES, bce_dice_loss, bce_loss, dice_loss
+from pipeline.masks import IGNORE
 from pipeline.metrics import SegmentationMeter, confusion_counts, dice_from_counts, iou_from_counts
 
 
@@ -87,3 +89,106 @@ def test_meter_threshold_applies_to_probabilities():
 def test_meter_refuses_to_compute_without_data():
     with pytest.raises(ValueError, match="before any update"):
         SegmentationMeter().compute()
+
+
+# --- the ignore label (255) ---------------------------------------------------------------------
+
+LOSS_FNS = [bce_loss, dice_loss, bce_dice_loss]
+
+
+def _with_ignored_column():
+    """A 2x3 batch of one image whose last column is ignored; random logits everywhere."""
+    torch.manual_seed(1)
+    logits = torch.randn(1, 1, 2, 3) * 3
+    target = torch.tensor([[[[1.0, 0.0, IGNORE], [0.0, 1.0, IGNORE]]]])
+    return logits, target
+
+
+@pytest.mark.parametrize("loss_fn", LOSS_FNS)
+def test_logits_at_ignored_pixels_change_neither_loss_nor_gradient(loss_fn):
+    logits, target = _with_ignored_column()
+    other = logits.clone()
+    other[..., 2] = torch.tensor([40.0, -40.0])  # confidently anything at the ignored pixels
+    a, b = logits.clone().requires_grad_(), other.clone().requires_grad_()
+    loss_a, loss_b = loss_fn(a, target), loss_fn(b, target)
+    loss_a.backward()
+    loss_b.backward()
+    assert torch.equal(loss_a, loss_b)
+    assert torch.equal(a.grad, b.grad)
+    assert (a.grad[..., 2] == 0).all() and (a.grad[..., :2] != 0).all()
+
+
+@pytest.mark.parametrize("loss_fn", LOSS_FNS)
+def test_loss_with_ignored_pixels_equals_the_loss_of_the_counted_pixels_alone(loss_fn):
+    logits, target = _with_ignored_column()
+    alone = loss_fn(logits[..., :2].contiguous(), target[..., :2].contiguous())
+    assert loss_fn(logits, target).item() == pytest.approx(alone.item(), rel=1e-6)
+
+
+def test_bce_and_dice_with_an_ignored_pixel_by_hand():
+    logits = torch.tensor([[[[2.0, -1.0, 7.0]]]])
+    target = torch.tensor([[[[1.0, 1.0, IGNORE]]]])
+    # BCE of the two counted pixels only: mean of log(1 + e^-2) and log(1 + e^1).
+    expected = (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(1.0))) / 2
+    assert bce_loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    # p = 0.5 on 2x2 pixels, one ignored: Σpt = 0.5, Σp = 1.5, Σt = 1 → 1 - (1 + 1) / (1.5 + 1 + 1) = 3/7.
+    target = torch.tensor([[[[1.0, IGNORE], [0.0, 0.0]]]])
+    assert dice_loss(torch.zeros(1, 1, 2, 2), target).item() == pytest.approx(3 / 7)
+
+
+@pytest.mark.parametrize("loss_fn", LOSS_FNS)
+def test_losses_without_ignored_pixels_are_bitwise_the_plain_formulas(loss_fn):
+    torch.manual_seed(2)
+    logits, target = torch.randn(3, 1, 7, 5) * 3, (torch.rand(3, 1, 7, 5) > 0.5).float()
+
+    def plain(x, t):  # the unmasked definitions: mean BCE, whole-batch soft Dice with smoothing 1
+        p = torch.sigmoid(x)
+        dice = 1.0 - (2.0 * (p * t).sum() + 1.0) / (p.sum() + t.sum() + 1.0)
+        bce = F.binary_cross_entropy_with_logits(x, t)
+        return {bce_loss: bce, dice_loss: dice, bce_dice_loss: bce + dice}[loss_fn]
+
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    ours, reference = loss_fn(a, target), plain(b, target)
+    ours.backward()
+    reference.backward()
+    assert torch.equal(ours, reference)
+    assert torch.equal(a.grad, b.grad)
+
+
+def test_bce_of_an_all_ignored_batch_is_zero_with_zero_gradient():
+    logits = torch.randn(1, 1, 2, 2, requires_grad=True)
+    loss = bce_loss(logits, torch.full((1, 1, 2, 2), float(IGNORE)))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert (logits.grad == 0).all()
+
+
+def test_losses_compute_in_fp32_from_half_inputs():
+    logits, target = _with_ignored_column()
+    for loss_fn in LOSS_FNS:
+        half = loss_fn(logits.half(), target.half())
+        assert half.dtype == torch.float32
+        assert half.item() == pytest.approx(loss_fn(logits.half().float(), target).item(), rel=1e-6)
+
+
+def test_confusion_counts_leave_ignored_pixels_out():
+    # 2x3 image, the pixel (0, 2) ignored (predicted pet there, which must not count as FP):
+    # pred   [1 1 1]    target [1 0 255]   → (0,0) TP, (0,1) FP, (0,2) nothing,
+    #        [0 1 0]           [1 1 0  ]   → (1,0) FN, (1,1) TP, (1,2) TN.
+    pred = torch.tensor([[[1, 1, 1], [0, 1, 0]]])
+    target = torch.tensor([[[1, 0, IGNORE], [1, 1, 0]]], dtype=torch.uint8)
+    assert confusion_counts(pred, target).tolist() == [[2, 1, 1, 1]]
+    assert confusion_counts(pred, target.float()).tolist() == [[2, 1, 1, 1]]
+    assert confusion_counts(pred.bool(), target.long()).tolist() == [[2, 1, 1, 1]]
+
+
+def test_meter_ignores_255_in_float_masks_as_the_training_loop_passes_them():
+    logits = torch.tensor([[[[5.0, 5.0, 5.0], [-5.0, 5.0, -5.0]]]])
+    masks = torch.tensor([[[[1.0, 0.0, 255.0], [1.0, 1.0, 0.0]]]])
+    meter = SegmentationMeter()
+    meter.update(logits, masks)
+    result = meter.compute()
+    tp, fp, fn, tn = 2, 1, 1, 1  # as in the confusion-count test above
+    assert result["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert result["iou"] == pytest.approx(tp / (tp + fp + fn))
+    assert result["pixel_accuracy"] == pytest.approx((tp + tn) / 5)  # 5 counted pixels, not 6

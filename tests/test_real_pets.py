@@ -61,7 +61,7 @@ def test_stages_on_a_few_real_pets_for_one_epoch(pets_mini, tmp_path):
     assert "Abyssinian_34" not in load_cache(cache / "train.npz").stems + load_cache(cache / "test.npz").stems
 
     train_args = ["--model", "unet", "--train", str(cache / "train.npz"), "--valid", str(cache / "valid.npz")]
-    train_args += ["--checkpoint", str(out / "unet.pt"), "--live", str(out / "live")]
+    train_args += ["--checkpoint", str(out / "unet.pt"), "--live", str(out / "live"), "--resume", str(out / "r.pt")]
     assert run_stage(stages.train.main, [*p, *train_args]) == 0
     export_args = ["--checkpoint", str(out / "unet.pt"), "--test", str(cache / "test.npz")]
     assert run_stage(stages.export.main, [*p, *export_args, "--out", str(out / "unet.onnx")]) == 0

@@ -37,14 +37,15 @@ def trained(synthetic_root, tmp_path_factory):
         save_cache(root / f"{name}.npz", build_cache(synthetic_root, getattr(split, name), 32, "pet", progress=False))
     p = ["--params", str(root / "params.yaml")]
     train = ["--model", "unet", "--train", str(root / "train.npz"), "--valid", str(root / "valid.npz")]
-    assert (
-        run_stage(stages.train.main, [*p, *train, "--checkpoint", str(root / "unet.pt"), "--live", str(root / "live")])
-        == 0
-    )
+    assert run_stage(stages.train.main, [*p, *train, *train_outputs(root)]) == 0
     export = ["--checkpoint", str(root / "unet.pt"), "--test", str(root / "test.npz"), "--out", str(root / "unet.onnx")]
     assert run_stage(stages.export.main, [*p, *export]) == 0
     assert run_stage(stages.evaluate.main, [*p, *evaluate_args(root, root)]) == 0
     return root
+
+
+def train_outputs(root):
+    return ["--checkpoint", str(root / "unet.pt"), "--live", str(root / "live"), "--resume", str(root / "r.pt")]
 
 
 def evaluate_args(trained, out, checkpoint=None, test=None, params=None) -> list[str]:
@@ -148,17 +149,10 @@ def test_train_stage_rejects_a_mistyped_option_before_creating_the_dvclive_folde
     params["unet"]["bilinear"] = "false"  # a string, which Python would take as true
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     args = ["--params", str(tmp_path / "params.yaml"), "--model", "unet", "--train", str(trained / "train.npz")]
-    args += [
-        "--valid",
-        str(trained / "valid.npz"),
-        "--checkpoint",
-        str(tmp_path / "m.pt"),
-        "--live",
-        str(tmp_path / "live"),
-    ]
+    args += ["--valid", str(trained / "valid.npz"), *train_outputs(tmp_path)]
     assert run_stage(stages.train.main, args) == 1
     assert "unet.bilinear must be like False, got 'false'" in _one_error_line(capsys)
-    assert not (tmp_path / "live").exists() and not (tmp_path / "m.pt").exists()
+    assert not (tmp_path / "live").exists() and not (tmp_path / "unet.pt").exists()
 
 
 def test_model_options_accept_a_list_for_a_tuple_default():

@@ -1,0 +1,60 @@
+"""The checkpoint file: loading errors a user can cause are told apart."""
+
+import pytest
+import torch
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.errors import UserError
+from pipeline.models import build_model
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(UserError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "none.pt", torch.device("cpu"))
+    bad = tmp_path / "bad.pt"
+    torch.save({"weights": 1}, bad)
+    with pytest.raises(UserError, match="not a petseg checkpoint"):
+        load_checkpoint(bad, torch.device("cpu"))
+
+
+def _tiny_checkpoint(path):
+    model = build_model("unet", base_channels=4)
+    arch = {"base_channels": 4}
+    torch.save({"model": "unet", "arch": arch, "state_dict": model.state_dict(), "epoch": 1, "valid_dice": 0.5,
+                "image_size": 32}, path)  # fmt: skip
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_load_checkpoint_names_an_unusable_device_not_a_bad_file(tmp_path):
+    _tiny_checkpoint(tmp_path / "m.pt")
+    with pytest.raises(UserError, match=r"m.pt: cannot use cuda \(.*\); use the CPU") as err:
+        load_checkpoint(tmp_path / "m.pt", torch.device("cuda"))
+    assert "not a petseg checkpoint" not in str(err.value)
+
+
+def test_load_checkpoint_names_out_of_memory(tmp_path, monkeypatch):
+    _tiny_checkpoint(tmp_path / "m.pt")
+
+    def no_memory(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(torch.nn.Module, "to", no_memory)
+    with pytest.raises(UserError, match="out of memory on cpu moving the model there"):
+        load_checkpoint(tmp_path / "m.pt", torch.device("cpu"))
+
+
+def test_load_checkpoint_names_host_memory_exhaustion(tmp_path, monkeypatch):
+    _tiny_checkpoint(tmp_path / "m.pt")
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(torch, "load", no_memory)
+    with pytest.raises(UserError, match="out of host memory while loading it"):
+        load_checkpoint(tmp_path / "m.pt", torch.device("cpu"))
+
+
+def test_an_empty_checkpoint_file_is_named_as_not_a_checkpoint(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(UserError, match=r"empty.pt: not a petseg checkpoint \(.+\); retrain it"):
+        load_checkpoint(tmp_path / "empty.pt", torch.device("cpu"))
