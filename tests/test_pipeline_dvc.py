@@ -127,6 +127,13 @@ def test_experiments_rerun_exactly_the_affected_stages(repo):
     assert {"metrics/unet.json", "metrics/resnet34_unet.json"} <= set(diff)
     assert "dice" in diff["metrics/unet.json"] and "dice" in diff["metrics/resnet34_unet.json"]
 
+    # Back to the baseline lr: the run-cache restores the finished trainings instead of rerunning
+    # them (the resume state is kept out of DVC's outputs so that this still works).
+    lr = yaml.safe_load((REPO / "params.yaml").read_text())["lr"]
+    out = run(repo, str(DVC), "exp", "run", "-S", f"lr={lr}")
+    assert not stages_run(out) & {"train-unet", "train-resnet34unet"}
+    assert "Stage 'train-unet' is cached - skipping run" in out
+
     out = run(repo, str(DVC), "exp", "run", "-S", "unet.base_channels=6")
     assert stages_run(out) == {"train-unet", "export-unet", "evaluate-unet", "plot"}
 
