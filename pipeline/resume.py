@@ -35,6 +35,19 @@ def file_digest(path: Path, chunk: int = 1 << 24) -> str:
     return digest.hexdigest()
 
 
+def training_inputs(
+    model: str, arch: dict[str, Any], settings: dict[str, Any], caches: list[Path], encoder: str
+) -> dict[str, Any]:
+    """What a training run's resume state must match: model, architecture options, training
+    ``settings`` (JSON-able), the SHA-256 of each cache file and, when ``encoder`` names a file,
+    of that file (so replacing pretrained weights starts fresh). Raises FileNotFoundError."""
+    inputs = {"model": model, "arch": arch, **settings}
+    inputs.update({f"cache:{Path(c).name}": file_digest(Path(c)) for c in caches})
+    if Path(encoder).is_file():
+        inputs["encoder_weights_file"] = file_digest(Path(encoder))
+    return inputs
+
+
 def fingerprint(inputs: dict[str, Any]) -> str:
     """SHA-256 of ``inputs`` as canonical JSON (sorted keys): what a resumable state was made with."""
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()

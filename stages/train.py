@@ -16,7 +16,7 @@ from pipeline.data import load_cache
 from pipeline.device import select_device
 from pipeline.models import check_options
 from pipeline.params import load_params, train_config
-from pipeline.resume import ResumeStore, file_digest
+from pipeline.resume import ResumeStore, training_inputs
 from pipeline.training import fit
 
 
@@ -34,15 +34,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg, arch = train_config(load_params(args.params), args.model)
     check_options(args.model, arch)  # before dvclive creates its folder
     train, valid = load_cache(args.train), load_cache(args.valid)
-    inputs = {
-        "model": args.model,
-        "arch": arch,
-        **cfg.fingerprint_inputs(),
-        "train_cache": file_digest(Path(args.train)),
-        "valid_cache": file_digest(Path(args.valid)),
-    }
-    if Path(cfg.encoder_weights).is_file():
-        inputs["encoder_weights_file"] = file_digest(Path(cfg.encoder_weights))
+    caches = [Path(args.train), Path(args.valid)]
+    inputs = training_inputs(args.model, arch, cfg.fingerprint_inputs(), caches, cfg.encoder_weights)
     store = ResumeStore(Path(args.resume), inputs, Path(args.live))
     state = store.load()
     print(f"train {args.model}: {len(train.stems)} train / {len(valid.stems)} valid images on {select_device()}")

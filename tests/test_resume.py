@@ -23,6 +23,7 @@ from pipeline.resume import (
     save_state,
     set_rng_state,
     snapshot_dir,
+    training_inputs,
 )
 from pipeline.synthetic import make_synthetic
 from tests.conftest import REPO
@@ -201,3 +202,20 @@ def test_an_empty_state_file_is_ignored_with_a_reason(tmp_path):
     (tmp_path / "s.pt").write_bytes(b"")
     state, reason = load_state(tmp_path / "s.pt", {})
     assert state is None and reason.startswith(f"{tmp_path / 's.pt'}: unreadable resume state (")
+
+
+def test_training_inputs_change_with_the_caches_and_the_encoder_file(tmp_path):
+    train, valid, encoder = tmp_path / "train.npz", tmp_path / "valid.npz", tmp_path / "enc.pth"
+    for path in (train, valid, encoder):
+        path.write_bytes(b"a")
+    base = training_inputs("resnet34_unet", {}, {"lr": 1}, [train, valid], str(encoder))
+    assert training_inputs("resnet34_unet", {}, {"lr": 1}, [train, valid], str(encoder)) == base
+    encoder.write_bytes(b"b")
+    changed = training_inputs("resnet34_unet", {}, {"lr": 1}, [train, valid], str(encoder))
+    shown = differences(base, changed)
+    assert shown.startswith("encoder_weights_file: ") and "cache" not in shown
+    valid.write_bytes(b"b")
+    assert "cache:valid.npz" in differences(
+        changed, training_inputs("resnet34_unet", {}, {"lr": 1}, [train, valid], str(encoder))
+    )
+    assert "encoder_weights_file" not in training_inputs("unet", {}, {}, [train], "none")

@@ -202,10 +202,20 @@ def test_gradient_clipping_bounds_the_update_norm():
     assert norm == pytest.approx(0.05, rel=1e-4)
 
 
-def test_compile_gives_the_results_of_eager_mode(tmp_path, tiny_data):
+def test_compile_gives_the_results_of_eager_mode(tmp_path, tiny_data, monkeypatch):
+    compiled_models = []
+
+    def spy(model, *args, **kwargs):
+        compiled_models.append(model)
+        return real_compile(model, *args, **kwargs)
+
+    real_compile = torch.compile
+    monkeypatch.setattr(training.torch, "compile", spy)
     cfg = dataclasses.replace(CFG, epochs=1, augment="none")
     _, eager = _fit(tmp_path / "eager", tiny_data, cfg)
+    assert compiled_models == []
     _, compiled = _fit(tmp_path / "compiled", tiny_data, dataclasses.replace(cfg, compile=True))
+    assert len(compiled_models) == 1  # the model really went through torch.compile
     # Inductor fuses and reorders float operations, so equal only to within rounding.
     for (_, a), (_, b) in zip(_results(eager), _results(compiled), strict=True):
         assert a.keys() == b.keys()
