@@ -26,11 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data import load_pair, make_split  # noqa: E402
+from pipeline.data import load_pair  # noqa: E402
 from pipeline.dataset import SegmentationDataset, train_transform  # noqa: E402
 from pipeline.loader import make_train_loader  # noqa: E402
 from pipeline.losses import bce_dice_loss  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
+from pipeline.split import make_split  # noqa: E402
 
 WARMUP_BATCH = 2
 MODELS = (("unet", {"base_channels": 64}), ("resnet34_unet", {}))

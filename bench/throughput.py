@@ -18,10 +18,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data import build_cache, load_pair, make_split  # noqa: E402
+from pipeline.data import build_cache, load_pair  # noqa: E402
 from pipeline.dataset import SegmentationDataset, train_transform  # noqa: E402
 from pipeline.losses import bce_dice_loss  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
+from pipeline.split import make_split  # noqa: E402
 
 
 def rate(n: int, fn) -> float:

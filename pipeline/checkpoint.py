@@ -42,7 +42,9 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict[s
         raise UserError(f"{path}: checkpoint not found; run the training stage first (dvc repro)") from None
     except MemoryError:
         raise UserError(f"{path}: out of host memory while loading it; free memory and retry") from None
-    except (KeyError, RuntimeError, TypeError, OSError, EOFError, pickle.UnpicklingError) as err:
+    except RuntimeError as err:
+        raise _runtime_error(path, err) from None
+    except (KeyError, TypeError, OSError, EOFError, pickle.UnpicklingError) as err:
         raise UserError(f"{path}: not a petseg checkpoint ({first_line(err)}); retrain it") from None
     try:
         model.to(device)
@@ -51,3 +53,15 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict[s
     except RuntimeError as err:  # no driver, no such device index, a device in use by another process
         raise UserError(f"{path}: cannot use {device} ({first_line(err)}); use the CPU") from None
     return model.eval(), ckpt
+
+
+# How PyTorch's CPU allocator words a failed allocation (c10/core/impl/alloc_cpu.cpp); torch.load
+# raises it as a plain RuntimeError, not as MemoryError.
+CPU_OOM = "can't allocate memory"
+
+
+def _runtime_error(path: Path, err: RuntimeError) -> UserError:
+    """A RuntimeError while reading a checkpoint: out of memory, or a file torch cannot read."""
+    if isinstance(err, torch.OutOfMemoryError) or CPU_OOM in str(err):
+        return UserError(f"{path}: out of host memory while loading it ({first_line(err)}); free memory and retry")
+    return UserError(f"{path}: not a petseg checkpoint ({first_line(err)}); retrain it")

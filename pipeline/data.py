@@ -1,63 +1,38 @@
-"""Train/valid/test split, trimap → mask, and the preprocessed cache (uint8 arrays per split).
+"""Decoding image/trimap pairs, trimap → mask, and building the preprocessed cache (pipeline/cache.py).
 
 Trimap values follow the dataset README: 1 = pet, 2 = background, 3 = boundary. Masks are uint8
 with 0 = background, 1 = pet and :data:`~pipeline.masks.IGNORE` (255) = counted in no loss or metric.
 """
 
-import random
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from pipeline.cache import CachedSplit
+from pipeline.data_report import (
+    BAD_TRIMAP_VALUES,
+    MISSING_FILE,
+    SIZE_MISMATCH,
+    UNDECODABLE_IMAGE,
+    UNDECODABLE_TRIMAP,
+    Skipped,
+)
 from pipeline.errors import UserError
-from pipeline.io import atomic_path
-from pipeline.layout import UNKNOWN_SPECIES, breed_of, image_path, read_species, read_stems, trimap_path
+from pipeline.layout import UNKNOWN_SPECIES, breed_of, image_path, read_species, trimap_path
 from pipeline.masks import IGNORE, PackedMasks
 from pipeline.params import BOUNDARY_POLICIES
 
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY = 1, 2, 3
 
 
-@dataclass(frozen=True)
-class Split:
-    """Stem lists of the three splits, and how many listed stems were skipped for missing files."""
+class BadPair(UserError):
+    """An image/trimap pair that cannot be used; ``reason`` is one of :data:`pipeline.data_report.REASONS`."""
 
-    train: list[str]
-    valid: list[str]
-    test: list[str]
-    skipped: dict[str, int]
-
-
-def make_split(root: Path, valid_fraction: float, seed: int) -> Split:
-    """Split official trainval.txt into train/valid and take test.txt as test.
-
-    The valid set is ``round(valid_fraction * len(trainval))`` stems drawn with ``random.Random(seed)``
-    from the sorted trainval stems, so the split depends only on the stems, the fraction and the
-    seed. Stems without both an image and a trimap are skipped; ``skipped`` counts them per list.
-    Raises UserError if a split would be empty.
-    """
-    root = Path(root)
-    lists, skipped = {}, {}
-    for name in ("trainval", "test"):
-        stems = sorted(set(read_stems(root / "annotations" / f"{name}.txt")))
-        present = [s for s in stems if image_path(root, s).is_file() and trimap_path(root, s).is_file()]
-        lists[name], skipped[name] = present, len(stems) - len(present)
-    trainval = lists["trainval"]
-    n_valid = round(valid_fraction * len(trainval))
-    valid = sorted(random.Random(seed).sample(trainval, n_valid))
-    chosen = set(valid)
-    split = Split([s for s in trainval if s not in chosen], valid, lists["test"], skipped)
-    for name in ("train", "valid", "test"):
-        if not getattr(split, name):
-            raise UserError(
-                f"{root}: the {name} split is empty ({len(trainval)} trainval, {len(lists['test'])} test "
-                "stems with files); check the dataset and split.valid_fraction"
-            )
-    return split
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 def trimap_to_mask(trimap: np.ndarray, boundary: str = "pet") -> np.ndarray:
@@ -78,7 +53,7 @@ def trimap_to_mask(trimap: np.ndarray, boundary: str = "pet") -> np.ndarray:
     return mask
 
 
-def _open(path: Path, mode: str) -> Image.Image:
+def _open(path: Path, mode: str, undecodable: str) -> Image.Image:
     try:
         with Image.open(path) as img:
             # A label map keeps its raw values: convert("L") would remap a palette by luminance.
@@ -87,9 +62,9 @@ def _open(path: Path, mode: str) -> Image.Image:
                 return img.copy()
             return img.convert(mode)
     except FileNotFoundError:
-        raise UserError(f"{path}: file not found; rerun the download and split stages") from None
+        raise BadPair(MISSING_FILE, f"{path}: file not found; rerun the download and split stages") from None
     except (UnidentifiedImageError, OSError) as err:
-        raise UserError(f"{path}: cannot decode ({err}); replace the file or delete the pair") from None
+        raise BadPair(undecodable, f"{path}: cannot decode ({err}); replace the file or delete the pair") from None
 
 
 def decode_pair(root: Path, stem: str, boundary: str) -> tuple[Image.Image, np.ndarray]:
@@ -97,21 +72,23 @@ def decode_pair(root: Path, stem: str, boundary: str) -> tuple[Image.Image, np.n
 
     The image is opened with PIL whatever its real format (the official set has PNG and GIF files
     named .jpg) and converted to RGB. Returns the RGB image and the mask uint8 (H, W) in {0, 1} or,
-    under "ignore", {0, 1, 255} (:func:`trimap_to_mask` with ``boundary``). Raises UserError for a
-    missing or undecodable file, bad trimap values, or a trimap whose size differs from the image's.
+    under "ignore", {0, 1, 255} (:func:`trimap_to_mask` with ``boundary``). Raises :class:`BadPair`
+    (a UserError) for a missing or undecodable file, bad trimap values, or a trimap whose size
+    differs from the image's, with the reason as its ``reason``.
     """
-    image = _open(image_path(root, stem), "RGB")
+    image = _open(image_path(root, stem), "RGB", UNDECODABLE_IMAGE)
     tpath = trimap_path(root, stem)
-    trimap = _open(tpath, "L")
+    trimap = _open(tpath, "L", UNDECODABLE_TRIMAP)
     if trimap.size != image.size:
-        raise UserError(
+        raise BadPair(
+            SIZE_MISMATCH,
             f"{tpath}: trimap is {trimap.size[0]}x{trimap.size[1]} px but its image is "
-            f"{image.size[0]}x{image.size[1]}; replace the file or delete the pair"
+            f"{image.size[0]}x{image.size[1]}; replace the file or delete the pair",
         )
     try:
         mask = trimap_to_mask(np.asarray(trimap), boundary)
     except ValueError as err:
-        raise UserError(f"{tpath}: {err}") from None
+        raise BadPair(BAD_TRIMAP_VALUES, f"{tpath}: {err}; replace the file or delete the pair") from None
     return image, mask
 
 
@@ -131,91 +108,37 @@ def load_pair(root: Path, stem: str, size: int, boundary: str) -> tuple[np.ndarr
     return resize_pair(*decode_pair(root, stem, boundary), size)
 
 
-@dataclass(frozen=True)
-class CachedSplit:
-    """One split of the cache.
-
-    ``images`` uint8 (N, S, S, 3) and ``masks`` uint8 (N, S, S) in {0, 1, 255} at ``image_size`` S
-    (255 = :data:`IGNORE`, only under preprocess.boundary: ignore); ``native`` the same N masks at
-    each photo's own size (what evaluation scores against), binary: 1 = pet; ``native_ignore``
-    (ignore policy only, else None) marks each native mask's ignored pixels with 1; ``stems``,
-    ``breeds`` (from the stem) and ``species`` ("cat", "dog" or "unknown", from annotations/list.txt)
-    as lists of N strings. Raises ValueError if ``native_ignore`` and ``native`` differ in shapes.
-    """
-
-    images: np.ndarray
-    masks: np.ndarray
-    stems: list[str]
-    native: PackedMasks
-    breeds: list[str]
-    species: list[str]
-    native_ignore: PackedMasks | None = None
-
-    def __post_init__(self):
-        if self.native_ignore is not None and not np.array_equal(self.native_ignore.shapes, self.native.shapes):
-            raise ValueError("native_ignore masks differ in number or size from the native masks")
-
-
 def build_cache(root: Path, stems: list[str], size: int, boundary: str, progress: bool = True) -> CachedSplit:
-    """Decode every stem once, keep its native-size mask, and resize it (UserErrors as :func:`decode_pair`).
+    """Decode every stem once, keep its native-size mask, and resize it; skip the pairs that fail.
 
+    A pair :func:`decode_pair` rejects is left out of the arrays and listed in ``skipped`` with
+    its reason and message, so the split holds the N good pairs of ``stems``, in their order.
     ``native_ignore`` is filled only when ``boundary`` is "ignore", so caches of the other policies
-    stay byte for byte what they were.
+    stay byte for byte what they were. Raises UserError if annotations/list.txt is missing.
     """
     root = Path(root)
     species = read_species(root / "annotations" / "list.txt")
+    # Room for every stem, sliced to the good ones at the end: one allocation, no copy.
     images = np.empty((len(stems), size, size, 3), np.uint8)
     masks = np.empty((len(stems), size, size), np.uint8)
-    native, ignored = [], []
-    for i, stem in enumerate(tqdm(stems, desc="preprocess", unit="img", disable=not progress)):
-        image, mask = decode_pair(root, stem, boundary)
-        images[i], masks[i] = resize_pair(image, mask, size)
+    kept, native, ignored, skipped = [], [], [], []
+    for stem in tqdm(stems, desc="preprocess", unit="img", disable=not progress):
+        try:
+            image, mask = decode_pair(root, stem, boundary)
+        except BadPair as err:
+            skipped.append(Skipped(stem, err.reason, str(err)))
+            continue
+        images[len(kept)], masks[len(kept)] = resize_pair(image, mask, size)
+        kept.append(stem)
         native.append(mask == 1)
         ignored.append(mask == IGNORE)
     return CachedSplit(
-        images,
-        masks,
-        list(stems),
+        images[: len(kept)],
+        masks[: len(kept)],
+        kept,
         PackedMasks.pack(native),
-        [breed_of(s) for s in stems],
-        [species.get(s, UNKNOWN_SPECIES) for s in stems],
+        [breed_of(s) for s in kept],
+        [species.get(s, UNKNOWN_SPECIES) for s in kept],
         PackedMasks.pack(ignored) if boundary == "ignore" else None,
+        tuple(skipped),
     )
-
-
-def save_cache(path: Path, split: CachedSplit) -> None:
-    """Write a split as an uncompressed .npz, atomically; ``native_ignore`` (if any) as ``native_ignore_*``."""
-    ignore = {} if split.native_ignore is None else split.native_ignore.to_arrays("native_ignore")
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(
-            f,
-            images=split.images,
-            masks=split.masks,
-            stems=np.array(split.stems),
-            breeds=np.array(split.breeds),
-            species=np.array(split.species),
-            **split.native.to_arrays("native"),
-            **ignore,
-        )
-
-
-def load_cache(path: Path) -> CachedSplit:
-    """Read a split written by :func:`save_cache`; a cache without ``native_ignore_*`` arrays (any
-    policy but ignore, or written before it existed) loads with ``native_ignore`` None. Raises
-    UserError if missing or malformed."""
-    try:
-        with np.load(path) as data:
-            split = CachedSplit(
-                data["images"],
-                data["masks"],
-                data["stems"].tolist(),
-                PackedMasks.from_arrays(data, "native"),
-                data["breeds"].tolist(),
-                data["species"].tolist(),
-                PackedMasks.from_arrays(data, "native_ignore") if "native_ignore_bits" in data else None,
-            )
-    except FileNotFoundError:
-        raise UserError(f"{path}: cache not found; run `dvc repro preprocess`") from None
-    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise UserError(f"{path}: not a petseg cache ({err}); run `dvc repro -f preprocess`") from None
-    return split

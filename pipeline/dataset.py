@@ -1,7 +1,5 @@
 """PyTorch view of a cached split, with joint image/mask augmentation (torchvision.transforms.v2)."""
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -9,6 +7,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from pipeline.masks import IGNORE
+from pipeline.params import AugmentOptions
 
 # ImageNet channel statistics (torchvision model docs); the usual normalisation for natural photos.
 MEAN = (0.485, 0.456, 0.406)
@@ -16,38 +15,10 @@ STD = (0.229, 0.224, 0.225)
 
 
 AUGMENTATIONS = ("none", "flip", "full")
+DEFAULT_OPTIONS = AugmentOptions()  # the original "full"
 
 
-@dataclass(frozen=True)
-class AugmentOptions:
-    """What the "full" augmentation does; the defaults are the original "full" transform.
-
-    ``hflip``/``vflip``: random horizontal/vertical flip, each with probability 0.5 (vflip off by
-    default: pets are rarely upside down). ``degrees``: random rotation by an angle uniform in
-    [-degrees, degrees], in degrees; 0 = off. ``crop_scale``: (lo, hi) range of the area fraction of
-    the random resized crop. ``jitter``: brightness, contrast and saturation strength (factors in
-    [1 - jitter, 1 + jitter]); 0 = off. Raises ValueError unless 0 < lo <= hi <= 1, 0 <= degrees
-    <= 180 and jitter >= 0.
-    """
-
-    hflip: bool = True
-    vflip: bool = False
-    degrees: float = 0.0
-    crop_scale: tuple[float, float] = (0.5, 1.0)
-    jitter: float = 0.2
-
-    def __post_init__(self):
-        scale = tuple(self.crop_scale)
-        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-            raise ValueError(f"augment crop_scale must be two area fractions 0 < lo <= hi <= 1, got {scale}")
-        if not 0 <= self.degrees <= 180:
-            raise ValueError(f"augment degrees must be between 0 and 180, got {self.degrees}")
-        if not self.jitter >= 0:
-            raise ValueError(f"augment jitter must be >= 0, got {self.jitter}")
-        object.__setattr__(self, "crop_scale", scale)  # a YAML list becomes a hashable tuple
-
-
-def train_transform(size: int, level: str, options: AugmentOptions = AugmentOptions()) -> v2.Transform | None:
+def train_transform(size: int, level: str, options: AugmentOptions = DEFAULT_OPTIONS) -> v2.Transform | None:
     """The train-time augmentation named ``level`` for ``size``-pixel square images.
 
     "none": no augmentation (returns None). "flip": random horizontal flip. "full", in this order:

@@ -1,60 +1,231 @@
-"""Read ``params.yaml`` once and validate the keys a stage uses.
+"""params.yaml: one schema (pydantic), read once; every stage takes its typed view of it.
 
-Every check raises :class:`UserError` naming the key, the bad value and what is allowed, so a typo
-in ``params.yaml`` or ``dvc exp run -S`` fails in one line before any work starts.
+Each section forbids keys it does not know, so a misspelt key (``learning_rate``, ``evaluate.treshold``)
+fails instead of silently doing nothing. Every failure is a :class:`UserError` of one line naming
+the key, the value and what is allowed, or the unknown key and the nearest valid one.
+The choice lists (losses, schedules, ...) are spelt here so that reading params imports no torch
+code; a test keeps them equal to the registries in the modules that implement them.
 """
 
-import math
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from pipeline.errors import UserError, first_line
+from pipeline.params_messages import describe
 
-# Shared training keys: top-level in params.yaml so `dvc exp run -S lr=3e-4` works; a model's own
-# section may override any of them (e.g. `unet.lr`).
-TRAIN_KEYS = (
-    "epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "scheduler",
-    "loss",
-    "seed",
-    "augment",
-    "optimizer",
-    "momentum",
-    "warmup_epochs",
-    "grad_clip",
-    "accumulate_steps",
-    "patience",
-    "init",
-    "num_workers",
-    "compile",
-)
-# Training keys that only make sense for one architecture; set in that model's section.
-MODEL_TRAIN_KEYS = ("encoder_weights", "zero_init_residual")
-# Keys added after the first params.yaml; absent means today's behaviour.
-OPTIONAL_DEFAULTS = {
-    "optimizer": "adamw",
-    "momentum": 0.9,
-    "warmup_epochs": 0.0,
-    "grad_clip": 0.0,
-    "accumulate_steps": 1,
-    "patience": 0,
-    "init": "default",
-    "num_workers": "auto",
-    "compile": False,
-    "encoder_weights": "none",
-    "zero_init_residual": False,
-}
+SIZE_MULTIPLE = 32  # the models downsample 5 times (2**5): sides must divide by it
 BOUNDARY_POLICIES = ("pet", "background", "ignore")
 
 
-def load_params(path: str | Path) -> dict[str, Any]:
-    """Parse a params file into a dict. Raises UserError if it is missing or not a YAML mapping."""
+def _no_bool(value: Any) -> Any:
+    # YAML's `true` would otherwise pass as 1 or 1.0.
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+# A float param: YAML 1.1 (PyYAML) reads an exponent without a decimal point ("3e-4") as a string,
+# which pydantic parses; true/false, NaN and infinities are refused.
+Number = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
+NonNegative = Annotated[Number, Field(ge=0)]
+Fraction = Annotated[Number, Field(ge=0, le=1)]
+Count = Annotated[int, Field(strict=True, ge=1)]
+Seed = Annotated[int, Field(strict=True, ge=0)]
+Flag = Annotated[bool, Field(strict=True)]
+Name = Annotated[str, Field(strict=True, min_length=1)]
+
+
+def _auto_or(check):
+    """A BeforeValidator accepting "auto" or what ``check`` returns (it raises ValueError otherwise)."""
+    return BeforeValidator(lambda value: value if value == "auto" else check(value))
+
+
+def _workers(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("must be auto or a whole number >= 0")
+    return value
+
+
+def _probability(value: Any) -> float:
+    try:
+        number = float(_no_bool(value))
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0 < number < 1:  # NaN fails this too
+        raise ValueError("must be a number strictly between 0 and 1, or auto")
+    return number
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors; values are immutable once read."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Data(Section):
+    """``data``: where the dataset comes from, and how many bad pairs preprocess tolerates."""
+
+    source: Name
+    url: Name
+    synthetic_images: Annotated[int, Field(strict=True, ge=4)] = 200
+    synthetic_seed: Seed = 0
+    max_bad_fraction: Fraction = 0.01
+
+
+class Split(Section):
+    """``split``: share of official trainval held out as valid, and the draw's seed."""
+
+    valid_fraction: Fraction
+    seed: Seed
+
+
+class Preprocess(Section):
+    """``preprocess``: what the trimap's boundary band counts as."""
+
+    boundary: Literal[BOUNDARY_POLICIES]
+
+
+class AugmentOptions(Section):
+    """What the "full" augmentation does (``augmentation`` section); the defaults are the original "full".
+
+    ``hflip``/``vflip``: random horizontal/vertical flip, each with probability 0.5 (vflip off by
+    default: pets are rarely upside down). ``degrees``: random rotation by an angle uniform in
+    [-degrees, degrees], in degrees; 0 = off. ``crop_scale``: (lo, hi) range of the area fraction of
+    the random resized crop. ``jitter``: brightness, contrast and saturation strength (factors in
+    [1 - jitter, 1 + jitter]); 0 = off. Raises pydantic's ValidationError (a ValueError) unless
+    0 < lo <= hi <= 1, 0 <= degrees <= 180 and jitter >= 0.
+    """
+
+    hflip: Flag = True
+    vflip: Flag = False
+    degrees: Annotated[Number, Field(ge=0, le=180)] = 0.0
+    crop_scale: tuple[Number, Number] = (0.5, 1.0)
+    jitter: NonNegative = 0.2
+
+    @model_validator(mode="after")
+    def _crop_scale_order(self):
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must be two area fractions 0 < lo <= hi <= 1, got {[lo, hi]}")
+        return self
+
+
+class TrainKeys(Section):
+    """Shared training keys (top level of params.yaml, so ``dvc exp run -S lr=3e-4`` works).
+
+    Keys added after the first params.yaml have defaults that keep the first release's behaviour.
+    """
+
+    epochs: Count
+    batch_size: Count
+    lr: Annotated[Number, Field(gt=0)]
+    weight_decay: NonNegative
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: Fraction = 0.9
+    scheduler: Literal["cosine", "constant", "onecycle", "plateau"]
+    warmup_epochs: NonNegative = 0.0
+    loss: Literal["bce_dice", "dice", "bce"]
+    seed: Seed
+    augment: Literal["none", "flip", "full"]
+    grad_clip: NonNegative = 0.0
+    accumulate_steps: Count = 1
+    patience: Seed = 0
+    init: Literal["default", "kaiming"] = "default"
+    num_workers: Annotated[int | str, _auto_or(_workers)] = "auto"
+    compile: Flag = False
+
+
+# A model section may override any shared key; None = not overridden.
+TrainOverrides = create_model(
+    "TrainOverrides",
+    __base__=Section,
+    **{name: (info.rebuild_annotation() | None, None) for name, info in TrainKeys.model_fields.items()},
+)
+
+
+class UNetSection(TrainOverrides):
+    """``unet``: architecture options of :class:`pipeline.models.unet.UNet` and training overrides."""
+
+    base_channels: Count
+    bilinear: Flag
+
+
+class ResNet34UNetSection(TrainOverrides):
+    """``resnet34_unet``: architecture options of :class:`pipeline.models.resnet34_unet.ResNet34UNet`,
+    its encoder's initial weights (none | imagenet | a file path) and training overrides."""
+
+    decoder_channels: Annotated[list[Count], Field(min_length=5, max_length=5)]
+    bilinear: Flag
+    encoder_weights: Name = "none"
+    zero_init_residual: Flag = False
+
+
+class Evaluate(Section):
+    """``evaluate``: decision threshold on sigmoid(logit) (strictly between 0 and 1, or "auto"), TTA, batch."""
+
+    threshold: Annotated[float | str, _auto_or(_probability)]
+    tta: Literal["none", "hflip"]
+    batch_size: Count
+
+
+class Export(Section):
+    """``export``: ONNX opset (torch.onnx's exporter needs >= 18) and the parity check."""
+
+    opset: Annotated[int, Field(strict=True, ge=18)]
+    check_images: Count
+    max_abs_diff: NonNegative
+
+
+class Plot(Section):
+    """``plot``: how many test images the overlay and worst-image figures show, and the draw's seed."""
+
+    num_images: Count
+    worst: Count
+    seed: Seed
+
+
+MODEL_SECTIONS = {"unet": UNetSection, "resnet34_unet": ResNet34UNetSection}
+
+
+class Params(TrainKeys):
+    """The whole params.yaml."""
+
+    data: Data
+    split: Split
+    image_size: Annotated[int, Field(strict=True, ge=SIZE_MULTIPLE)]
+    preprocess: Preprocess
+    augmentation: AugmentOptions = AugmentOptions()
+    unet: UNetSection
+    resnet34_unet: ResNet34UNetSection
+    evaluate: Evaluate
+    export: Export
+    plot: Plot
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        if self.image_size % SIZE_MULTIPLE:
+            raise ValueError(f"image_size must be a multiple of {SIZE_MULTIPLE}, got {self.image_size}")
+        for model in MODEL_SECTIONS:
+            merged = self.merged(model)
+            if merged["warmup_epochs"] > merged["epochs"] - 1:
+                raise ValueError(
+                    f"{model}: warmup_epochs ({merged['warmup_epochs']}) must leave at least one epoch of "
+                    f"the schedule (epochs: {merged['epochs']})"
+                )
+        return self
+
+    def merged(self, model: str) -> dict[str, Any]:
+        """The shared training keys with ``model``'s section's overrides applied."""
+        own = getattr(self, model)
+        shared = {name: getattr(self, name) for name in TrainKeys.model_fields}
+        return {name: shared[name] if getattr(own, name) is None else getattr(own, name) for name in shared}
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate a params file. Raises UserError if it is missing, not YAML, or breaks the schema."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -62,204 +233,55 @@ def load_params(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: params file not found; run from the repository root") from None
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({first_line(err)}); fix the file") from None
+    return parse_params(data, path.name)
+
+
+def parse_params(data: Any, where: str = "params.yaml") -> Params:
+    """Validate a parsed params mapping against :class:`Params`; raise UserError with the first problem.
+
+    Unknown keys are reported first (with the nearest valid key), then missing keys, then bad values;
+    the message ends with how many other problems there are.
+    """
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of params at the top level")
-    return data
-
-
-def section(params: dict[str, Any], key: str) -> dict[str, Any]:
-    """Return ``params[key]`` as a dict. Raises UserError if it is absent or not a mapping."""
-    value = params.get(key)
-    if not isinstance(value, dict):
-        raise UserError(f"params.yaml: '{key}' must be a section (a mapping), got {value!r}")
-    return value
-
-
-def get_int(d: dict[str, Any], key: str, where: str = "", minimum: int | None = None) -> int:
-    """``d[key]`` as an int (bools rejected), at least ``minimum`` if given."""
-    value = _require(d, key, where)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"params.yaml: {where}{key} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise UserError(f"params.yaml: {where}{key} must be >= {minimum}, got {value}")
-    return value
-
-
-def get_float(
-    d: dict[str, Any], key: str, where: str = "", minimum: float | None = None, maximum: float | None = None
-) -> float:
-    """``d[key]`` as a float in [minimum, maximum].
-
-    Strings such as ``"3e-4"`` are accepted because YAML 1.1 (PyYAML) reads an exponent without a
-    decimal point as a string.
-    """
-    value = _require(d, key, where)
+        raise UserError(f"{where}: expected a mapping of params at the top level")
     try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"params.yaml: {where}{key} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise UserError(f"params.yaml: {where}{key} must be a finite number, got {value!r}")
-    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
-        raise UserError(f"params.yaml: {where}{key} must be in [{minimum}, {maximum}], got {number}")
-    return number
+        return Params.model_validate(data)
+    except ValidationError as err:
+        errors = sorted(err.errors(), key=lambda e: {"extra_forbidden": 0, "missing": 1}.get(e["type"], 2))
+        more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+        raise UserError(f"{where}: {describe(errors[0], Params)}{more}") from None
 
 
-def get_choice(d: dict[str, Any], key: str, choices: tuple[str, ...], where: str = "") -> str:
-    """``d[key]``, which must be one of ``choices``."""
-    value = _require(d, key, where)
-    if value not in choices:
-        raise UserError(f"params.yaml: {where}{key} must be one of {', '.join(choices)}; got {value!r}")
-    return value
+class DownloadInputs(Section):
+    """What decides the download stage's output: ``data.source`` and only the keys that source uses.
 
-
-def _require(d: dict[str, Any], key: str, where: str) -> Any:
-    if key not in d:
-        raise UserError(f"params.yaml: missing key {where}{key}; see the README for the full params file")
-    return d[key]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training hyperparameters for one model, after its section's overrides are applied.
-
-    ``epochs`` and ``batch_size`` count passes and images; ``lr`` is the peak learning rate of the
-    ``optimizer`` (adamw | sgd, with ``momentum``), which the ``scheduler`` adjusts after every
-    optimiser step, after ``warmup_epochs`` of linear warmup; ``augment`` names a level of
-    :func:`pipeline.dataset.train_transform` and ``augmentation`` its options. ``grad_clip`` is a
-    max gradient norm (0 = off); ``accumulate_steps`` batches make one optimiser step (effective
-    batch = batch_size x accumulate_steps); ``patience`` epochs without a better valid Dice stop
-    training (0 = off). ``init`` and ``zero_init_residual`` choose the weight initialisation,
-    ``encoder_weights`` (none | imagenet | a path) a pretrained ResNet-34 encoder. ``num_workers``
-    ("auto" or a count) and ``compile`` (torch.compile) change speed, not results.
+    Written by the validate stage (:func:`download_inputs`) and read by the download stage, so that
+    changing, say, ``data.synthetic_seed`` while the source is the official dataset reruns nothing.
     """
 
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    scheduler: str
-    loss: str
-    seed: int
-    augment: str
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    warmup_epochs: float = 0.0
-    grad_clip: float = 0.0
-    accumulate_steps: int = 1
-    patience: int = 0
-    init: str = "default"
-    num_workers: int | str = "auto"
-    compile: bool = False
-    encoder_weights: str = "none"
-    zero_init_residual: bool = False
-    augmentation: Any = None  # pipeline.dataset.AugmentOptions; None = its defaults
-
-    def fingerprint_inputs(self) -> dict[str, Any]:
-        """The settings that decide the trained weights: all but ``num_workers``, which only changes speed."""
-        inputs = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "num_workers"}
-        inputs["augmentation"] = repr(self.augmentation)
-        return inputs
+    source: Name
+    url: Name | None = None
+    synthetic_images: Annotated[int, Field(strict=True, ge=4)] | None = None
+    synthetic_seed: Seed | None = None
 
 
-def train_config(params: dict[str, Any], model: str) -> tuple[TrainConfig, dict[str, Any]]:
-    """Split ``params`` into the training config for ``model`` and the model's architecture kwargs.
-
-    The model's section (``params[model]``) may override any shared key in ``TRAIN_KEYS`` and may
-    set the model-level training keys in ``MODEL_TRAIN_KEYS``; its other keys are passed to the
-    model class. Keys added after the first release default to today's behaviour when absent.
-    Raises UserError on a bad value.
-    """
-    from pipeline.dataset import AUGMENTATIONS
-    from pipeline.losses import LOSSES
-    from pipeline.models import INIT_SCHEMES
-    from pipeline.schedules import OPTIMIZERS, SCHEDULES
-
-    own = section(params, model)
-    merged = {key: params[key] for key in TRAIN_KEYS if key in params}
-    merged.update({key: own[key] for key in TRAIN_KEYS if key in own})
-    merged.update({key: own[key] for key in MODEL_TRAIN_KEYS if key in own})
-    merged = {**OPTIONAL_DEFAULTS, **merged}
-    arch = {key: value for key, value in own.items() if key not in TRAIN_KEYS and key not in MODEL_TRAIN_KEYS}
-    epochs = get_int(merged, "epochs", minimum=1)
-    cfg = TrainConfig(
-        epochs=epochs,
-        batch_size=get_int(merged, "batch_size", minimum=1),
-        lr=get_float(merged, "lr", minimum=0.0),
-        weight_decay=get_float(merged, "weight_decay", minimum=0.0),
-        scheduler=get_choice(merged, "scheduler", SCHEDULES),
-        loss=get_choice(merged, "loss", tuple(LOSSES)),
-        seed=get_int(merged, "seed", minimum=0),
-        augment=get_choice(merged, "augment", AUGMENTATIONS),
-        optimizer=get_choice(merged, "optimizer", OPTIMIZERS),
-        momentum=get_float(merged, "momentum", minimum=0.0, maximum=1.0),
-        warmup_epochs=get_float(merged, "warmup_epochs", minimum=0.0, maximum=epochs - 1),
-        grad_clip=get_float(merged, "grad_clip", minimum=0.0),
-        accumulate_steps=get_int(merged, "accumulate_steps", minimum=1),
-        patience=get_int(merged, "patience", minimum=0),
-        init=get_choice(merged, "init", INIT_SCHEMES),
-        num_workers=_workers(merged["num_workers"]),
-        compile=get_bool(merged, "compile"),
-        encoder_weights=get_str(merged, "encoder_weights"),
-        zero_init_residual=get_bool(merged, "zero_init_residual"),
-        augmentation=augment_options(params.get("augmentation", {})),
-    )
-    if cfg.lr == 0.0:
-        raise UserError("params.yaml: lr must be > 0")
-    return cfg, arch
-
-
-def _workers(value: Any) -> int | str:
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-        return value
-    raise UserError(f"params.yaml: num_workers must be auto or an integer >= 0, got {value!r}")
-
-
-def augment_options(d: Any):
-    """``params["augmentation"]`` as :class:`pipeline.dataset.AugmentOptions` (absent keys: defaults).
-
-    Raises UserError for a non-mapping, an unknown key (listing the valid ones) or a bad value.
-    """
-    from pipeline.dataset import AugmentOptions
-
-    if not isinstance(d, dict):
-        raise UserError(f"params.yaml: 'augmentation' must be a section (a mapping), got {d!r}")
-    valid = [f.name for f in fields(AugmentOptions)]
-    unknown = sorted(set(d) - set(valid), key=str)
-    if unknown:
-        raise UserError(
-            f"params.yaml: augmentation has no key {', '.join(map(str, unknown))}; valid: {', '.join(valid)}"
+def download_inputs(data: Data) -> DownloadInputs:
+    """The keys of ``data`` that change the download stage's output for its source."""
+    if data.source == "oxford-iiit-pet":
+        return DownloadInputs(source=data.source, url=data.url)
+    if data.source == "synthetic":
+        return DownloadInputs(
+            source=data.source, synthetic_images=data.synthetic_images, synthetic_seed=data.synthetic_seed
         )
-    kwargs = {}
-    for key, value in d.items():
-        default = getattr(AugmentOptions(), key)
-        if isinstance(default, bool):
-            kwargs[key] = get_bool(d, key, "augmentation.")
-        elif isinstance(default, tuple):
-            if not isinstance(value, list | tuple) or len(value) != len(default):
-                raise UserError(f"params.yaml: augmentation.{key} must be a list like {list(default)}, got {value!r}")
-            kwargs[key] = tuple(get_float({key: v}, key, "augmentation.") for v in value)
-        else:
-            kwargs[key] = get_float(d, key, "augmentation.")
+    return DownloadInputs(source=data.source)  # a local folder: its path is all
+
+
+def read_download_inputs(path: str | Path) -> DownloadInputs:
+    """Read the file the validate stage wrote. Raises UserError if it is missing or malformed."""
+    path = Path(path)
     try:
-        return AugmentOptions(**kwargs)
-    except ValueError as err:
-        raise UserError(f"params.yaml: augmentation: {err}") from None
-
-
-def get_bool(d: dict[str, Any], key: str, where: str = "") -> bool:
-    """``d[key]``, which must be true or false."""
-    value = _require(d, key, where)
-    if not isinstance(value, bool):
-        raise UserError(f"params.yaml: {where}{key} must be true or false, got {value!r}")
-    return value
-
-
-def get_str(d: dict[str, Any], key: str, where: str = "") -> str:
-    """``d[key]``, which must be a non-empty string."""
-    value = _require(d, key, where)
-    if not isinstance(value, str) or not value:
-        raise UserError(f"params.yaml: {where}{key} must be a non-empty string, got {value!r}")
-    return value
+        return DownloadInputs.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run `dvc repro validate` (it writes this file)") from None
+    except ValidationError as err:
+        raise UserError(f"{path}: {describe(err.errors()[0], DownloadInputs)}; run `dvc repro -f validate`") from None

@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.data import CachedSplit  # noqa: E402
+from pipeline.cache import CachedSplit  # noqa: E402
 from pipeline.masks import PackedMasks, target_mask  # noqa: E402
 from pipeline.overlays import ERROR_COLOURS, PET, error_overlay, tint  # noqa: E402
 

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.checkpoint import save_checkpoint
-from pipeline.dataset import AugmentOptions, SegmentationDataset, train_transform
+from pipeline.dataset import SegmentationDataset, train_transform
 from pipeline.device import (
     autocast,
     configure_backends,
@@ -30,9 +30,9 @@ from pipeline.loader import make_eval_loader, make_train_loader, resolve_num_wor
 from pipeline.losses import LOSSES, LossFn
 from pipeline.metrics import confusion_counts, dice_from_counts
 from pipeline.models import build_model, init_weights, load_encoder_weights
-from pipeline.params import TrainConfig
 from pipeline.resume import rng_state, set_rng_state
 from pipeline.schedules import LrSchedule, make_optimizer
+from pipeline.train_config import TrainConfig
 
 
 def seed_everything(seed: int) -> None:
@@ -200,7 +200,7 @@ def fit(
     model.to(device, memory_format=memory_format(device.type))
     size = train[0].shape[1]
     workers = resolve_num_workers(cfg.num_workers, device.type)
-    augment = train_transform(size, cfg.augment, cfg.augmentation or AugmentOptions())
+    augment = train_transform(size, cfg.augment, cfg.augmentation)
     train_loader = make_train_loader(
         SegmentationDataset(*train, transform=augment), cfg.batch_size, cfg.seed, workers, device.type
     )

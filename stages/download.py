@@ -3,28 +3,26 @@
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from pipeline.cli import run_stage
 from pipeline.download import prepare_dataset
-from pipeline.params import get_int, get_str, load_params, section
+from pipeline.errors import run_stage
+from pipeline.params import read_download_inputs
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Parse args, read data.* params, fill --out with the dataset. Raises UserError (see prepare_dataset)."""
+    """Parse args, read the data keys the validate stage kept for this source, fill --out with the dataset.
+
+    Raises UserError (see prepare_dataset).
+    """
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", required=True)
+    parser.add_argument("--inputs", required=True, help="the validate stage's .json of the data keys in use")
+    parser.add_argument("--downloads", required=True, help="persistent folder for the tarballs (kept between runs)")
     parser.add_argument("--out", required=True, help="folder to fill with images/ and annotations/")
     args = parser.parse_args(argv)
-    data = section(load_params(args.params), "data")
-    source = get_str(data, "source", "data.")
-    synthetic = source == "synthetic"
-    done = prepare_dataset(
-        source,
-        args.out,
-        url=get_str(data, "url", "data."),
-        synthetic_images=get_int(data, "synthetic_images", "data.", minimum=4) if synthetic else 0,
-        synthetic_seed=get_int(data, "synthetic_seed", "data.", minimum=0) if synthetic else 0,
-    )
+    data = read_download_inputs(args.inputs)
+    kwargs = data.model_dump(exclude_none=True, exclude={"source"})
+    done = prepare_dataset(data.source, args.out, downloads=Path(args.downloads), **kwargs)
     print(f"download: {done} → {args.out}")
 
 

@@ -7,31 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cli import run_stage
-from pipeline.data import load_cache
+from pipeline.cache import load_cache
 from pipeline.device import select_device
-from pipeline.errors import UserError
+from pipeline.errors import UserError, run_stage
 from pipeline.evaluation import choose_threshold, per_breed_table, per_image_table, score, summary
-from pipeline.inference import TTA_MODES, load_model, onnx_forward, predict_logits
+from pipeline.inference import load_model, onnx_forward, predict_logits
 from pipeline.io import atomic_path, write_csv, write_json
-from pipeline.params import get_choice, get_float, get_int, load_params, section
+from pipeline.params import load_params
 from pipeline.record import write_eval_record
-
-
-def read_threshold(params: dict) -> float | str:
-    """evaluate.threshold: a number strictly between 0 and 1, or "auto". Raises UserError otherwise."""
-    if params.get("threshold") == "auto":
-        return "auto"
-    try:
-        threshold = get_float(params, "threshold", "evaluate.", minimum=0.0, maximum=1.0)
-    except UserError:
-        threshold = None
-    if threshold is None or threshold in (0.0, 1.0):
-        raise UserError(
-            f"params.yaml: evaluate.threshold must be a number strictly between 0 and 1, or auto; "
-            f"got {params.get('threshold')!r}"
-        )
-    return threshold
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -48,10 +31,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--predictions", required=True, help="output predicted native-size masks (.npz)")
     parser.add_argument("--record", required=True, help="output .json beside the weights: threshold and tta used")
     args = parser.parse_args(argv)
-    params = section(load_params(args.params), "evaluate")
-    threshold = read_threshold(params)
-    tta = get_choice(params, "tta", TTA_MODES, "evaluate.")
-    batch_size = get_int(params, "batch_size", "evaluate.", minimum=1)
+    params = load_params(args.params).evaluate
+    threshold, tta, batch_size = params.threshold, params.tta, params.batch_size
     device = select_device()
     model = load_model(Path(args.checkpoint), device)
     _, onnx_meta = onnx_forward(Path(args.onnx))

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
+from pipeline.cache import load_cache
 from pipeline.checkpoint import load_checkpoint
-from pipeline.cli import run_stage
-from pipeline.data import load_cache
+from pipeline.errors import run_stage
 from pipeline.export import export_checked
 from pipeline.inference import prepare
-from pipeline.params import get_float, get_int, load_params, section
+from pipeline.params import load_params
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -23,10 +23,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--test", required=True, help="test split cache (.npz): images for the parity check")
     parser.add_argument("--out", required=True, help="output .onnx")
     args = parser.parse_args(argv)
-    params = section(load_params(args.params), "export")
-    opset = get_int(params, "opset", "export.", minimum=18)
-    check_images = get_int(params, "check_images", "export.", minimum=1)
-    tolerance = get_float(params, "max_abs_diff", "export.", minimum=0.0)
+    params = load_params(args.params).export
+    opset, check_images, tolerance = params.opset, params.check_images, params.max_abs_diff
     model, ckpt = load_checkpoint(Path(args.checkpoint), torch.device("cpu"))
     images = prepare(load_cache(Path(args.test)).images[:check_images])
     metadata = {"model": ckpt["model"], "image_size": str(ckpt["image_size"]), "best_epoch": str(ckpt["epoch"])}

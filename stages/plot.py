@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cli import run_stage
-from pipeline.data import load_cache
-from pipeline.errors import UserError
-from pipeline.params import get_int, load_params, section
+from pipeline.cache import load_cache
+from pipeline.errors import UserError, run_stage
+from pipeline.params import load_params
 from pipeline.plot_masks import overlay_grid, worst_grid
 from pipeline.plots import (
     REDO_EVALUATE,
@@ -51,10 +50,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if any(n != len(args.models) for n in counts.values()):
         given = ", ".join(f"{n} {option}" for option, n in counts.items())
         raise UserError(f"plot: {len(args.models)} --models but {given}; give one path per model to each")
-    params = section(load_params(args.params), "plot")
-    num_images = get_int(params, "num_images", "plot.", minimum=1)
-    worst = get_int(params, "worst", "plot.", minimum=1)
-    seed = get_int(params, "seed", "plot.", minimum=0)
+    params = load_params(args.params).plot
+    num_images, worst, seed = params.num_images, params.worst, params.seed
 
     # Read and check every input before writing any figure, so a bad input leaves no PNG.
     test = load_cache(Path(args.test))

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from dvclive import Live
 
-from pipeline.cli import run_stage
-from pipeline.data import load_cache
+from pipeline.cache import load_cache
 from pipeline.device import select_device
+from pipeline.errors import run_stage
 from pipeline.models import check_options
-from pipeline.params import load_params, train_config
+from pipeline.params import load_params
 from pipeline.resume import ResumeStore, training_inputs
+from pipeline.train_config import train_config
 from pipeline.training import fit
 
 

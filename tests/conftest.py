@@ -28,3 +28,37 @@ def synthetic_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     make_synthetic(root, 16, seed=0)
     return root
+
+
+def write_params(path: Path, **changes) -> Path:
+    """Write the repository's params.yaml to ``path`` with top-level keys replaced; a dict value is
+    merged into its section (the schema needs a whole file, so tests start from the shipped one)."""
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(params.get(key), dict):
+            params[key].update(value)
+        else:
+            params[key] = value
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """urllib honours *_proxy variables; requests to 127.0.0.1 must not leave the machine."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+
+
+@pytest.fixture
+def slept(monkeypatch) -> list[float]:
+    """The backoff waits (seconds) asked of pipeline.download.download's default ``sleep``, which no
+    longer waits."""
+    from pipeline.download import download
+
+    delays: list[float] = []
+    monkeypatch.setitem(download.__kwdefaults__, "sleep", delays.append)
+    return delays

@@ -58,3 +58,22 @@ def test_an_empty_checkpoint_file_is_named_as_not_a_checkpoint(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(UserError, match=r"empty.pt: not a petseg checkpoint \(.+\); retrain it"):
         load_checkpoint(tmp_path / "empty.pt", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried"),
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    ],
+)
+def test_load_checkpoint_names_out_of_memory_while_reading_not_a_bad_file(tmp_path, monkeypatch, error):
+    _tiny_checkpoint(tmp_path / "m.pt")
+
+    def no_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "load", no_memory)
+    with pytest.raises(UserError, match=r"m.pt: out of host memory while loading it \(.+\); free memory") as err:
+        load_checkpoint(tmp_path / "m.pt", torch.device("cpu"))
+    assert "not a petseg checkpoint" not in str(err.value)

@@ -9,11 +9,19 @@ from PIL import Image
 
 import stages.preprocess
 import stages.split
-from pipeline.cli import run_stage
-from pipeline.data import CachedSplit, build_cache, load_cache, load_pair, make_split, save_cache, trimap_to_mask
-from pipeline.errors import UserError
+from pipeline.cache import CachedSplit, load_cache, save_cache
+from pipeline.data import BadPair, build_cache, load_pair, trimap_to_mask
+from pipeline.data_report import (
+    BAD_TRIMAP_VALUES,
+    MISSING_FILE,
+    SIZE_MISMATCH,
+    UNDECODABLE_IMAGE,
+)
+from pipeline.errors import UserError, run_stage
 from pipeline.layout import image_path, read_stems, trimap_path
 from pipeline.masks import IGNORE, PackedMasks
+from pipeline.split import make_split
+from tests.conftest import REPO
 
 TRIMAP = np.array(
     [
@@ -119,7 +127,8 @@ def test_make_split_valid_size_train_valid_partition_and_test(stub_root, fractio
     assert not set(split.train) & set(split.valid)
     assert sorted(split.train + split.valid) == sorted(trainval)
     assert sorted(split.test) == sorted(test)
-    assert split.skipped == {"trainval": 0, "test": 0}
+    assert split.skipped == {"trainval": [], "test": []}
+    assert split.listed == {"trainval": len(trainval), "test": len(test)}
 
 
 def test_make_split_on_synthetic_dataset(synthetic_root):
@@ -142,7 +151,14 @@ def test_make_split_skips_and_counts_stems_without_files(synthetic_root, tmp_pat
 
     split = make_split(root, 0.25, seed=0)
 
-    assert split.skipped == {"trainval": 2, "test": 1}
+    assert {name: [(s.item, s.reason) for s in entries] for name, entries in split.skipped.items()} == {
+        "trainval": [(no_image, MISSING_FILE), (no_trimap, MISSING_FILE)],
+        "test": [(no_test_trimap, MISSING_FILE)],
+    }
+    # The detail names the file that is missing, not just the stem.
+    assert split.skipped["trainval"][0].detail.startswith(f"{image_path(root, no_image)}: file not found")
+    assert split.skipped["trainval"][1].detail.startswith(f"{trimap_path(root, no_trimap)}: file not found")
+    assert split.listed == {"trainval": len(trainval), "test": len(test)}
     kept = split.train + split.valid + split.test
     for stem in (no_image, no_trimap, no_test_trimap):
         assert stem not in kept
@@ -315,8 +331,9 @@ def test_load_pair_gif_named_jpg(tmp_path):
 def test_load_pair_corrupt_image_raises_user_error_naming_file(tmp_path):
     root = _pair_root(tmp_path, "broken", Image.new("RGB", (40, 30)), "JPEG")
     image_path(root, "broken").write_bytes(np.random.default_rng(0).bytes(2048))
-    with pytest.raises(UserError, match="broken.jpg"):
+    with pytest.raises(BadPair, match="broken.jpg") as err:
         load_pair(root, "broken", 32, "pet")
+    assert isinstance(err.value, UserError) and err.value.reason == UNDECODABLE_IMAGE
 
 
 def test_load_pair_truncated_jpeg_raises_user_error_naming_file(tmp_path):
@@ -324,34 +341,44 @@ def test_load_pair_truncated_jpeg_raises_user_error_naming_file(tmp_path):
     root = _pair_root(tmp_path, "cut", Image.fromarray(noise), "JPEG")
     path = image_path(root, "cut")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(UserError, match="cut.jpg"):
+    with pytest.raises(BadPair, match="cut.jpg") as err:
         load_pair(root, "cut", 32, "pet")
+    assert err.value.reason == UNDECODABLE_IMAGE
 
 
 def test_load_pair_missing_trimap_raises_user_error_naming_file(tmp_path):
     root = _pair_root(tmp_path, "lonely", Image.new("RGB", (40, 30)), "JPEG")
     trimap_path(root, "lonely").unlink()
-    with pytest.raises(UserError, match="lonely.png"):
+    with pytest.raises(BadPair, match="lonely.png") as err:
         load_pair(root, "lonely", 32, "pet")
+    assert err.value.reason == MISSING_FILE
 
 
 def test_load_pair_bad_trimap_value_raises_user_error_naming_file(tmp_path):
     root = _pair_root(tmp_path, "odd", Image.new("RGB", (40, 30)), "JPEG")
     Image.fromarray(np.full((30, 40), 7, np.uint8)).save(trimap_path(root, "odd"))
-    with pytest.raises(UserError, match="odd.png"):
+    with pytest.raises(BadPair, match="odd.png") as err:
         load_pair(root, "odd", 32, "pet")
+    assert err.value.reason == BAD_TRIMAP_VALUES
 
 
 # --- split and preprocess stages, in process ----------------------------------------------------
 
 
-def _params(tmp_path: Path, image_size: int = 64, valid_fraction: float = 0.25, boundary: str = "pet") -> Path:
+def params_file(
+    tmp_path: Path,
+    image_size: int = 64,
+    valid_fraction: float = 0.25,
+    boundary: str = "pet",
+    max_bad_fraction: float = 0.01,
+) -> Path:
+    """The repository's params.yaml with the data keys these tests vary, written into ``tmp_path``."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.update(image_size=image_size)
+    params["split"].update(valid_fraction=valid_fraction, seed=0)
+    params["preprocess"].update(boundary=boundary)
+    params["data"].update(max_bad_fraction=max_bad_fraction)
     path = tmp_path / "params.yaml"
-    params = {
-        "split": {"valid_fraction": valid_fraction, "seed": 0},
-        "image_size": image_size,
-        "preprocess": {"boundary": boundary},
-    }
     path.write_text(yaml.safe_dump(params))
     return path
 
@@ -361,7 +388,7 @@ def _lines(path: Path) -> list[str]:
 
 
 def test_split_and_preprocess_stages_write_their_outputs(synthetic_root, tmp_path, capsys):
-    params = _params(tmp_path)
+    params = params_file(tmp_path)
     splits, cache = tmp_path / "splits", tmp_path / "cache"
 
     code = run_stage(stages.split.main, ["--params", str(params), "--raw", str(synthetic_root), "--out", str(splits)])
@@ -375,12 +402,17 @@ def test_split_and_preprocess_stages_write_their_outputs(synthetic_root, tmp_pat
     assert summary["train"] == len(expected.train)
     assert summary["valid"] == len(expected.valid)
     assert summary["test"] == len(expected.test)
-    assert summary["skipped_missing_files"] == {"trainval": 0, "test": 0}
+    assert summary["listed"] == {"trainval": 8, "test": 8} and summary["skipped"] == {"trainval": [], "test": []}
 
+    report = tmp_path / "metrics" / "data.json"
     argv = ["--params", str(params), "--raw", str(synthetic_root), "--splits", str(splits), "--out", str(cache)]
-    code = run_stage(stages.preprocess.main, argv)
+    code = run_stage(stages.preprocess.main, [*argv, "--report", str(report)])
     assert code == 0
     assert sorted(p.name for p in cache.iterdir()) == ["test.npz", "train.npz", "valid.npz"]
+    data = json.loads(report.read_text())
+    assert data["total"] == {"listed": 16, "used": 16, "skipped": 0, "skipped_fraction": 0.0}
+    assert set(data["skipped_by_reason"].values()) == {0} and data["skipped_stems"] == {}
+    assert data["splits"] == {name: {"used": summary[name], "skipped": 0} for name in ("train", "valid", "test")}
     for name in ("train", "valid", "test"):
         stems = _lines(splits / f"{name}.txt")
         loaded = load_cache(cache / f"{name}.npz")
@@ -393,12 +425,12 @@ def test_split_and_preprocess_stages_write_their_outputs(synthetic_root, tmp_pat
 
 def test_preprocess_stage_with_boundary_ignore(synthetic_root, tmp_path):
     splits, cache = tmp_path / "splits", tmp_path / "cache"
-    params = _params(tmp_path, boundary="ignore")
+    params = params_file(tmp_path, boundary="ignore")
     assert (
         run_stage(stages.split.main, ["--params", str(params), "--raw", str(synthetic_root), "--out", str(splits)]) == 0
     )
     argv = ["--params", str(params), "--raw", str(synthetic_root), "--splits", str(splits), "--out", str(cache)]
-    assert run_stage(stages.preprocess.main, argv) == 0
+    assert run_stage(stages.preprocess.main, [*argv, "--report", str(tmp_path / "data.json")]) == 0
     loaded = load_cache(cache / "test.npz")
     assert set(np.unique(loaded.masks).tolist()) == {0, 1, IGNORE}
     assert loaded.native_ignore is not None and len(loaded.native_ignore) == len(loaded.stems)
@@ -408,15 +440,16 @@ def test_preprocess_stage_rejects_image_size_not_multiple_of_32(synthetic_root, 
     splits, cache = tmp_path / "splits", tmp_path / "cache"
     assert (
         run_stage(
-            stages.split.main, ["--params", str(_params(tmp_path)), "--raw", str(synthetic_root), "--out", str(splits)]
+            stages.split.main,
+            ["--params", str(params_file(tmp_path)), "--raw", str(synthetic_root), "--out", str(splits)],
         )
         == 0
     )
     capsys.readouterr()
 
-    params = _params(tmp_path, image_size=100)
+    params = params_file(tmp_path, image_size=100)
     argv = ["--params", str(params), "--raw", str(synthetic_root), "--splits", str(splits), "--out", str(cache)]
-    code = run_stage(stages.preprocess.main, argv)
+    code = run_stage(stages.preprocess.main, [*argv, "--report", str(tmp_path / "data.json")])
 
     err = capsys.readouterr().err
     assert code == 1
@@ -425,11 +458,12 @@ def test_preprocess_stage_rejects_image_size_not_multiple_of_32(synthetic_root, 
     assert "image_size" in err and "100" in err
     assert "Traceback" not in err
     assert not cache.exists()
+    assert not (tmp_path / "data.json").exists()  # params are checked before any work
 
 
 def test_split_stage_rejects_bad_valid_fraction(synthetic_root, tmp_path, capsys):
     splits = tmp_path / "splits"
-    params = _params(tmp_path, valid_fraction=1.5)
+    params = params_file(tmp_path, valid_fraction=1.5)
     code = run_stage(stages.split.main, ["--params", str(params), "--raw", str(synthetic_root), "--out", str(splits)])
     err = capsys.readouterr().err
     assert code == 1
@@ -442,7 +476,9 @@ def test_split_stage_reports_missing_list_file(tmp_path, capsys):
     raw = tmp_path / "raw"
     (raw / "annotations").mkdir(parents=True)
     splits = tmp_path / "splits"
-    code = run_stage(stages.split.main, ["--params", str(_params(tmp_path)), "--raw", str(raw), "--out", str(splits)])
+    code = run_stage(
+        stages.split.main, ["--params", str(params_file(tmp_path)), "--raw", str(raw), "--out", str(splits)]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "trainval.txt" in err
@@ -468,5 +504,6 @@ def test_a_trimap_of_another_size_than_its_photo_is_one_line(tmp_path):
     (tmp_path / "annotations" / "trimaps").mkdir(parents=True)
     Image.new("RGB", (40, 30)).save(tmp_path / "images" / "x.jpg")
     Image.fromarray(np.full((30, 41), 2, np.uint8)).save(tmp_path / "annotations" / "trimaps" / "x.png")
-    with pytest.raises(UserError, match=r"x.png: trimap is 41x30 px but its image is 40x30"):
+    with pytest.raises(BadPair, match=r"x.png: trimap is 41x30 px but its image is 40x30") as err:
         load_pair(tmp_path, "x", 32, "pet")
+    assert err.value.reason == SIZE_MISMATCH

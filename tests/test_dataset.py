@@ -175,7 +175,7 @@ def test_vflip_flips_vertically_and_hflip_can_be_off():
     ],
 )
 def test_augment_options_reject_bad_values(kwargs, message):
-    with pytest.raises(ValueError, match=f"augment {message} must"):
+    with pytest.raises(ValueError, match=message):
         AugmentOptions(**kwargs)
 
 

@@ -2,6 +2,7 @@ import hashlib
 import http.client
 import http.server
 import io
+import json
 import socket
 import tarfile
 import threading
@@ -10,22 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 import stages.download
-from pipeline.cli import run_stage
 from pipeline.download import Archive, download, extract, from_url, prepare_dataset
-from pipeline.errors import UserError
+from pipeline.errors import UserError, run_stage
 from pipeline.layout import check_layout
 from pipeline.synthetic import make_synthetic
 
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    # urllib honours *_proxy variables; requests to 127.0.0.1 must not leave the machine.
-    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("no_proxy", "*")
+# Local servers only, and the backoff waits recorded instead of slept (fixtures in conftest.py).
+pytestmark = pytest.mark.usefixtures("no_proxy", "slept")
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -69,7 +63,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def _serve(handler):
     """Run an HTTP server on 127.0.0.1 in a thread; yield its base URL, then shut it down."""
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
@@ -135,7 +129,8 @@ def test_prepare_dataset_official_source_with_unofficial_tarballs_leaves_no_dest
     with pytest.raises(UserError, match="MD5"):
         prepare_dataset("oxford-iiit-pet", dest, url=server)
     assert not dest.exists()
-    assert _leftovers(dest.parent) == []
+    assert _leftovers(dest.parent) == ["downloads"]
+    assert _leftovers(dest.parent / "downloads") == ["images.tar.gz"]  # the next run checks it again
 
 
 def test_prepare_dataset_copies_local_folder_in_official_layout(fake_pets, tmp_path):
@@ -212,12 +207,13 @@ def test_download_fetches_file(server, tarballs, tmp_path):
     assert _leftovers(dest.parent) == ["images.tar.gz"]
 
 
-def test_download_no_network_names_other_sources_and_writes_nothing(closed_port, tmp_path):
+def test_download_no_network_names_other_sources_and_writes_nothing(closed_port, tmp_path, slept):
     dest = tmp_path / "dl" / "x"
     url = f"http://127.0.0.1:{closed_port}/x"
     with pytest.raises(UserError, match="synthetic") as info:
         download(url, dest, timeout=5)
-    assert url in str(info.value)
+    assert url in str(info.value) and "5 attempts" in str(info.value)
+    assert slept == [1.0, 2.0, 4.0, 8.0]
     assert not dest.exists()
     assert _leftovers(dest.parent) == []
 
@@ -256,16 +252,17 @@ def truncating_server():
     yield from _serve(_TruncatingHandler)
 
 
-def test_download_dropped_connection_raises_and_writes_nothing(truncating_server, tmp_path):
+def test_download_dropped_connection_raises_and_keeps_only_the_part(truncating_server, tmp_path):
     dest = tmp_path / "dl" / "file"
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="closed after 10 of 1000 bytes"):
         download(f"{truncating_server}/plain", dest, timeout=5)
     assert not dest.exists()
+    assert _leftovers(dest.parent) == ["file.part"]
 
 
 def test_download_cut_chunked_response_raises_user_error(truncating_server, tmp_path):
     dest = tmp_path / "dl" / "file"
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="IncompleteRead"):
         download(f"{truncating_server}/chunked", dest, timeout=5)
     assert not dest.exists()
 
@@ -322,30 +319,30 @@ def test_extract_corrupt_tarball_raises_user_error(tmp_path):
 # --- the download stage, in process -------------------------------------------------------------
 
 
-def _params(tmp_path: Path, source: str, url: str = "http://127.0.0.1:9/data") -> Path:
-    path = tmp_path / "params.yaml"
-    data = {"source": source, "url": url, "synthetic_images": 6, "synthetic_seed": 1}
-    path.write_text(yaml.safe_dump({"data": data}))
-    return path
+def _run(tmp_path: Path, **data) -> tuple[int, Path, Path]:
+    """Run the stage on a download-inputs file holding ``data``; return (exit code, --out, --downloads)."""
+    inputs = tmp_path / "download.json"
+    inputs.write_text(json.dumps(data))
+    out, downloads = tmp_path / "data" / "raw", tmp_path / "data" / "downloads"
+    argv = ["--inputs", str(inputs), "--downloads", str(downloads), "--out", str(out)]
+    return run_stage(stages.download.main, argv), out, downloads
 
 
 def test_download_stage_without_network_fails_with_one_line(closed_port, tmp_path, capsys):
-    params = _params(tmp_path, "oxford-iiit-pet", url=f"http://127.0.0.1:{closed_port}/data")
-    out = tmp_path / "data" / "raw"
-    code = run_stage(stages.download.main, ["--params", str(params), "--out", str(out)])
+    code, out, downloads = _run(tmp_path, source="oxford-iiit-pet", url=f"http://127.0.0.1:{closed_port}/data")
     err = capsys.readouterr().err
     assert code == 1
     assert len(err.splitlines()) == 1
     assert err.startswith("error: ")
-    assert "synthetic" in err
+    assert "synthetic" in err and "5 attempts" in err
     assert "Traceback" not in err
     assert not out.exists()
-    assert _leftovers(out.parent) == []
+    assert _leftovers(out.parent) == ["downloads"]
+    assert _leftovers(downloads) == []
 
 
 def test_download_stage_synthetic_writes_layout(tmp_path, capsys):
-    out = tmp_path / "data" / "raw"
-    code = run_stage(stages.download.main, ["--params", str(_params(tmp_path, "synthetic")), "--out", str(out)])
+    code, out, _ = _run(tmp_path, source="synthetic", synthetic_images=6, synthetic_seed=1)
     assert code == 0
     assert "generated 6 synthetic pets" in capsys.readouterr().out
     check_layout(out)
@@ -356,11 +353,7 @@ def test_download_stage_synthetic_writes_layout(tmp_path, capsys):
 
 
 def test_download_stage_rejects_too_few_synthetic_images(tmp_path, capsys):
-    params = tmp_path / "params.yaml"
-    data = {"source": "synthetic", "url": "x", "synthetic_images": 2, "synthetic_seed": 0}
-    params.write_text(yaml.safe_dump({"data": data}))
-    out = tmp_path / "raw"
-    code = run_stage(stages.download.main, ["--params", str(params), "--out", str(out)])
+    code, out, _ = _run(tmp_path, source="synthetic", synthetic_images=2, synthetic_seed=0)
     err = capsys.readouterr().err
     assert code == 1
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "synthetic_images" in err

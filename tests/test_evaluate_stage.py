@@ -10,8 +10,8 @@ import yaml
 from onnx import TensorProto, helper
 
 import stages.evaluate
-from pipeline.cli import run_stage
-from pipeline.data import load_cache, save_cache
+from pipeline.cache import load_cache, save_cache
+from pipeline.errors import run_stage
 from pipeline.masks import PackedMasks
 from tests.test_stage_errors import evaluate_args, trained  # noqa: F401 (trained is a fixture)
 

@@ -18,6 +18,7 @@ from tests.conftest import REPO
 BIN = Path(sys.executable).parent
 DVC = BIN / "dvc"
 ALL_STAGES = {
+    "validate",
     "download",
     "split",
     "preprocess",
@@ -135,26 +136,29 @@ def test_experiments_rerun_exactly_the_affected_stages(repo):
     assert "Stage 'train-unet' is cached - skipping run" in out
 
     out = run(repo, str(DVC), "exp", "run", "-S", "unet.base_channels=6")
-    assert stages_run(out) == {"train-unet", "export-unet", "evaluate-unet", "plot"}
+    # validate follows every params change (it checks the whole file); then only what the key decides.
+    assert stages_run(out) == {"validate", "train-unet", "export-unet", "evaluate-unet", "plot"}
 
     out = run(repo, str(DVC), "exp", "run", "-S", "evaluate.tta=hflip")
-    assert stages_run(out) == {"evaluate-unet", "evaluate-resnet34unet", "plot"}
+    assert stages_run(out) == {"validate", "evaluate-unet", "evaluate-resnet34unet", "plot"}
     assert json.loads((repo / "metrics" / "unet.json").read_text())["tta"] == "hflip"
 
     # Only export and what depends on it (evaluate reads the parity it records, plot reads evaluate).
     out = run(repo, str(DVC), "exp", "run", "-S", "export.check_images=3")
     assert {"export-unet", "export-resnet34unet"} <= stages_run(out)
-    assert stages_run(out) <= {"export-unet", "export-resnet34unet", "evaluate-unet", "evaluate-resnet34unet", "plot"}
+    assert stages_run(out) <= {
+        "validate", "export-unet", "export-resnet34unet", "evaluate-unet", "evaluate-resnet34unet", "plot"
+    }  # fmt: skip
 
     out = run(repo, str(DVC), "exp", "run", "-S", "plot.num_images=3")
-    assert stages_run(out) == {"plot"}
+    assert stages_run(out) == {"validate", "plot"}
 
     # plot follows only if a tiny model's masks change at the new threshold (DVC skips it otherwise).
     out = run(repo, str(DVC), "exp", "run", "-S", "evaluate.threshold=0.4")
     assert (
-        {"evaluate-unet", "evaluate-resnet34unet"}
+        {"validate", "evaluate-unet", "evaluate-resnet34unet"}
         <= stages_run(out)
-        <= {"evaluate-unet", "evaluate-resnet34unet", "plot"}
+        <= {"validate", "evaluate-unet", "evaluate-resnet34unet", "plot"}
     )
 
     out = run(repo, str(DVC), "exp", "run", "-S", "image_size=64")
@@ -165,11 +169,56 @@ def test_experiments_rerun_exactly_the_affected_stages(repo):
     assert "metrics/unet.json:dice" in shown
 
 
-def test_a_bad_param_fails_the_stage_with_one_line(repo):
+def dvc_fails(repo: Path, *args: str) -> tuple[str, set[str]]:
+    """Run a dvc command expected to fail; return its one error line and the stages it ran."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run(
-        [str(DVC), "exp", "run", "-S", "loss=focal"], cwd=repo, env=env, capture_output=True, text=True
-    )
-    assert proc.returncode != 0
-    assert "error: params.yaml: loss must be one of bce_dice, dice, bce; got 'focal'" in proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
+    proc = subprocess.run([str(DVC), *args], cwd=repo, env=env, capture_output=True, text=True)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in output, output
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, output
+    run(repo, "git", "checkout", "--", "params.yaml")  # exp run leaves its -S edits in the workspace
+    return errors[0], stages_run(output)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("+learning_rate=1e-3", "unknown key learning_rate; did you mean lr?"),
+        ("lr=-1", "lr: must be greater than 0, got -1"),
+        ("image_size=100", "image_size must be a multiple of 32, got 100"),
+        ("loss=focal", "loss: must be 'bce_dice', 'dice' or 'bce', got 'focal'"),
+    ],
+)
+def test_a_bad_or_unknown_param_fails_first_in_one_line(repo, change, message):
+    error, ran = dvc_fails(repo, "exp", "run", "-S", change)
+    assert error == f"error: params.yaml: {message}"
+    assert ran == {"validate"}  # before any other stage
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"learning_rate": 0.001}, "unknown key learning_rate; did you mean lr?"),
+        ({"evaluate": {"treshold": 0.4}}, "unknown key evaluate.treshold; did you mean evaluate.threshold?"),
+    ],
+)
+def test_a_key_misspelt_in_params_yaml_fails_dvc_repro(repo, edit, message):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(merge(params, edit), sort_keys=False))
+    error, ran = dvc_fails(repo, "repro")
+    assert error == f"error: params.yaml: {message}" and ran == {"validate"}
+
+
+def test_download_reruns_only_for_the_keys_its_source_uses(repo):
+    # Back to the baseline commit's params, lock and outputs (earlier tests left experiments applied).
+    run(repo, "git", "checkout", "--", ".")
+    run(repo, str(DVC), "checkout", "--force")
+    status = run(repo, str(DVC), "status")
+    assert "up to date" in status, status
+    # The source is synthetic: the url is not its input, so nothing but validate runs.
+    assert stages_run(run(repo, str(DVC), "exp", "run", "-S", "data.url=http://127.0.0.1:9/pets")) == {"validate"}
+    # Preprocess reads max_bad_fraction; with no bad pairs its outputs are the same, so nothing follows.
+    out = run(repo, str(DVC), "exp", "run", "-S", "data.max_bad_fraction=0.2")
+    assert stages_run(out) == {"validate", "preprocess"}
+    run(repo, "git", "checkout", "--", "params.yaml")

@@ -6,17 +6,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 import stages.plot
-from pipeline.cli import run_stage
-from pipeline.data import CachedSplit, load_cache, save_cache
-from pipeline.errors import UserError
+from pipeline.cache import CachedSplit, load_cache, save_cache
+from pipeline.errors import UserError, run_stage
 from pipeline.layout import breed_of
 from pipeline.masks import PackedMasks
 from pipeline.overlays import FN, FP, TP, error_overlay
 from pipeline.plot_masks import native_photo, overlay_grid, worst_stems
 from pipeline.plots import breed_order, ecdf, load_predictions, per_breed_bars, plt, read_metrics, read_table
+from tests.conftest import write_params
 
 MODELS = ("unet", "resnet34_unet")
 STEMS = ["Bengal_1", "Bengal_2", "beagle_1", "beagle_2", "beagle_3", "Persian_7"]
@@ -64,7 +63,7 @@ def inputs(tmp_path):
             pd.DataFrame({"step": [0, 1, 2], column: [0.9, 0.5, 0.4]}).to_csv(
                 live / f"{metric}.tsv", sep="\t", index=False
             )
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"plot": {"num_images": 3, "worst": 2, "seed": 0}}))
+    write_params(tmp_path / "params.yaml", plot={"num_images": 3, "worst": 2, "seed": 0})
     return tmp_path
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 import pipeline.predict
 from pipeline.cli import main
-from pipeline.data import load_pair, make_split, resize_pair
+from pipeline.data import load_pair, resize_pair
 from pipeline.dataset import normalize
 from pipeline.export import export_checked
 from pipeline.inference import onnx_providers
@@ -22,6 +22,7 @@ from pipeline.layout import image_path
 from pipeline.losses import LOSSES
 from pipeline.models import build_model
 from pipeline.predict import read_image, resize_for_model
+from pipeline.split import make_split
 
 SIZE = 32
 

@@ -13,8 +13,10 @@ import stages.export
 import stages.preprocess
 import stages.split
 import stages.train
-from pipeline.cli import run_stage
-from pipeline.data import load_cache, load_pair
+import stages.validate
+from pipeline.cache import load_cache
+from pipeline.data import load_pair
+from pipeline.errors import run_stage
 from pipeline.layout import read_stems
 from tests.conftest import REPO
 
@@ -53,9 +55,15 @@ def test_stages_on_a_few_real_pets_for_one_epoch(pets_mini, tmp_path):
     p = ["--params", str(params_file)]
     raw, splits, cache, out = tmp_path / "raw", tmp_path / "splits", tmp_path / "cache", tmp_path / "out"
 
-    assert run_stage(stages.download.main, [*p, "--out", str(raw)]) == 0
+    inputs, report = tmp_path / "download.json", tmp_path / "data.json"
+    assert run_stage(stages.validate.main, [*p, "--download-inputs", str(inputs)]) == 0
+    download_args = ["--inputs", str(inputs), "--downloads", str(tmp_path / "downloads"), "--out", str(raw)]
+    assert run_stage(stages.download.main, download_args) == 0
     assert run_stage(stages.split.main, [*p, "--raw", str(raw), "--out", str(splits)]) == 0
-    assert run_stage(stages.preprocess.main, [*p, "--raw", str(raw), "--splits", str(splits), "--out", str(cache)]) == 0
+    preprocess_args = ["--raw", str(raw), "--splits", str(splits), "--out", str(cache), "--report", str(report)]
+    assert run_stage(stages.preprocess.main, [*p, *preprocess_args]) == 0
+    # Real photos in the official layout: none is skipped.
+    assert json.loads(report.read_text())["total"]["skipped"] == 0
     summary = json.loads((splits / "summary.json").read_text())
     assert summary["train"] + summary["valid"] == 12 and summary["test"] == 6
     assert "Abyssinian_34" not in load_cache(cache / "train.npz").stems + load_cache(cache / "test.npz").stems

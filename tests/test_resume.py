@@ -13,7 +13,8 @@ import pytest
 import torch
 import yaml
 
-from pipeline.data import build_cache, make_split, save_cache
+from pipeline.cache import save_cache
+from pipeline.data import build_cache
 from pipeline.resume import (
     ResumeStore,
     differences,
@@ -25,6 +26,7 @@ from pipeline.resume import (
     snapshot_dir,
     training_inputs,
 )
+from pipeline.split import make_split
 from pipeline.synthetic import make_synthetic
 from tests.conftest import REPO
 

@@ -7,13 +7,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import pipeline.training as training
 from pipeline.checkpoint import load_checkpoint
-from pipeline.data import build_cache, make_split
+from pipeline.data import build_cache
 from pipeline.errors import UserError
 from pipeline.inference import predict_logits, torch_forward
 from pipeline.losses import bce_loss
 from pipeline.metrics import SegmentationMeter
-from pipeline.params import TrainConfig
 from pipeline.schedules import LrSchedule
+from pipeline.split import make_split
+from pipeline.train_config import TrainConfig
 from pipeline.training import Batch, accumulation_groups, fit, train_epoch
 
 CFG = TrainConfig(
