@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DVC_NO_ANALYTICS ?= 1
 
-.PHONY: setup test repro
+.PHONY: setup test repro mutation
 setup: $(VENV)/.installed
 
 # torch/torchvision are pinned here, not in pyproject.toml: pip would otherwise be free to pick any
@@ -22,3 +22,13 @@ test: setup
 
 repro: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
+
+# Mutation testing of metrics, losses, data, dataset and training with mutmut: slow (see
+# docs/mutation.md), so not part of `test` or CI. Results are cached in mutants/ (delete it for a
+# fresh run); MUTMUT_ARGS="'pipeline.metrics*'" runs only some mutants again.
+MUTMUT_CHILDREN ?= 1
+mutation: setup
+	test -x $(VENV)/bin/mutmut || $(PY) -m pip install -q -e '.[dev,mutation]'
+	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/mutmut run --max-children $(MUTMUT_CHILDREN) $(MUTMUT_ARGS)
+	$(VENV)/bin/mutmut results
+	$(VENV)/bin/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json
