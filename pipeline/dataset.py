@@ -61,22 +61,26 @@ class SegmentationDataset(Dataset):
     """Items are (image float32 (3, S, S) normalised, mask float32 (1, S, S) in {0., 1., 255.}).
 
     ``images``: uint8 (N, S, S, 3); ``masks``: uint8 (N, S, S) in {0, 1, 255}, 255 =
-    :data:`IGNORE`, kept as 255. ``transform`` (optional) is a v2 transform applied jointly to
+    :data:`IGNORE`, kept as 255. Either may be a read-only memory map (:func:`pipeline.cache.load_cache`):
+    it is kept as is, so DataLoader workers forked from this process share its pages, and each item
+    is copied out of it alone. ``transform`` (optional) is a v2 transform applied jointly to
     ``(tv_tensors.Image, tv_tensors.Mask)``. Raises ValueError if the lengths differ.
     """
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, transform: v2.Transform | None = None):
         if len(images) != len(masks):
             raise ValueError(f"{len(images)} images but {len(masks)} masks")
-        self.images = torch.from_numpy(images).permute(0, 3, 1, 2)
-        self.masks = torch.from_numpy(masks).unsqueeze(1)
+        self.images, self.masks = images, masks
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = tv_tensors.Image(self.images[i]), tv_tensors.Mask(self.masks[i])
+        # A copy of item i: torch cannot wrap a read-only mapping safely (a write would crash the process).
+        image = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1)
+        mask = torch.from_numpy(np.array(self.masks[i])).unsqueeze(0)
+        image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return normalize(image.as_subclass(torch.Tensor)), mask.as_subclass(torch.Tensor).float()

@@ -89,7 +89,8 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
 
 def prepare(images: np.ndarray) -> np.ndarray:
     """uint8 (N, S, S, 3) → float32 (N, 3, S, S) normalised as in training (:func:`pipeline.dataset.normalize`)."""
-    return normalize(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)).contiguous().numpy()
+    # A copy of the batch: the cache is a read-only memory map, which torch tensors must not wrap.
+    return normalize(torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)).contiguous().numpy()
 
 
 def tta_forward(forward: Forward, x: np.ndarray, tta: str) -> np.ndarray:

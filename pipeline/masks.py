@@ -12,6 +12,14 @@ import numpy as np
 IGNORE = 255
 
 
+def pack_mask(mask: np.ndarray) -> np.ndarray:
+    """One 2-D mask (values {0, 1} or bool) as uint8 (ceil(height * width / 8),): row-major, 8 pixels a
+    byte, the last byte padded with zeros. Raises ValueError on a mask that is not 2-D."""
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
+    return np.packbits(mask.astype(bool).ravel())
+
+
 @dataclass(frozen=True)
 class PackedMasks:
     """N binary masks of varying size, stored as one byte string (8 pixels a byte).
@@ -30,10 +38,13 @@ class PackedMasks:
         """Pack 2-D masks (any shape each, values {0, 1} or bool). Raises ValueError on a non-2-D mask."""
         chunks, shapes = [], []
         for mask in masks:
-            if mask.ndim != 2:
-                raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
-            chunks.append(np.packbits(mask.astype(bool).ravel()))
+            chunks.append(pack_mask(mask))
             shapes.append(mask.shape)
+        return cls.from_packed(chunks, shapes)
+
+    @classmethod
+    def from_packed(cls, chunks: Sequence[np.ndarray], shapes: Sequence[tuple[int, int]]) -> "PackedMasks":
+        """Join masks already packed by :func:`pack_mask`, with their (height, width) ``shapes``."""
         offsets = np.zeros(len(chunks) + 1, np.int64)
         offsets[1:] = np.cumsum([len(c) for c in chunks])
         bits = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
@@ -44,8 +55,11 @@ class PackedMasks:
 
     def __getitem__(self, i: int) -> np.ndarray:
         h, w = (int(v) for v in self.shapes[i])
-        flat = np.unpackbits(self.bits[self.offsets[i] : self.offsets[i + 1]], count=h * w)
-        return flat.reshape(h, w)
+        return np.unpackbits(self.packed(i), count=h * w).reshape(h, w)
+
+    def packed(self, i: int) -> np.ndarray:
+        """Mask ``i`` as :func:`pack_mask` gave it: uint8 (ceil(height * width / 8),), a view into ``bits``."""
+        return self.bits[self.offsets[i] : self.offsets[i + 1]]
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """The three arrays under ``<prefix>_bits``, ``<prefix>_offsets``, ``<prefix>_shapes`` (for np.savez)."""

@@ -82,10 +82,19 @@ class Split(Section):
     seed: Seed
 
 
+def _decode_workers(value: Any) -> int | str:
+    # bool is an int subclass, but `workers: yes` in YAML is a mistake, not one process.
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError("must be auto or a whole number >= 1")
+
+
 class Preprocess(Section):
-    """``preprocess``: what the trimap's boundary band counts as."""
+    """``preprocess``: what the trimap's boundary band counts as, and how many processes decode the pairs
+    (``workers``: "auto" = one per CPU, or a count >= 1; the cache is the same for any count)."""
 
     boundary: Literal[BOUNDARY_POLICIES]
+    workers: Annotated[int | str, BeforeValidator(_decode_workers)] = "auto"
 
 
 class AugmentOptions(Section):
@@ -187,6 +196,16 @@ class Plot(Section):
     seed: Seed
 
 
+class Train(Section):
+    """``train``: ``nproc`` data-parallel training processes on this machine (1 = one plain process;
+    more run under torchrun, one a GPU, ``batch_size`` staying the global batch), and
+    ``sync_batchnorm``: BatchNorm statistics over the global batch rather than each process's share
+    (CUDA only; nothing to sync with one process)."""
+
+    nproc: Count = 1
+    sync_batchnorm: Flag = False
+
+
 MODEL_SECTIONS = {"unet": UNetSection, "resnet34_unet": ResNet34UNetSection}
 
 
@@ -198,6 +217,7 @@ class Params(TrainKeys):
     image_size: Annotated[int, Field(strict=True, ge=SIZE_MULTIPLE)]
     preprocess: Preprocess
     augmentation: AugmentOptions = AugmentOptions()
+    train: Train = Train()
     unet: UNetSection
     resnet34_unet: ResNet34UNetSection
     evaluate: Evaluate

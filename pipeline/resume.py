@@ -10,11 +10,12 @@ best-so-far weights and the dvclive files as they were at the end of the epoch.
 
 import hashlib
 import json
+import os
 import pickle
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -27,11 +28,17 @@ STATE_VERSION = 1
 
 
 def file_digest(path: Path, chunk: int = 1 << 24) -> str:
-    """SHA-256 of a file's bytes, hex. Raises FileNotFoundError."""
+    """SHA-256, hex, of a file's bytes or of a folder's files (a cache split is a folder): each
+    file's relative path, size and bytes, in sorted order. Raises FileNotFoundError."""
+    path = Path(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        with open(file, "rb") as f:
+            # Name and size first, so that moving bytes from one file to the next changes the digest.
+            digest.update(f"{file.relative_to(path).as_posix()}\0{os.fstat(f.fileno()).st_size}\0".encode())
+            while block := f.read(chunk):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -39,7 +46,7 @@ def training_inputs(
     model: str, arch: dict[str, Any], settings: dict[str, Any], caches: list[Path], encoder: str
 ) -> dict[str, Any]:
     """What a training run's resume state must match: model, architecture options, training
-    ``settings`` (JSON-able), the SHA-256 of each cache file and, when ``encoder`` names a file,
+    ``settings`` (JSON-able), the SHA-256 of each cache (file or folder) and, when ``encoder`` names a file,
     of that file (so replacing pretrained weights starts fresh). Raises FileNotFoundError."""
     inputs = {"model": model, "arch": arch, **settings}
     inputs.update({f"cache:{Path(c).name}": file_digest(Path(c)) for c in caches})
@@ -87,6 +94,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Stateful(Protocol):
+    """What a model, optimiser, schedule, grad scaler and sampler have in common."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+def capture(parts: dict[str, Stateful], **values: Any) -> dict[str, Any]:
+    """A training state: ``{name: part.state_dict()}`` for each of ``parts``, ``values`` (loadable
+    with ``weights_only=True``) and ``"rng"``, the global RNG states (:func:`rng_state`)."""
+    return {**{name: part.state_dict() for name, part in parts.items()}, **values, "rng": rng_state()}
+
+
+def restore(state: dict[str, Any], parts: dict[str, Stateful]) -> None:
+    """Load what :func:`capture` saved into ``parts`` (same names) and the global RNGs."""
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    set_rng_state(state["rng"])
 
 
 def _to_tensor(obj: Any) -> torch.Tensor:

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.checkpoint import save_checkpoint
 from pipeline.dataset import SegmentationDataset, train_transform
 from pipeline.device import (
@@ -30,7 +31,7 @@ from pipeline.loader import make_eval_loader, make_train_loader, resolve_num_wor
 from pipeline.losses import LOSSES, LossFn
 from pipeline.metrics import confusion_counts, dice_from_counts
 from pipeline.models import build_model, init_weights, load_encoder_weights
-from pipeline.resume import rng_state, set_rng_state
+from pipeline.resume import capture, restore
 from pipeline.schedules import LrSchedule, make_optimizer
 from pipeline.train_config import TrainConfig
 
@@ -72,7 +73,9 @@ def validate(
     """Mean loss (weighted by batch size) and dataset-level Dice at threshold 0.5 over ``loader``.
 
     ``loader`` yields (images float (N, 3, S, S), masks float (N, 1, S, S) in {0, 1, 255 = ignore}).
-    Sums stay on the device in fp32 (loss) and int64 (TP/FP/FN/TN counts) and are read once.
+    Sums stay on the device in fp32 (loss) and int64 (TP/FP/FN/TN counts, images) and are read
+    once, after summing them over the ranks: with several processes each ``loader`` holds one
+    rank's shard of the valid set, and every rank gets the Dice of the whole set.
     """
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float32, device=move.device)
@@ -86,8 +89,10 @@ def validate(
         loss_sum += loss_fn(logits, masks) * len(images)
         counts += confusion_counts(torch.sigmoid(logits) > 0.5, masks).sum(0)
         images_seen += len(images)
+    seen = torch.tensor(images_seen, device=move.device)
+    distributed.sum_over_ranks(loss_sum, counts, seen)
     tp, fp, fn, _ = counts.cpu()
-    return loss_sum.item() / images_seen, float(dice_from_counts(tp, fp, fn))
+    return loss_sum.item() / seen.item(), float(dice_from_counts(tp, fp, fn))
 
 
 @dataclass
@@ -118,7 +123,8 @@ def train_epoch(
     Each batch's loss is divided by the size of its accumulation group, so a group's gradient is
     the mean over its images as for one big batch. ``grad_clip`` > 0 clips the global gradient
     norm (Pascanu et al. 2013) after unscaling. Nothing reads a device value inside the loop: the
-    loss sum (fp32) and the first non-finite step are kept on the device and read once at the end.
+    loss sum (fp32) and the first non-finite step are kept on the device and read once at the end,
+    after reducing them over the ranks (loss and images summed, earliest bad step of any rank).
     """
     model.train()
     groups = accumulation_groups(len(loader), accumulate_steps)
@@ -151,7 +157,9 @@ def train_epoch(
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
-    loss_value, bad = loss_sum.item() / images_seen, int(bad_step.item())
+    seen = torch.tensor(images_seen, device=move.device)
+    distributed.sum_over_ranks(loss_sum, seen)
+    loss_value, bad = loss_sum.item() / seen.item(), int(distributed.earliest_step(bad_step).item())
     return EpochStats(loss_value, bad, data_seconds, time.perf_counter() - start)
 
 
@@ -178,6 +186,7 @@ def fit(
     progress: bool = True,
     state: dict[str, Any] | None = None,
     save_state: Callable[[dict[str, Any]], None] | None = None,
+    sync_batchnorm: bool = False,
 ) -> FitResult:
     """Train ``model_name`` and save the weights of the epoch with the best valid Dice.
 
@@ -189,22 +198,34 @@ def fit(
     The checkpoint (:func:`pipeline.checkpoint.save_checkpoint`, atomic) holds ``model``, ``arch``,
     ``state_dict``, ``epoch``, ``valid_dice`` and ``image_size``. Raises UserError if the loss
     becomes non-finite (naming the epoch and step; the last good checkpoint is kept).
+
+    Under torchrun (a process group, see :mod:`pipeline.distributed`) every rank calls this:
+    ``cfg.batch_size`` is the global batch, each rank trains its share under DDP (SyncBatchNorm if
+    ``sync_batchnorm``) and validates its shard; all get the same logged values and decisions.
+    Only rank 0 writes the checkpoint, calls ``log`` and ``save_state`` and shows progress.
+    Raises UserError if the rank count does not divide ``batch_size`` or sync_batchnorm is off CUDA.
     """
     seed_everything(cfg.seed)
     device = select_device()
     configure_backends(device.type)
     dtype = device_amp_dtype(device)
+    rank, world = distributed.rank(), distributed.world_size()
+    main, progress = rank == 0, progress and rank == 0  # the other ranks write and print nothing
+    batch = distributed.per_rank_batch(cfg.batch_size, world)
+    distributed.check_sync_batchnorm(sync_batchnorm, world, device.type)
     model = build_model(model_name, **arch)
     init_weights(model, cfg.init, cfg.zero_init_residual)
     load_encoder_weights(model, cfg.encoder_weights)
+    model = distributed.convert_batchnorm(model, sync_batchnorm)
     model.to(device, memory_format=memory_format(device.type))
     size = train[0].shape[1]
-    workers = resolve_num_workers(cfg.num_workers, device.type)
+    workers = resolve_num_workers(cfg.num_workers, device.type, nproc=world)
     augment = train_transform(size, cfg.augment, cfg.augmentation)
     train_loader = make_train_loader(
-        SegmentationDataset(*train, transform=augment), cfg.batch_size, cfg.seed, workers, device.type
+        SegmentationDataset(*train, transform=augment), cfg.batch_size, cfg.seed, workers, device.type, rank, world
     )
-    valid_loader = make_eval_loader(SegmentationDataset(*valid), cfg.batch_size, workers, device.type)
+    shard = Subset(SegmentationDataset(*valid), range(rank, len(valid[0]), world))
+    valid_loader = make_eval_loader(shard, batch, workers, device.type)
     move = Batch(device, device.type == "cuda", memory_format(device.type))
     loss_fn = LOSSES[cfg.loss]
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum)
@@ -212,18 +233,19 @@ def fit(
     schedule = LrSchedule(cfg.scheduler, optimizer, steps_per_epoch, cfg.epochs, cfg.warmup_epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(dtype))
     net = torch.compile(model) if cfg.compile else model
+    parts = dict(model=model, optimizer=optimizer, schedule=schedule, scaler=scaler, sampler=train_loader.sampler)
+
+    def keep(weights: dict[str, torch.Tensor], epoch: int, dice: float) -> None:
+        if main:  # every rank holds the same weights
+            save_checkpoint(checkpoint, model_name, arch, weights, epoch=epoch, valid_dice=dice, image_size=size)
+
     best, best_epoch, since_best, best_weights, first = -math.inf, 0, 0, None, 1
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        train_loader.sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
+        restore(state, parts)
         best, best_epoch, since_best = state["best"], state["best_epoch"], state["since_best"]
         best_weights, first = state["best_weights"], state["epoch"] + 1
-        # DVC deleted the checkpoint before rerunning the stage.
-        save_checkpoint(checkpoint, model_name, arch, best_weights, epoch=best_epoch, valid_dice=best, image_size=size)
+        keep(best_weights, best_epoch, best)  # DVC deleted the checkpoint before rerunning the stage.
+    trainer = distributed.wrap(net)  # after loading the state: DDP starts every rank from rank 0's weights
     start, epoch, stopped = time.perf_counter(), first - 1, state is not None and state["stopped"]
     while not stopped and epoch < cfg.epochs:
         epoch += 1
@@ -233,7 +255,7 @@ def fit(
         )
         with bar:
             stats = train_epoch(
-                net, train_loader, loss_fn, optimizer, schedule, scaler, move, dtype, cfg.accumulate_steps,
+                trainer, train_loader, loss_fn, optimizer, schedule, scaler, move, dtype, cfg.accumulate_steps,
                 cfg.grad_clip, bar,
             )  # fmt: skip
         if stats.bad_step:
@@ -241,12 +263,13 @@ def fit(
                 f"{model_name}: the training loss became non-finite at epoch {epoch}, step {stats.bad_step}; "
                 f"{checkpoint} keeps the best weights so far. Lower lr or set grad_clip in params.yaml"
             )
+        distributed.broadcast_buffers(model)
         valid_loss, dice = validate(net, valid_loader, loss_fn, move, dtype)
         schedule.epoch_end(dice)
         if dice > best:
             best, best_epoch, since_best = dice, epoch, 0
             best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            save_checkpoint(checkpoint, model_name, arch, best_weights, epoch=epoch, valid_dice=best, image_size=size)
+            keep(best_weights, epoch, dice)
         else:
             since_best += 1
         record = {
@@ -259,7 +282,8 @@ def fit(
         peak = peak_memory_mib(device)
         if peak is not None:
             record["gpu/peak_memory_mib"] = peak
-        log(epoch, record)
+        if main:
+            log(epoch, record)
         if progress:
             tqdm.write(
                 f"{model_name} epoch {epoch}: train loss {stats.loss:.4f}, valid loss {valid_loss:.4f}, "
@@ -268,21 +292,7 @@ def fit(
         stopped = cfg.patience > 0 and since_best >= cfg.patience
         if stopped and progress:
             tqdm.write(f"{model_name}: early stop at epoch {epoch}, no better valid Dice for {cfg.patience} epochs")
-        if save_state is not None:
-            save_state(
-                {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "sampler": train_loader.sampler.state_dict(),
-                    "rng": rng_state(),
-                    "best": best,
-                    "best_epoch": best_epoch,
-                    "since_best": since_best,
-                    "best_weights": best_weights,
-                    "stopped": stopped,
-                }
-            )
+        if save_state is not None and main:
+            values = {"epoch": epoch, "best": best, "best_epoch": best_epoch, "since_best": since_best}
+            save_state(capture(parts, **values, best_weights=best_weights, stopped=stopped))
     return FitResult(best, best_epoch, epoch, first - 1, time.perf_counter() - start)

@@ -2,22 +2,30 @@
 
 Resumable: a run killed at any moment continues after its last completed epoch when the stage
 runs again with the same settings (see pipeline/resume.py for where the state lives and why).
+
+With ``train.nproc`` > 1 the stage starts itself again as that many ranks under torchrun and waits
+for them (pipeline/distributed.py), so `dvc repro` and `dvc exp run` stay the entry points. Rank 0
+alone writes the checkpoint, the dvclive folder and the resume state, and prints; every rank reads
+the resume state back, so a killed multi-process run resumes like a single one.
 """
 
 import argparse
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from dvclive import Live
 
+from pipeline import distributed
 from pipeline.cache import load_cache
 from pipeline.device import select_device
-from pipeline.errors import run_stage
+from pipeline.errors import UserError, run_stage
 from pipeline.models import check_options
-from pipeline.params import load_params
-from pipeline.resume import ResumeStore, training_inputs
-from pipeline.train_config import train_config
+from pipeline.params import Params, load_params
+from pipeline.resume import ResumeStore, load_state, training_inputs
+from pipeline.train_config import TrainConfig, train_config
 from pipeline.training import fit
 
 
@@ -32,13 +40,44 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--live", required=True, help="dvclive output folder")
     parser.add_argument("--resume", required=True, help="resume state file (untracked; deleted when training ends)")
     args = parser.parse_args(argv)
-    cfg, arch = train_config(load_params(args.params), args.model)
+    params = load_params(args.params)
+    cfg, arch = train_config(params, args.model)
     check_options(args.model, arch)  # before dvclive creates its folder
+    nproc, device = params.train.nproc, select_device()
+    # Checked before any rank starts, so that a bad setting fails in one line, once.
+    distributed.per_rank_batch(cfg.batch_size, nproc)
+    distributed.check_sync_batchnorm(params.train.sync_batchnorm, nproc, device.type)
+    if nproc > 1 and not distributed.launched():
+        print(f"train {args.model}: {nproc} processes on {device}")
+        code = distributed.launch(nproc, "stages.train", sys.argv[1:] if argv is None else argv)
+        if code:
+            raise UserError(f"train {args.model}: a training process failed with exit code {code} (see above)")
+        return
+    with distributed.process_group(device.type):
+        run(args, params, cfg, arch)
+
+
+def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[str, Any]) -> None:
+    """Train in this process: the only one, or one rank of the process group."""
+    if distributed.world_size() != params.train.nproc:
+        raise UserError(
+            f"params.yaml: train.nproc is {params.train.nproc} but torchrun started {distributed.world_size()} "
+            "processes; run `python -m stages.train` without torchrun, it starts them itself"
+        )
     train, valid = load_cache(args.train), load_cache(args.valid)
     caches = [Path(args.train), Path(args.valid)]
-    inputs = training_inputs(args.model, arch, cfg.fingerprint_inputs(), caches, cfg.encoder_weights)
+    settings = {**cfg.fingerprint_inputs(), "train": params.train.model_dump()}
+    inputs = training_inputs(args.model, arch, settings, caches, cfg.encoder_weights)
     store = ResumeStore(Path(args.resume), inputs, Path(args.live))
-    state = store.load()
+    rank0 = distributed.rank() == 0
+    # Rank 0 puts the dvclive folder back with the state and says so; the others only read the state.
+    state = store.load() if rank0 else load_state(store.path, inputs)[0]
+    data = (train.images, train.masks), (valid.images, valid.masks)
+    sync = params.train.sync_batchnorm
+    train_model = partial(fit, args.model, arch, cfg, *data, Path(args.checkpoint), state=state, sync_batchnorm=sync)
+    if not rank0:
+        train_model(lambda epoch, record: None)  # fit() writes and prints nothing on this rank
+        return
     print(f"train {args.model}: {len(train.stems)} train / {len(valid.stems)} valid images on {select_device()}")
     # dvcyaml=False: the plots are declared in dvc.yaml, which dvclive must not rewrite.
     with Live(args.live, dvcyaml=False, save_dvc_exp=False, report=None, resume=state is not None) as live:
@@ -49,17 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 live.log_metric(name, value)
             live.next_step()
 
-        result = fit(
-            args.model,
-            arch,
-            cfg,
-            (train.images, train.masks),
-            (valid.images, valid.masks),
-            Path(args.checkpoint),
-            log,
-            state=state,
-            save_state=store.save,
-        )
+        result = train_model(log, save_state=store.save)
         live.summary["last_epoch"] = result.last_epoch
     store.clear()
     print(

@@ -13,7 +13,7 @@ from PIL import Image
 import stages.preprocess
 import stages.split
 from pipeline.cache import load_cache, save_cache
-from pipeline.data import build_cache
+from pipeline.data import build_cache, write_cache
 from pipeline.data_report import (
     BAD_TRIMAP_VALUES,
     DUPLICATE,
@@ -84,7 +84,7 @@ def test_two_bad_pairs_are_skipped_counted_and_the_run_goes_on(two_bad, tmp_path
     done, report_path = _stage_scripts(raw, tmp_path, max_bad_fraction=0.05)  # 2 of 42 = 4.8 %
 
     assert done.returncode == 0, done.stderr
-    caches = {name: load_cache(tmp_path / "cache" / f"{name}.npz") for name in SPLITS}
+    caches = {name: load_cache(tmp_path / "cache" / name) for name in SPLITS}
     cached = {name: caches[name].stems for name in SPLITS}
     assert sum(len(caches[name].images) for name in SPLITS) == 40
     assert sum(len(caches[name].native) for name in SPLITS) == 40
@@ -157,7 +157,7 @@ def _stages(raw: Path, tmp_path: Path, max_bad_fraction: float = 1.0) -> tuple[i
 
 
 def _cached(tmp_path: Path) -> list[str]:
-    return [s for name in SPLITS for s in load_cache(tmp_path / "cache" / f"{name}.npz").stems]
+    return [s for name in SPLITS for s in load_cache(tmp_path / "cache" / name).stems]
 
 
 def _only(report: dict, reason: str, items: list[str]) -> None:
@@ -310,8 +310,32 @@ def test_a_split_of_bad_pairs_only_is_an_empty_cache(raw, tmp_path):
     _truncate_image(raw, stem)
     cache = build_cache(raw, [stem], 32, "pet", progress=False)
     assert cache.images.shape == (0, 32, 32, 3) and cache.masks.shape == (0, 32, 32) and len(cache.native) == 0
-    save_cache(tmp_path / "empty.npz", cache)  # the stage saves it before it checks for empty splits
-    assert load_cache(tmp_path / "empty.npz").stems == []
+    save_cache(tmp_path / "empty", cache)
+    assert load_cache(tmp_path / "empty").stems == []
+    # The stage writes it before it checks for empty splits.
+    assert write_cache(raw, [stem], tmp_path / "written", 32, "pet", workers=2, progress=False) == (0, cache.skipped)
+    written = load_cache(tmp_path / "written")
+    assert written.stems == [] and written.images.shape == (0, 32, 32, 3) and len(written.native) == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_write_cache_skips_bad_pairs_in_order_with_any_worker_count(raw, tmp_path, workers):
+    stems = read_stems(raw / "annotations" / "list.txt")
+    bad = [stems[0], stems[4], stems[-1]]
+    _truncate_image(raw, bad[0])
+    _resize_trimap(raw, bad[1])
+    trimap_path(raw, bad[2]).unlink()
+
+    used, skipped = write_cache(raw, stems, tmp_path / "c", 32, "ignore", workers=workers, progress=False)
+
+    assert used == len(stems) - 3
+    assert [(s.item, s.reason) for s in skipped] == [
+        (bad[0], UNDECODABLE_IMAGE),
+        (bad[1], SIZE_MISMATCH),
+        (bad[2], MISSING_FILE),
+    ]
+    assert skipped == build_cache(raw, stems, 32, "ignore", progress=False).skipped  # the same details too
+    assert load_cache(tmp_path / "c").stems == [s for s in stems if s not in bad]
 
 
 # --- the report's arithmetic --------------------------------------------------------------------

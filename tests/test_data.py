@@ -180,7 +180,7 @@ SIZE = 64
 def test_cache_round_trip_shapes_dtypes_and_masks(synthetic_root, tmp_path):
     stems = read_stems(synthetic_root / "annotations" / "trainval.txt")[:5]
     cache = build_cache(synthetic_root, stems, SIZE, "pet", progress=False)
-    path = tmp_path / "sub" / "train.npz"
+    path = tmp_path / "sub" / "train"
     save_cache(path, cache)
     loaded = load_cache(path)
 
@@ -192,7 +192,10 @@ def test_cache_round_trip_shapes_dtypes_and_masks(synthetic_root, tmp_path):
     assert loaded.stems == stems
     np.testing.assert_array_equal(loaded.images, cache.images)
     np.testing.assert_array_equal(loaded.masks, cache.masks)
-    assert [p.name for p in path.parent.iterdir()] == ["train.npz"]  # no temporary left behind
+    assert [p.name for p in path.parent.iterdir()] == ["train"]  # no temporary left behind
+    assert sorted(p.name for p in path.iterdir()) == [
+        "images.npy", "masks.npy", "meta.json", "native_bits.npy", "native_offsets.npy", "native_shapes.npy"
+    ]  # fmt: skip
 
     for i, stem in enumerate(stems):
         with Image.open(trimap_path(synthetic_root, stem)) as tri:
@@ -213,10 +216,11 @@ def test_cache_round_trip_shapes_dtypes_and_masks(synthetic_root, tmp_path):
 
 def test_cache_round_trip_with_ignore_policy_keeps_the_band_out(synthetic_root, tmp_path):
     stems = read_stems(synthetic_root / "annotations" / "trainval.txt")[:4]
-    path = tmp_path / "train.npz"
+    path = tmp_path / "train"
     save_cache(path, build_cache(synthetic_root, stems, SIZE, "ignore", progress=False))
-    with np.load(path) as data:
-        assert {"native_ignore_bits", "native_ignore_offsets", "native_ignore_shapes"} <= set(data.files)
+    assert {"native_ignore_bits.npy", "native_ignore_offsets.npy", "native_ignore_shapes.npy"} <= {
+        p.name for p in path.iterdir()
+    }
     loaded = load_cache(path)
 
     assert loaded.native_ignore is not None and len(loaded.native_ignore) == len(stems)
@@ -235,10 +239,9 @@ def test_cache_round_trip_with_ignore_policy_keeps_the_band_out(synthetic_root, 
 
 def test_caches_of_the_other_policies_have_no_ignore_arrays(synthetic_root, tmp_path):
     stems = read_stems(synthetic_root / "annotations" / "trainval.txt")[:2]
-    path = tmp_path / "train.npz"
+    path = tmp_path / "train"
     save_cache(path, build_cache(synthetic_root, stems, SIZE, "background", progress=False))
-    with np.load(path) as data:
-        assert not [name for name in data.files if name.startswith("native_ignore")]
+    assert not [p.name for p in path.iterdir() if p.name.startswith("native_ignore")]
     assert load_cache(path).native_ignore is None
 
 
@@ -248,14 +251,13 @@ def test_native_ignore_of_other_shapes_is_rejected(tmp_path):
     images = np.zeros((2, 8, 8, 3), np.uint8)
     with pytest.raises(ValueError, match="native_ignore"):
         CachedSplit(images, masks, ["a", "b"], PackedMasks.pack(masks), ["a", "b"], ["cat"] * 2, other)
-    # The same in a file is a malformed cache: one line naming the file.
-    path = tmp_path / "odd.npz"
+    # The same in a file is a malformed cache: one line naming the folder.
+    path = tmp_path / "odd"
     split = CachedSplit(images, masks, ["a", "b"], PackedMasks.pack(masks), ["a", "b"], ["cat"] * 2)
     save_cache(path, split)
-    with np.load(path) as data:
-        arrays = dict(data)
-    np.savez(path, **arrays, **other.to_arrays("native_ignore"))
-    with pytest.raises(UserError, match="odd.npz: not a petseg cache"):
+    for name, array in other.to_arrays("native_ignore").items():
+        np.save(path / f"{name}.npy", array)
+    with pytest.raises(UserError, match="odd: not a petseg cache .*native_ignore masks differ"):
         load_cache(path)
 
 
@@ -269,16 +271,21 @@ def test_build_cache_background_policy_gives_smaller_masks(synthetic_root):
 
 
 def test_load_cache_missing_file_raises_user_error(tmp_path):
-    path = tmp_path / "nope.npz"
-    with pytest.raises(UserError, match="nope.npz"):
+    path = tmp_path / "nope"
+    with pytest.raises(UserError, match=r"nope: cache not found; run `dvc repro preprocess`"):
         load_cache(path)
 
 
 def test_load_cache_not_a_cache_raises_user_error(tmp_path):
+    # An .npz cache of an older petseg, and a folder of something else.
     path = tmp_path / "other.npz"
     np.savez(path, something=np.zeros(3))
-    with pytest.raises(UserError, match="other.npz"):
+    with pytest.raises(UserError, match=r"other.npz: not a petseg cache \(.*\); run `dvc repro -f preprocess`"):
         load_cache(path)
+    (tmp_path / "folder").mkdir()
+    np.save(tmp_path / "folder" / "something.npy", np.zeros(3))
+    with pytest.raises(UserError, match="folder: not a petseg cache"):
+        load_cache(tmp_path / "folder")
 
 
 # --- load_pair on odd files ---------------------------------------------------------------------
@@ -408,14 +415,14 @@ def test_split_and_preprocess_stages_write_their_outputs(synthetic_root, tmp_pat
     argv = ["--params", str(params), "--raw", str(synthetic_root), "--splits", str(splits), "--out", str(cache)]
     code = run_stage(stages.preprocess.main, [*argv, "--report", str(report)])
     assert code == 0
-    assert sorted(p.name for p in cache.iterdir()) == ["test.npz", "train.npz", "valid.npz"]
+    assert sorted(p.name for p in cache.iterdir()) == ["test", "train", "valid"]
     data = json.loads(report.read_text())
     assert data["total"] == {"listed": 16, "used": 16, "skipped": 0, "skipped_fraction": 0.0}
     assert set(data["skipped_by_reason"].values()) == {0} and data["skipped_stems"] == {}
     assert data["splits"] == {name: {"used": summary[name], "skipped": 0} for name in ("train", "valid", "test")}
     for name in ("train", "valid", "test"):
         stems = _lines(splits / f"{name}.txt")
-        loaded = load_cache(cache / f"{name}.npz")
+        loaded = load_cache(cache / name)
         assert loaded.stems == stems
         assert loaded.images.shape == (len(stems), 64, 64, 3)
         assert loaded.masks.shape == (len(stems), 64, 64)
@@ -431,7 +438,7 @@ def test_preprocess_stage_with_boundary_ignore(synthetic_root, tmp_path):
     )
     argv = ["--params", str(params), "--raw", str(synthetic_root), "--splits", str(splits), "--out", str(cache)]
     assert run_stage(stages.preprocess.main, [*argv, "--report", str(tmp_path / "data.json")]) == 0
-    loaded = load_cache(cache / "test.npz")
+    loaded = load_cache(cache / "test")
     assert set(np.unique(loaded.masks).tolist()) == {0, 1, IGNORE}
     assert loaded.native_ignore is not None and len(loaded.native_ignore) == len(loaded.stems)
 
@@ -485,17 +492,18 @@ def test_split_stage_reports_missing_list_file(tmp_path, capsys):
     assert not splits.exists()
 
 
-@pytest.mark.parametrize("keep", [0, 200], ids=["empty", "truncated"])
-def test_load_cache_truncated_file_raises_user_error(tmp_path, keep):
-    good = tmp_path / "good.npz"
-    masks = np.zeros((2, 8, 8), np.uint8)
+@pytest.mark.parametrize("name", ["images.npy", "native_bits.npy", "meta.json"])
+@pytest.mark.parametrize("keep", [0, 0.1, 0.5], ids=["empty", "a_tenth", "half"])
+def test_load_cache_truncated_file_raises_user_error(tmp_path, name, keep):
+    masks = np.ones((2, 8, 8), np.uint8)
     split = CachedSplit(
         np.zeros((2, 8, 8, 3), np.uint8), masks, ["a", "b"], PackedMasks.pack(masks), ["a", "b"], ["cat"] * 2
     )
-    save_cache(good, split)
-    path = tmp_path / "cut.npz"
-    path.write_bytes(good.read_bytes()[:keep])
-    with pytest.raises(UserError, match="cut.npz"):
+    path = tmp_path / "cut"
+    save_cache(path, split)
+    part = path / name
+    part.write_bytes(part.read_bytes()[: int(keep * part.stat().st_size)])
+    with pytest.raises(UserError, match=r"cut: not a petseg cache \(.+\); run `dvc repro -f preprocess`"):
         load_cache(path)
 
 

@@ -151,6 +151,13 @@ def test_resolve_num_workers(value, device, cpus, expected):
     assert resolve_num_workers(value, device, cpu_count=cpus) == expected
 
 
+@pytest.mark.parametrize(
+    ("value", "cpus", "nproc", "expected"), [("auto", 32, 2, 8), ("auto", 8, 4, 2), ("auto", 2, 4, 0), (3, 2, 4, 3)]
+)
+def test_training_processes_share_the_auto_workers(value, cpus, nproc, expected):
+    assert resolve_num_workers(value, "cuda", cpu_count=cpus, nproc=nproc) == expected
+
+
 def test_resolve_num_workers_counts_this_machines_cpus():
     assert resolve_num_workers("auto", "cuda") == min(8, os.cpu_count())
 

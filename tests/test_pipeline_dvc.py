@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,24 @@ def test_repro_writes_metrics_models_and_plots_for_both_models(repo):
     assert stages_run(run(repo, str(DVC), "repro")) == set()
 
 
+def test_push_then_pull_into_a_second_clone_leaves_nothing_to_run(repo, tmp_path):
+    # A local folder stands in for S3 and the like: the same `dvc push` / `dvc pull`.
+    run(repo, str(DVC), "remote", "add", "-d", "store", str(tmp_path / "remote"))
+    run(repo, "git", "commit", "-qam", "a DVC remote")
+    assert "files pushed" in run(repo, str(DVC), "push")
+    clone = tmp_path / "clone"
+    run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    run(clone, str(DVC), "pull")
+    for name in (
+        "models/unet.pt",
+        "models/resnet34_unet.onnx",
+        "data/raw/annotations/list.txt",
+        "data/predictions/unet.npz",
+    ):
+        assert (clone / name).read_bytes() == (repo / name).read_bytes(), name
+    assert stages_run(run(clone, str(DVC), "repro")) == set()
+
+
 def test_experiments_rerun_exactly_the_affected_stages(repo):
     out = run(repo, str(DVC), "exp", "run", "-S", "lr=3e-4")
     assert stages_run(out) == ALL_STAGES - {"download", "split", "preprocess"}
@@ -211,14 +230,32 @@ def test_a_key_misspelt_in_params_yaml_fails_dvc_repro(repo, edit, message):
 
 
 def test_download_reruns_only_for_the_keys_its_source_uses(repo):
-    # Back to the baseline commit's params, lock and outputs (earlier tests left experiments applied).
+    # The source is synthetic: the url is not its input, so validate runs and download does not.
+    # (Earlier tests leave experiments applied in the workspace, so other stages may follow.)
+    ran = stages_run(run(repo, str(DVC), "exp", "run", "-S", "data.url=http://127.0.0.1:9/pets"))
+    assert "validate" in ran and not ran & {"download", "split"}
+    # Preprocess reads max_bad_fraction; download and split do not.
+    ran = stages_run(run(repo, str(DVC), "exp", "run", "-S", "data.max_bad_fraction=0.2"))
+    assert {"validate", "preprocess"} <= ran and not ran & {"download", "split"}
+    run(repo, "git", "checkout", "--", "params.yaml")
+
+
+def test_queued_experiments_run_side_by_side_and_show_their_dice(repo):
     run(repo, "git", "checkout", "--", ".")
     run(repo, str(DVC), "checkout", "--force")
-    status = run(repo, str(DVC), "status")
-    assert "up to date" in status, status
-    # The source is synthetic: the url is not its input, so nothing but validate runs.
-    assert stages_run(run(repo, str(DVC), "exp", "run", "-S", "data.url=http://127.0.0.1:9/pets")) == {"validate"}
-    # Preprocess reads max_bad_fraction; with no bad pairs its outputs are the same, so nothing follows.
-    out = run(repo, str(DVC), "exp", "run", "-S", "data.max_bad_fraction=0.2")
-    assert stages_run(out) == {"validate", "preprocess"}
-    run(repo, "git", "checkout", "--", "params.yaml")
+    run(repo, str(DVC), "exp", "run", "--queue", "-S", "lr=0.002,0.0005")
+    run(repo, str(DVC), "queue", "start", "-j", "2")  # two workers at once, each in its own copy
+    deadline = time.monotonic() + 600
+    while re.search(r"\b(Queued|Running)\b", status := run(repo, str(DVC), "queue", "status")):
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    assert len(re.findall(r"\bSuccess\b", status)) == 2, status
+    shown = json.loads(run(repo, str(DVC), "exp", "show", "--json"))
+    dice = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            data = exp["revs"][0]["data"]
+            lr = data["params"]["params.yaml"]["data"]["lr"]
+            dice[lr] = [data["metrics"][f"metrics/{m}.json"]["data"]["dice"] for m in ("unet", "resnet34_unet")]
+    assert {0.002, 0.0005} <= set(dice)
+    assert all(0.0 <= d <= 1.0 for lr in (0.002, 0.0005) for d in dice[lr])

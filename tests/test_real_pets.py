@@ -66,15 +66,15 @@ def test_stages_on_a_few_real_pets_for_one_epoch(pets_mini, tmp_path):
     assert json.loads(report.read_text())["total"]["skipped"] == 0
     summary = json.loads((splits / "summary.json").read_text())
     assert summary["train"] + summary["valid"] == 12 and summary["test"] == 6
-    assert "Abyssinian_34" not in load_cache(cache / "train.npz").stems + load_cache(cache / "test.npz").stems
+    assert "Abyssinian_34" not in load_cache(cache / "train").stems + load_cache(cache / "test").stems
 
-    train_args = ["--model", "unet", "--train", str(cache / "train.npz"), "--valid", str(cache / "valid.npz")]
+    train_args = ["--model", "unet", "--train", str(cache / "train"), "--valid", str(cache / "valid")]
     train_args += ["--checkpoint", str(out / "unet.pt"), "--live", str(out / "live"), "--resume", str(out / "r.pt")]
     assert run_stage(stages.train.main, [*p, *train_args]) == 0
-    export_args = ["--checkpoint", str(out / "unet.pt"), "--test", str(cache / "test.npz")]
+    export_args = ["--checkpoint", str(out / "unet.pt"), "--test", str(cache / "test")]
     assert run_stage(stages.export.main, [*p, *export_args, "--out", str(out / "unet.onnx")]) == 0
     eval_args = ["--checkpoint", str(out / "unet.pt"), "--onnx", str(out / "unet.onnx")]
-    eval_args += ["--valid", str(cache / "valid.npz"), "--test", str(cache / "test.npz")]
+    eval_args += ["--valid", str(cache / "valid"), "--test", str(cache / "test")]
     eval_args += ["--metrics", str(out / "unet.json"), "--per-image", str(out / "img.csv")]
     eval_args += ["--per-breed", str(out / "breed.csv"), "--predictions", str(out / "pred.npz")]
     assert run_stage(stages.evaluate.main, [*p, *eval_args, "--record", str(out / "unet.eval.json")]) == 0

@@ -18,6 +18,7 @@ from pipeline.data import build_cache
 from pipeline.resume import (
     ResumeStore,
     differences,
+    file_digest,
     load_state,
     restore_dir,
     rng_state,
@@ -221,3 +222,17 @@ def test_training_inputs_change_with_the_caches_and_the_encoder_file(tmp_path):
         changed, training_inputs("resnet34_unet", {}, {"lr": 1}, [train, valid], str(encoder))
     )
     assert "encoder_weights_file" not in training_inputs("unet", {}, {}, [train], "none")
+
+
+def test_a_cache_folder_digest_changes_with_any_of_its_files(tmp_path):
+    folder = tmp_path / "train"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "images.npy").write_bytes(b"ab")
+    (folder / "sub" / "meta.json").write_bytes(b"c")
+    digest = file_digest(folder)
+    assert file_digest(folder) == digest and len(digest) == 64
+    (folder / "images.npy").write_bytes(b"a")
+    (folder / "sub" / "meta.json").write_bytes(b"bc")  # the same bytes in all, moved to the next file
+    assert file_digest(folder) != digest
+    with pytest.raises(FileNotFoundError):
+        file_digest(tmp_path / "absent")
