@@ -62,3 +62,15 @@ def slept(monkeypatch) -> list[float]:
     delays: list[float] = []
     monkeypatch.setitem(download.__kwdefaults__, "sleep", delays.append)
     return delays
+
+
+@pytest.fixture(scope="module")
+def tiny_data(synthetic_root):
+    """(train, valid) as (images uint8 (N, 32, 32, 3), masks uint8 (N, 32, 32)) of the synthetic set, split 0.25."""
+    from pipeline.data import build_cache
+    from pipeline.split import make_split
+
+    split = make_split(synthetic_root, 0.25, seed=0)
+    train = build_cache(synthetic_root, split.train, 32, "pet", progress=False)
+    valid = build_cache(synthetic_root, split.valid, 32, "pet", progress=False)
+    return (train.images, train.masks), (valid.images, valid.masks)

@@ -181,14 +181,6 @@ def _rank(rank, store, out, data):
         dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def tiny_data(synthetic_root):
-    split = make_split(synthetic_root, 0.25, seed=0)
-    train = build_cache(synthetic_root, split.train, 32, "pet", progress=False)
-    valid = build_cache(synthetic_root, split.valid, 32, "pet", progress=False)
-    return (train.images, train.masks), (valid.images, valid.masks)
-
-
 def test_two_ranks_train_as_one_process_at_the_same_global_batch(tmp_path, tiny_data, monkeypatch):
     monkeypatch.setattr(training, "build_model", _no_norm)
     single = _fit_without_batchnorm(tiny_data, tmp_path / "single" / "m.pt")

@@ -10,12 +10,10 @@ import torch
 from torch import nn
 
 import pipeline.training as training
-from pipeline.data import build_cache
 from pipeline.dataset import MEAN, STD
 from pipeline.errors import UserError
 from pipeline.models import build_model
 from pipeline.params import AugmentOptions
-from pipeline.split import make_split
 from pipeline.train_config import TrainConfig
 from pipeline.training import fit, seed_everything
 
@@ -30,14 +28,6 @@ CFG = TrainConfig(
     augment="none",
     num_workers=0,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_data(synthetic_root):
-    split = make_split(synthetic_root, 0.25, seed=0)
-    train = build_cache(synthetic_root, split.train, 32, "pet", progress=False)
-    valid = build_cache(synthetic_root, split.valid, 32, "pet", progress=False)
-    return (train.images, train.masks), (valid.images, valid.masks)
 
 
 def _fit(tmp_path, tiny_data, cfg=CFG, name="unet", **kwargs):

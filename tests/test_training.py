@@ -7,13 +7,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import pipeline.training as training
 from pipeline.checkpoint import load_checkpoint
-from pipeline.data import build_cache
 from pipeline.errors import UserError
 from pipeline.inference import predict_logits, torch_forward
 from pipeline.losses import bce_loss
 from pipeline.metrics import SegmentationMeter
 from pipeline.schedules import LrSchedule
-from pipeline.split import make_split
 from pipeline.train_config import TrainConfig
 from pipeline.training import Batch, accumulation_groups, fit, train_epoch
 
@@ -29,14 +27,6 @@ CFG = TrainConfig(
     num_workers=0,
 )
 CPU = Batch(torch.device("cpu"), False, torch.contiguous_format)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(synthetic_root):
-    split = make_split(synthetic_root, 0.25, seed=0)
-    train = build_cache(synthetic_root, split.train, 32, "pet", progress=False)
-    valid = build_cache(synthetic_root, split.valid, 32, "pet", progress=False)
-    return (train.images, train.masks), (valid.images, valid.masks)
 
 
 def _fit(tmp_path, tiny_data, cfg=CFG, name="unet", **kwargs):
