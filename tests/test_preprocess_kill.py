@@ -27,7 +27,7 @@ def test_preprocess_killed_midway_reruns_clean_to_the_same_cache(tmp_path):
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(REPO / name, repo / name)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    # Enough images that the valid and test splits take a while after the train split is written.
+    # Enough images that the test split takes a while after the train and valid splits are written.
     merge(params, {"data": {"source": "synthetic", "synthetic_images": 300}, "image_size": 128})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(repo, "git", "init", "-q")
@@ -43,7 +43,7 @@ def test_preprocess_killed_midway_reruns_clean_to_the_same_cache(tmp_path):
     try:
         while not list((repo / "data").glob(".cache.tmp-*/valid")):
             assert proc.poll() is None, "preprocess finished before it could be killed"
-            assert time.monotonic() < deadline, "preprocess did not finish the train split within 2 minutes"
+            assert time.monotonic() < deadline, "preprocess did not finish the valid split within 2 minutes"
             time.sleep(0.01)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage it runs
