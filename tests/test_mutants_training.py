@@ -15,7 +15,9 @@ from pipeline.errors import UserError
 from pipeline.models import build_model
 from pipeline.params import AugmentOptions
 from pipeline.train_config import TrainConfig
-from pipeline.training import fit, seed_everything
+from pipeline.training import seed_everything
+from tests.test_training import _fit as fit_tiny
+from tests.test_training import _results
 
 CFG = TrainConfig(
     epochs=3,
@@ -30,18 +32,9 @@ CFG = TrainConfig(
 )
 
 
-def _fit(tmp_path, tiny_data, cfg=CFG, name="unet", **kwargs):
-    logged = []
-    arch = {"base_channels": 4} if name == "unet" else {"decoder_channels": [8, 8, 8, 4, 4]}
-    result = fit(
-        name, arch, cfg, *tiny_data, tmp_path / "m.pt", lambda e, r: logged.append((e, r)), progress=False, **kwargs
-    )
-    return result, logged
-
-
-def _results(logged):
-    """The logged records without the timings, which differ from run to run."""
-    return [(e, {k: v for k, v in r.items() if not k.startswith("time/")}) for e, r in logged]
+def _fit(tmp_path, tiny_data, cfg=CFG, **kwargs):
+    """tests.test_training's tiny fit, with this file's config (no augmentation, batch 2) by default."""
+    return fit_tiny(tmp_path, tiny_data, cfg, **kwargs)
 
 
 def _scores(monkeypatch, *dice):
