@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from pipeline.inference import native_probabilities
-from pipeline.masks import PackedMasks, target_mask
+from pipeline.masks import PackedMasks, pack_mask, target_mask
 from pipeline.metrics import confusion_counts, dice_from_counts, iou_from_counts
 
 # evaluate.threshold: auto searches 0.05, 0.10, ..., 0.95.
@@ -36,6 +36,55 @@ class Scored:
     predictions: PackedMasks
 
 
+class Scorer:
+    """Scores logits batch by batch, so memory holds one batch of logits, not the split's.
+
+    ``masks`` uint8 (N, S, S) in {0, 1, 255} are the at-size ground truth (a memory map is fine: it is
+    read one batch at a time); ``native`` the N masks at each photo's own size; ``native_ignore``
+    (optional, the shapes of ``native``) marks native pixels to leave out; 255 and marked pixels count
+    nowhere. At native size each image's logits are resized bilinearly to its mask's size, then a pixel
+    is pet when sigmoid > ``threshold``. Raises ValueError if the counts of masks and native masks
+    differ, or ``native_ignore`` has other shapes than ``native``.
+    """
+
+    def __init__(
+        self, masks: np.ndarray, native: PackedMasks, threshold: float, native_ignore: PackedMasks | None = None
+    ):
+        if len(masks) != len(native):
+            raise ValueError(f"{len(masks)} masks, {len(native)} native masks")
+        _check_ignore(native, native_ignore)
+        self.masks, self.native, self.ignore, self.threshold = masks, native, native_ignore, threshold
+        self.at_size: list[np.ndarray] = []
+        self.rows: list[np.ndarray] = []
+        # Each prediction has its native mask's shape, so it packs into the same bytes: one buffer up
+        # front, instead of a small array an image (which glibc's heap kept after the run's big frees).
+        self.bits = np.empty(len(native.bits), np.uint8)
+
+    def add(self, logits: np.ndarray) -> None:
+        """Score the next images' logits float32 (B, S, S), in the order of ``masks``. Raises
+        ValueError if more logits come than there are masks."""
+        start = len(self.rows)
+        if start + len(logits) > len(self.masks):
+            raise ValueError(f"{start + len(logits)} logits, {len(self.masks)} masks")
+        truth = torch.from_numpy(np.array(self.masks[start : start + len(logits)]))
+        self.at_size.append(confusion_counts(torch.sigmoid(torch.from_numpy(logits)) > self.threshold, truth).numpy())
+        for i, image_logits in enumerate(logits, start):
+            truth = target_mask(self.native, self.ignore, i)
+            pred = native_probabilities(image_logits, *truth.shape) > self.threshold
+            self.bits[self.native.offsets[i] : self.native.offsets[i + 1]] = pack_mask(pred)
+            self.rows.append(counts(pred, truth))
+
+    def result(self) -> Scored:
+        """The :class:`Scored` of every image. Raises ValueError if fewer logits came than masks."""
+        if len(self.rows) != len(self.masks):
+            raise ValueError(f"{len(self.rows)} logits, {len(self.masks)} masks")
+        return Scored(
+            np.array(self.rows, np.int64).reshape(-1, 4),
+            np.concatenate(self.at_size).reshape(-1, 4) if self.at_size else np.zeros((0, 4), np.int64),
+            PackedMasks(self.bits, np.array(self.native.offsets), np.array(self.native.shapes)),
+        )
+
+
 def score(
     logits: np.ndarray,
     masks: np.ndarray,
@@ -43,26 +92,60 @@ def score(
     threshold: float,
     native_ignore: PackedMasks | None = None,
 ) -> Scored:
-    """Score logits float32 (N, S, S) at ``image_size`` and at each photo's own size.
+    """Score logits float32 (N, S, S) held in memory at once (a :class:`Scorer` given one batch).
 
-    At native size, each image's logits are resized bilinearly to the size of its ``native`` mask,
-    then a pixel is pet when sigmoid > ``threshold``. ``masks`` uint8 (N, S, S) in {0, 1, 255} are
-    the at-size ground truth; ``native_ignore`` (optional, the shapes of ``native``) marks native
-    pixels to leave out; 255 and marked pixels count nowhere. Raises ValueError if the counts of
-    logits, masks and native masks differ, or ``native_ignore`` has other shapes than ``native``.
+    Arguments and errors as in :class:`Scorer`; also raises ValueError if the counts of logits and
+    masks differ.
     """
-    if not len(logits) == len(masks) == len(native):
-        raise ValueError(f"{len(logits)} logits, {len(masks)} masks, {len(native)} native masks")
+    scorer = Scorer(masks, native, threshold, native_ignore)
+    scorer.add(logits)
+    return scorer.result()
+
+
+def _check_ignore(native: PackedMasks, native_ignore: PackedMasks | None) -> None:
     if native_ignore is not None and not np.array_equal(native_ignore.shapes, native.shapes):
         raise ValueError("native_ignore masks differ in number or size from the native masks")
-    at_size = confusion_counts(torch.sigmoid(torch.from_numpy(logits)) > threshold, torch.from_numpy(masks)).numpy()
-    preds, rows = [], []
-    for i, image_logits in enumerate(logits):
-        truth = target_mask(native, native_ignore, i)
-        pred = native_probabilities(image_logits, *truth.shape) > threshold
-        preds.append(pred)
-        rows.append(counts(pred, truth))
-    return Scored(np.array(rows, np.int64).reshape(-1, 4), at_size, PackedMasks.pack(preds))
+
+
+class ThresholdSearch:
+    """The threshold in ``grid`` with the highest dataset-level Dice at native resolution, fed batch
+    by batch (memory: one batch of logits).
+
+    Meant for the valid split (never test). ``native`` and ``native_ignore`` as in :class:`Scorer`.
+    Ties go to the threshold nearest 0.5, then the lower one.
+    """
+
+    def __init__(
+        self, native: PackedMasks, grid: tuple[float, ...] = THRESHOLD_GRID, native_ignore: PackedMasks | None = None
+    ):
+        _check_ignore(native, native_ignore)
+        self.native, self.ignore, self.grid = native, native_ignore, grid
+        self.thresholds = np.array(grid, np.float32)[:, None, None]
+        self.total = np.zeros((len(grid), 3), np.int64)
+        self.seen = 0
+
+    def add(self, logits: np.ndarray) -> None:
+        """Count the next images' logits float32 (B, S, S), in the order of ``native``. Raises
+        ValueError if more logits come than there are masks."""
+        if self.seen + len(logits) > len(self.native):
+            raise ValueError(f"{self.seen + len(logits)} logits, {len(self.native)} native masks")
+        for i, image_logits in enumerate(logits, self.seen):
+            mask = target_mask(self.native, self.ignore, i)
+            truth, background = mask == 1, mask == 0
+            pred = native_probabilities(image_logits, *mask.shape)[None] > self.thresholds
+            self.total += np.stack(
+                [(pred & truth).sum((1, 2)), (pred & background).sum((1, 2)), (~pred & truth).sum((1, 2))], axis=1
+            )
+        self.seen += len(logits)
+
+    def best(self) -> float:
+        """The chosen threshold. Raises ValueError if fewer logits came than masks."""
+        if self.seen != len(self.native):
+            raise ValueError(f"{self.seen} logits, {len(self.native)} native masks")
+        dice = dice_from_counts(*torch.from_numpy(self.total).T).numpy()
+        grid = self.grid
+        best = max(range(len(grid)), key=lambda k: (round(float(dice[k]), 12), -abs(grid[k] - 0.5), -grid[k]))
+        return float(grid[best])
 
 
 def choose_threshold(
@@ -71,23 +154,10 @@ def choose_threshold(
     grid: tuple[float, ...] = THRESHOLD_GRID,
     native_ignore: PackedMasks | None = None,
 ) -> float:
-    """The threshold in ``grid`` with the highest dataset-level Dice at native resolution.
-
-    Meant for the valid split (never test). ``logits`` float32 (N, S, S); ``native_ignore`` as in
-    :func:`score`. Ties go to the threshold nearest 0.5, then the lower one.
-    """
-    thresholds = np.array(grid, np.float32)[:, None, None]
-    total = np.zeros((len(grid), 3), np.int64)
-    for i, image_logits in enumerate(logits):
-        mask = target_mask(native, native_ignore, i)
-        truth, background = mask == 1, mask == 0
-        pred = native_probabilities(image_logits, *mask.shape)[None] > thresholds
-        total += np.stack(
-            [(pred & truth).sum((1, 2)), (pred & background).sum((1, 2)), (~pred & truth).sum((1, 2))], axis=1
-        )
-    dice = dice_from_counts(*torch.from_numpy(total).T).numpy()
-    best = max(range(len(grid)), key=lambda k: (round(float(dice[k]), 12), -abs(grid[k] - 0.5), -grid[k]))
-    return float(grid[best])
+    """:class:`ThresholdSearch` over logits float32 (N, S, S) held in memory at once."""
+    search = ThresholdSearch(native, grid, native_ignore)
+    search.add(logits)
+    return search.best()
 
 
 def _scores(c: np.ndarray) -> dict[str, float]:

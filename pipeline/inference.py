@@ -6,7 +6,7 @@ share one path whatever runs the network.
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,19 +107,27 @@ def tta_forward(forward: Forward, x: np.ndarray, tta: str) -> np.ndarray:
     raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
 
 
-def predict_logits(forward: Forward, images: np.ndarray, batch_size: int, tta: str) -> tuple[np.ndarray, float]:
-    """Logits float32 (N, S, S) for uint8 images (N, S, S, 3), in batches of ``batch_size``.
-
-    Also returns the seconds spent in ``forward`` alone (inference throughput = N / seconds).
-    """
-    out = np.empty(images.shape[:3], np.float32)
-    seconds = 0.0
+def iter_logits(forward: Forward, images: np.ndarray, batch_size: int, tta: str) -> Iterator[tuple[np.ndarray, float]]:
+    """Logits float32 (B, S, S) of uint8 images (N, S, S, 3), ``batch_size`` images at a time, in order,
+    each with the seconds spent in ``forward`` on it. Memory: one batch, however large ``images`` (a
+    memory map is read one batch at a time)."""
     for start in range(0, len(images), batch_size):
         x = prepare(images[start : start + batch_size])
         tic = time.perf_counter()
         logits = tta_forward(forward, x, tta)
-        seconds += time.perf_counter() - tic
-        out[start : start + len(x)] = logits[:, 0]
+        yield logits[:, 0], time.perf_counter() - tic
+
+
+def predict_logits(forward: Forward, images: np.ndarray, batch_size: int, tta: str) -> tuple[np.ndarray, float]:
+    """Logits float32 (N, S, S) for uint8 images (N, S, S, 3), in batches of ``batch_size``: all of
+    :func:`iter_logits` in one array, and the seconds spent in ``forward`` alone (inference
+    throughput = N / seconds)."""
+    out = np.empty(images.shape[:3], np.float32)
+    seconds, start = 0.0, 0
+    for logits, spent in iter_logits(forward, images, batch_size, tta):
+        out[start : start + len(logits)] = logits
+        start += len(logits)
+        seconds += spent
     return out, seconds
 
 

@@ -10,8 +10,8 @@ import numpy as np
 from pipeline.cache import load_cache
 from pipeline.device import select_device
 from pipeline.errors import UserError, run_stage
-from pipeline.evaluation import choose_threshold, per_breed_table, per_image_table, score, summary
-from pipeline.inference import load_model, onnx_forward, predict_logits
+from pipeline.evaluation import Scorer, ThresholdSearch, per_breed_table, per_image_table, summary
+from pipeline.inference import iter_logits, load_model, onnx_forward
 from pipeline.io import atomic_path, write_csv, write_json
 from pipeline.params import load_params
 from pipeline.record import write_eval_record
@@ -23,8 +23,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--params", required=True)
     parser.add_argument("--checkpoint", required=True, help="model .pt written by the training stage")
     parser.add_argument("--onnx", required=True, help="the export stage's .onnx (for its parity metadata)")
-    parser.add_argument("--valid", required=True, help="valid split cache (.npz), for threshold: auto")
-    parser.add_argument("--test", required=True, help="test split cache (.npz)")
+    parser.add_argument("--valid", required=True, help="valid split cache folder, for threshold: auto")
+    parser.add_argument("--test", required=True, help="test split cache folder")
     parser.add_argument("--metrics", required=True, help="output metrics .json")
     parser.add_argument("--per-image", required=True, help="output per-image .csv")
     parser.add_argument("--per-breed", required=True, help="output per-breed .csv")
@@ -50,17 +50,24 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{path}: images are {split.images.shape[1]} px but {args.checkpoint} was trained at "
                 f"{model.image_size} px; run dvc repro"
             )
+    # Batch by batch: the split's logits (N x S x S float32, 3.8 GB for the full test split at 512 px)
+    # are never held at once.
     if valid is not None:
-        valid_logits, _ = predict_logits(model.forward, valid.images, batch_size, tta)
-        threshold = choose_threshold(valid_logits, valid.native, native_ignore=valid.native_ignore)
-    logits, seconds = predict_logits(model.forward, test.images, batch_size, tta)
-    scored = score(logits, test.masks, test.native, threshold, test.native_ignore)
+        search = ThresholdSearch(valid.native, native_ignore=valid.native_ignore)
+        for logits, _ in iter_logits(model.forward, valid.images, batch_size, tta):
+            search.add(logits)
+        threshold = search.best()
+    scorer, seconds = Scorer(test.masks, test.native, threshold, test.native_ignore), 0.0
+    for logits, spent in iter_logits(model.forward, test.images, batch_size, tta):
+        scorer.add(logits)
+        seconds += spent
+    scored = scorer.result()
     per_image = per_image_table(scored, test.stems, test.breeds, test.species, test.native)
     metrics = {
         **summary(scored, test.species),
         "threshold": threshold,
         "tta": tta,
-        "images_per_s": len(logits) / seconds,
+        "images_per_s": len(test.stems) / seconds,
         "device": device.type,
         "best_valid_dice": model.info["valid_dice"],
         "best_epoch": model.info["epoch"],
@@ -76,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"evaluate {model.name}: test Dice {metrics['dice']:.4f} at native size "
         f"({metrics['at_image_size']['dice']:.4f} at {model.image_size} px), threshold {threshold}, tta {tta}, "
-        f"{len(logits)} images"
+        f"{len(test.stems)} images"
     )
 
 

@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True)
     parser.add_argument("--checkpoint", required=True, help="model .pt written by the training stage")
-    parser.add_argument("--test", required=True, help="test split cache (.npz): images for the parity check")
+    parser.add_argument("--test", required=True, help="test split cache folder: images for the parity check")
     parser.add_argument("--out", required=True, help="output .onnx")
     args = parser.parse_args(argv)
     params = load_params(args.params).export

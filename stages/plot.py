@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--per-image", nargs="+", required=True, help="per-image .csv per model")
     parser.add_argument("--per-breed", nargs="+", required=True, help="per-breed .csv per model")
     parser.add_argument("--predictions", nargs="+", required=True, help="predictions .npz per model")
-    parser.add_argument("--test", required=True, help="test split cache (.npz)")
+    parser.add_argument("--test", required=True, help="test split cache folder")
     for name in ("curves", "overlays", "worst", "distribution", "breeds", "dice"):
         parser.add_argument(f"--{name}-png", required=True)
     args = parser.parse_args(argv)

@@ -1,5 +1,7 @@
 """Native-resolution scoring, threshold choice on valid, breakdowns, and test-time augmentation."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,15 @@ from torch import nn
 
 from pipeline.data import trimap_to_mask
 from pipeline.errors import UserError
-from pipeline.evaluation import choose_threshold, per_breed_table, per_image_table, score, summary
+from pipeline.evaluation import (
+    Scorer,
+    ThresholdSearch,
+    choose_threshold,
+    per_breed_table,
+    per_image_table,
+    score,
+    summary,
+)
 from pipeline.inference import native_probabilities, tta_forward
 from pipeline.layout import breed_of, read_species
 from pipeline.masks import IGNORE, PackedMasks
@@ -213,8 +223,62 @@ def test_packed_masks_round_trip_different_sizes():
 
 
 def test_score_refuses_mismatched_counts():
-    with pytest.raises(ValueError, match="2 logits, 1 masks, 1 native masks"):
-        score(np.zeros((2, 4, 4), np.float32), np.zeros((1, 4, 4), np.uint8), PackedMasks.pack([np.zeros((4, 4))]), 0.5)
+    one = PackedMasks.pack([np.zeros((4, 4))])
+    with pytest.raises(ValueError, match="2 logits, 1 masks"):
+        score(np.zeros((2, 4, 4), np.float32), np.zeros((1, 4, 4), np.uint8), one, 0.5)
+    with pytest.raises(ValueError, match="2 masks, 1 native masks"):
+        Scorer(np.zeros((2, 4, 4), np.uint8), one, 0.5)
+    scorer = Scorer(np.zeros((2, 4, 4), np.uint8), PackedMasks.pack([np.zeros((4, 4))] * 2), 0.5)
+    scorer.add(np.zeros((1, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="1 logits, 2 masks"):
+        scorer.result()
+    search = ThresholdSearch(one)
+    with pytest.raises(ValueError, match="0 logits, 1 native masks"):
+        search.best()
+    with pytest.raises(ValueError, match="2 logits, 1 native masks"):
+        search.add(np.zeros((2, 4, 4), np.float32))
+
+
+def _random_split(n: int, size: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (n, size, size)).astype(np.float32)
+    masks = (rng.random((n, size, size)) < 0.4).astype(np.uint8)
+    masks[:, 0, 0] = IGNORE
+    shapes = rng.integers(size - 3, 2 * size, (n, 2))
+    native = PackedMasks.pack([(rng.random(tuple(s)) < 0.4).astype(np.uint8) for s in shapes])
+    ignore = PackedMasks.pack([(rng.random(tuple(s)) < 0.1).astype(np.uint8) for s in shapes])
+    return logits, masks, native, ignore
+
+
+def test_scoring_batch_by_batch_equals_scoring_the_whole_split_at_once(tmp_path):
+    logits, masks, native, ignore = _random_split(7, 8)
+    np.save(tmp_path / "masks.npy", masks)
+    mapped = np.load(tmp_path / "masks.npy", mmap_mode="r")  # the cache is a read-only memory map
+    whole = score(logits, masks, native, 0.4, ignore)
+    scorer = Scorer(mapped, native, 0.4, ignore)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it wraps a read-only array
+        for start, stop in ((0, 3), (3, 4), (4, 7)):  # uneven batches, as the last one is
+            scorer.add(logits[start:stop])
+    batched = scorer.result()
+    np.testing.assert_array_equal(batched.native, whole.native)
+    np.testing.assert_array_equal(batched.at_size, whole.at_size)
+    for i in range(7):
+        np.testing.assert_array_equal(batched.predictions[i], whole.predictions[i])
+    assert whole.native[:, :3].sum() > 0 and whole.at_size[:, 0].sum() > 0
+
+
+def test_threshold_search_batch_by_batch_equals_the_whole_split_at_once():
+    logits, _, native, ignore = _random_split(7, 8, seed=1)
+    whole = ThresholdSearch(native, native_ignore=ignore)
+    whole.add(logits)
+    batched = ThresholdSearch(native, native_ignore=ignore)
+    for start, stop in ((0, 2), (2, 7)):
+        batched.add(logits[start:stop])
+    # The TP, FP, FN of every threshold of the grid, summed over all seven images.
+    np.testing.assert_array_equal(batched.total, whole.total)
+    assert batched.best() == whole.best() == choose_threshold(logits, native, native_ignore=ignore)
+    assert whole.total[0, 0] > whole.total[-1, 0] > 0  # a lower threshold finds more pet pixels
 
 
 def test_read_species_missing_file_is_one_line(tmp_path):
