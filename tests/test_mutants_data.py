@@ -28,3 +28,22 @@ def test_a_trimap_keeps_its_label_values_grey_or_palette(tmp_path, mode):
         image, mask = decode_pair(tmp_path, stem, boundary)
         assert image.mode == "RGB" and image.size == (4, 3)
         np.testing.assert_array_equal(mask, trimap_to_mask(TRIMAP, boundary))
+
+
+def test_a_stem_missing_from_list_txt_has_species_unknown_not_none(synthetic_root, tmp_path):
+    # A pair whose list.txt line is gone (or names no species 1 or 2) still trains and is scored; the
+    # species breakdown files it under "unknown", a string the tables and JSON can hold.
+    import shutil
+
+    from pipeline.data import build_cache
+    from pipeline.layout import UNKNOWN_SPECIES, read_stems
+
+    root = tmp_path / "raw"
+    shutil.copytree(synthetic_root, root)
+    stems = read_stems(root / "annotations" / "list.txt")[:3]
+    lines = (root / "annotations" / "list.txt").read_text().splitlines()
+    (root / "annotations" / "list.txt").write_text("\n".join(x for x in lines if not x.startswith(stems[1] + " ")))
+    split = build_cache(root, stems, 32, "pet", progress=False)
+    assert split.stems == stems
+    assert split.species[1] == UNKNOWN_SPECIES
+    assert {split.species[0], split.species[2]} <= {"cat", "dog"}
