@@ -6,7 +6,6 @@ Pairs are decoded in a pool of worker processes (one pair's decode is independen
 so the cache is the same for any worker count); the parent writes them in order.
 """
 
-import ctypes
 import multiprocessing
 import os
 import signal
@@ -34,6 +33,7 @@ from pipeline.errors import UserError
 from pipeline.io import atomic_path
 from pipeline.layout import UNKNOWN_SPECIES, breed_of, image_path, read_species, trimap_path
 from pipeline.masks import IGNORE, PackedMasks, pack_mask
+from pipeline.orphans import die_with_parent
 from pipeline.params import BOUNDARY_POLICIES
 
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY = 1, 2, 3
@@ -41,7 +41,6 @@ TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY = 1, 2, 3
 # (IN_FLIGHT a worker, about 1 MB a pair at 512 px) stay a small, fixed amount of RAM.
 CHUNK = 8
 IN_FLIGHT = 3
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class BadPair(UserError):
@@ -148,14 +147,11 @@ def _decode_chunk(root: Path, pairs: list[tuple[str, str]], size: int, boundary:
     return [decode_row(root, stem, species, size, boundary) for stem, species in pairs]
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
     # Ctrl-C signals the whole process group: only the parent handles it, and shuts the pool down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A parent killed with SIGKILL cannot shut the pool down, and its workers would wait for tasks
-    # forever: have the kernel kill them with it (Linux's prctl; other systems have no such call).
-    prctl = getattr(ctypes.CDLL(None), "prctl", None)
-    if prctl is not None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    # A parent killed with SIGKILL cannot shut the pool down, and its workers would wait for tasks.
+    die_with_parent(parent)
 
 
 def decode_rows(
@@ -175,7 +171,9 @@ def decode_rows(
             yield decode_row(root, stem, kind, size, boundary)
         return
     # Forked workers inherit the imported modules; spawned ones would import them again, each pool.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker)
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker, initargs=(os.getpid(),)
+    )
     try:
         pending = deque()
         for start in range(0, len(pairs), CHUNK):

@@ -17,6 +17,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.errors import UserError
+from pipeline.orphans import die_with_parent
+
+# The pid of the stage that started torchrun, in the ranks' environment (pipeline.orphans).
+PARENT_ENV = "PETSEG_PARENT_PID"
 
 
 def launched(environ: dict[str, str] | None = None) -> bool:
@@ -62,6 +66,7 @@ def launch(nproc: int, module: str, argv: Sequence[str]) -> int:
     the cores (torchrun would set 1 and warn), so the ranks' thread pools do not oversubscribe them.
     """
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ[PARENT_ENV] = str(os.getpid())  # torchrun runs in this process: it is the ranks' parent
     # Imported here: the launcher (torch.distributed.elastic) is only needed by the parent process.
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
@@ -77,10 +82,13 @@ def launch(nproc: int, module: str, argv: Sequence[str]) -> int:
 def process_group(device_type: str) -> Iterator[None]:
     """Join the process group of torchrun's ranks for the block (backend per :func:`backend`), then
     leave it; in a plain process (not :func:`launched`) do nothing. On CUDA each rank takes the
-    GPU of its ``LOCAL_RANK``, so ``torch.device("cuda")`` means that GPU inside the block."""
+    GPU of its ``LOCAL_RANK``, so ``torch.device("cuda")`` means that GPU inside the block. A rank
+    dies with its parent (:func:`pipeline.orphans.die_with_parent`)."""
     if not launched():
         yield
         return
+    # torchrun runs inside the stage's process: a SIGKILLed stage could not stop its ranks.
+    die_with_parent(int(os.environ[PARENT_ENV]) if PARENT_ENV in os.environ else None)
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(backend(device_type))

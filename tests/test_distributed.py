@@ -3,7 +3,6 @@ training stage under 2 CPU processes (gloo) against 1."""
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -243,15 +242,21 @@ def _stage(root, nproc, run, **kwargs):
 
 
 def _kill_after_first_epoch(root, run):
-    """Start 2 processes; SIGKILL the stage and its ranks once rank 0 has saved epoch 1's resume state."""
+    """Start 2 processes; once rank 0 has saved epoch 1's resume state, SIGKILL the stage alone (as the
+    OOM killer would, or `kill -9` of DVC's child): its ranks must die with it."""
+    psutil = pytest.importorskip("psutil")
     proc = _stage(root, 2, run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     state, deadline = root / run / ".resume" / "unet.pt", time.monotonic() + 300
     while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    ranks = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
     with contextlib.suppress(ProcessLookupError):  # it may have ended already (asserted below)
-        os.killpg(proc.pid, signal.SIGKILL)
+        proc.kill()
     proc.wait()
     assert state.exists(), f"training ended before epoch 1 was saved: {proc.stderr.read()[-3000:]}"
+    assert len(ranks) >= 2
+    _, alive = psutil.wait_procs(ranks, timeout=30)
+    assert alive == [], f"ranks still running after the stage was killed: {alive}"
 
 
 def _files(folder):
