@@ -1,20 +1,19 @@
-"""Put Oxford-IIIT Pet in the official layout: from the official tarballs, a local copy, or synthetic."""
+"""Oxford-IIIT Pet as its two official tarballs: downloaded, from a local folder, or synthetic."""
 
 import hashlib
 import http.client
 import os
 import shutil
-import tarfile
 import time
 import urllib.error
 import urllib.request
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.archives import ARCHIVES, check_archives, pack, place
 from pipeline.errors import UserError, first_line
 from pipeline.io import atomic_path
 from pipeline.layout import check_layout
@@ -151,43 +150,30 @@ def verify(path: Path, archive: Archive) -> None:
         )
 
 
-def extract(tarball: Path, dest: Path) -> None:
-    """Extract a .tar.gz into ``dest`` with tarfile's "data" filter (PEP 706).
-
-    The filter refuses absolute paths, ``..`` components, links leaving ``dest`` and device files,
-    so a hostile archive cannot write outside ``dest``. Raises UserError on such a member or a
-    corrupt archive.
-    """
-    try:
-        with tarfile.open(tarball, "r:gz") as tar:
-            tar.extractall(dest, filter="data")
-            # tarfile stops at the end-of-archive marker; read on so gzip checks its CRC and length.
-            while tar.fileobj.read(CHUNK):
-                pass
-    except tarfile.FilterError as err:
-        raise UserError(f"{tarball}: refused unsafe member ({err}); the archive is not the official one") from None
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-        raise UserError(f"{tarball}: cannot extract ({err}); delete it and download it again") from None
-
-
 def from_tarballs(folder: Path, dest: Path, archives: tuple[Archive, ...] = OFFICIAL_ARCHIVES) -> None:
-    """Verify and extract the tarballs found in ``folder`` into ``dest``; check the layout."""
+    """Verify the tarballs found in ``folder``, check their contents (:func:`~pipeline.archives.check_archives`,
+    so that an error names the file in ``folder``), and copy them into ``dest``."""
     for archive in archives:
         path = Path(folder) / archive.name
         if not path.is_file():
             raise UserError(f"{path}: not found; put both {' and '.join(a.name for a in archives)} there")
         verify(path, archive)
-        extract(path, dest)
-    check_layout(dest)
+    check_archives(folder)
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    for archive in archives:
+        # Copied, not linked: DVC makes the files it tracks read-only, which a link would do to the
+        # user's own files too (and an edit of theirs would change the tracked data).
+        shutil.copyfile(Path(folder) / archive.name, Path(dest) / archive.name)
 
 
 def from_url(base_url: str, dest: Path, workdir: Path, archives: tuple[Archive, ...] = OFFICIAL_ARCHIVES) -> None:
-    """Fill ``dest`` from the archives at ``base_url``/<name>, kept in ``workdir`` for later runs.
+    """Fill ``dest`` with the archives at ``base_url``/<name>, kept in ``workdir`` for later runs.
 
     An archive already in ``workdir`` with the right MD5 is used without any request; one with a
     wrong MD5 (truncated, altered, another release) is deleted and fetched again. Each download is
-    verified before anything is extracted. Raises UserError as :func:`download`, :func:`verify`,
-    :func:`extract` and :func:`pipeline.layout.check_layout` do.
+    verified, and their contents checked in ``workdir`` (so that an error names the file to delete),
+    before they are put in ``dest`` (:func:`~pipeline.archives.place`). Raises UserError as
+    :func:`download`, :func:`verify` and :func:`~pipeline.archives.check_archives` do.
     """
     paths = [Path(workdir) / archive.name for archive in archives]
     for archive, path in zip(archives, paths, strict=True):
@@ -196,19 +182,19 @@ def from_url(base_url: str, dest: Path, workdir: Path, archives: tuple[Archive, 
         if not path.is_file():
             download(f"{base_url.rstrip('/')}/{archive.name}", path, archive.size)
             verify(path, archive)
+    check_archives(workdir)
+    Path(dest).mkdir(parents=True, exist_ok=True)
     for path in paths:
-        extract(path, dest)
-    check_layout(dest)
+        place(path, Path(dest) / path.name)
 
 
 def from_folder(source: Path, dest: Path) -> None:
-    """Copy a dataset already in the official layout (images/ and annotations/) into ``dest``.
-
-    Raises UserError if ``source`` is not in that layout.
-    """
+    """Pack a dataset in the official layout (images/ and annotations/) as the two archives in ``dest``
+    (:func:`~pipeline.archives.pack`). Raises UserError if ``source`` is not in that layout."""
     check_layout(source)
-    for sub in ("images", "annotations"):
-        shutil.copytree(Path(source) / sub, Path(dest) / sub)
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    for sub, name in ARCHIVES.items():
+        pack(Path(source), sub, Path(dest) / name)
 
 
 def prepare_dataset(
@@ -219,11 +205,12 @@ def prepare_dataset(
     synthetic_seed: int = 0,
     downloads: Path | None = None,
 ) -> str:
-    """Fill ``dest`` with the dataset in the official layout; ``dest`` appears only when complete.
+    """Fill ``dest`` with the dataset as the two official archives, images.tar.gz and annotations.tar.gz
+    (what DVC tracks: see :mod:`pipeline.archives`); ``dest`` appears only when complete.
 
     ``source`` is "oxford-iiit-pet" (the official tarballs from ``url``, see below), "synthetic"
     (:func:`pipeline.synthetic.make_synthetic` with ``synthetic_images`` and ``synthetic_seed``), or
-    a local folder in the official layout or holding the two official tarballs. Returns a one-line
+    a local folder in the official layout (packed) or holding the two official tarballs. Returns a one-line
     description of what was done. Raises UserError for a missing folder, a bad checksum, an unsafe
     or corrupt archive, or no network.
 
@@ -240,18 +227,20 @@ def prepare_dataset(
         if source == "oxford-iiit-pet":
             # OFFICIAL_ARCHIVES looked up now, not bound as a default, so tests can stand in small ones.
             from_url(url, tmp, downloads, OFFICIAL_ARCHIVES)
-            done = f"extracted the verified official tarballs from {url} (kept in {downloads})"
+            done = f"the verified official tarballs from {url} (kept in {downloads})"
         elif source == "synthetic":
-            make_synthetic(tmp, synthetic_images, synthetic_seed)
-            done = f"generated {synthetic_images} synthetic pets (seed {synthetic_seed})"
+            make_synthetic(tmp / "synthetic", synthetic_images, synthetic_seed)
+            from_folder(tmp / "synthetic", tmp)
+            shutil.rmtree(tmp / "synthetic")
+            done = f"generated {synthetic_images} synthetic pets (seed {synthetic_seed}), packed as the two archives"
         else:
             folder = Path(source).expanduser()
             if not folder.is_dir():
                 raise UserError(f"data.source: {folder} is not a folder; use oxford-iiit-pet, synthetic or a folder")
             if all((folder / a.name).is_file() for a in OFFICIAL_ARCHIVES):
                 from_tarballs(folder, tmp, OFFICIAL_ARCHIVES)
-                done = f"extracted the verified official tarballs in {folder}"
+                done = f"the verified official tarballs in {folder}"
             else:
                 from_folder(folder, tmp)
-                done = f"copied the dataset in {folder}"
+                done = f"packed the dataset in {folder} as the two archives"
     return done

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.archives import opened
 from pipeline.data import resolve_workers, write_cache
 from pipeline.data_report import SPLITS, build_report, check_report, read_split_summary, summary_line
 from pipeline.errors import run_stage
@@ -24,7 +25,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True)
-    parser.add_argument("--raw", required=True, help="dataset folder in the official layout")
+    parser.add_argument(
+        "--raw", required=True, help="the download stage's folder: the two official archives, or the official layout"
+    )
     parser.add_argument("--splits", required=True, help="folder with train.txt, valid.txt, test.txt, summary.json")
     parser.add_argument("--out", required=True, help="folder for the train, valid and test cache folders")
     parser.add_argument("--report", required=True, help="JSON metrics file of the skipped pairs (metrics/data.json)")
@@ -35,10 +38,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     listed, list_skips = read_split_summary(Path(args.splits) / "summary.json")
     used, split_skips = {}, {}
     # All three splits or none: a failed check must not leave the train cache behind.
-    with atomic_path(args.out) as out:
+    with opened(Path(args.raw)) as root, atomic_path(args.out) as out:
         for name in SPLITS:
             stems = read_stems(Path(args.splits) / f"{name}.txt")
-            used[name], split_skips[name] = write_cache(Path(args.raw), stems, out / name, size, boundary, workers)
+            used[name], split_skips[name] = write_cache(root, stems, out / name, size, boundary, workers)
             print(f"preprocess: {name}: {used[name]} images at {size}x{size} ({workers} decode processes)")
         report = build_report(listed, list_skips, used, split_skips)
         write_json(args.report, report)

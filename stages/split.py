@@ -5,6 +5,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.archives import opened
 from pipeline.data_report import SPLITS, skipped_to_json
 from pipeline.errors import run_stage
 from pipeline.io import atomic_path, write_json, write_lines
@@ -20,11 +21,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True)
-    parser.add_argument("--raw", required=True, help="dataset folder in the official layout")
+    parser.add_argument(
+        "--raw", required=True, help="the download stage's folder: the two official archives, or the official layout"
+    )
     parser.add_argument("--out", required=True, help="folder for train.txt, valid.txt, test.txt, summary.json")
     args = parser.parse_args(argv)
     params = load_params(args.params).split
-    split = make_split(Path(args.raw), params.valid_fraction, params.seed)
+    with opened(Path(args.raw)) as root:
+        split = make_split(root, params.valid_fraction, params.seed)
     counts = {name: len(getattr(split, name)) for name in SPLITS}
     # All four files or none: stem lists from one run must not meet the summary of another.
     with atomic_path(args.out) as out:

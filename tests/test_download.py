@@ -3,6 +3,7 @@ import http.client
 import http.server
 import io
 import json
+import os
 import socket
 import tarfile
 import threading
@@ -12,14 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import pipeline.download
 import stages.download
-from pipeline.download import Archive, download, extract, from_url, prepare_dataset
+from pipeline.archives import ARCHIVES, extract, members, opened
+from pipeline.download import Archive, download, from_url, prepare_dataset
 from pipeline.errors import UserError, run_stage
 from pipeline.layout import check_layout
 from pipeline.synthetic import make_synthetic
 
 # Local servers only, and the backoff waits recorded instead of slept (fixtures in conftest.py).
 pytestmark = pytest.mark.usefixtures("no_proxy", "slept")
+
+
+# What the download stage's output holds now: the two official archives, nothing else.
+PACKED = sorted(ARCHIVES.values())
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -88,29 +95,52 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
+def _assert_packed(dest: Path, expected: Path) -> None:
+    """``dest`` holds exactly the two archives, and they extract to the files of ``expected``."""
+    assert _leftovers(dest) == PACKED
+    with opened(dest) as root:
+        assert root != dest
+        check_layout(root)
+        assert _files(root) == _files(expected)
+    assert not root.exists()
+
+
+def _record(folder: Path, name: str) -> Archive:
+    return Archive(name, _md5(folder / name), (folder / name).stat().st_size)
+
+
+def _stand_in(monkeypatch, folder: Path) -> tuple[Archive, ...]:
+    """Records of the two tarballs in ``folder`` standing in for the official ones (their MD5s)."""
+    records = tuple(_record(folder, name) for name in ("images.tar.gz", "annotations.tar.gz"))
+    monkeypatch.setattr(pipeline.download, "OFFICIAL_ARCHIVES", records)
+    return records
+
+
 # --- from_url over a real local HTTP server -----------------------------------------------------
 
 
-def test_from_url_downloads_verifies_and_extracts(server, archives, fake_pets, tmp_path):
+def test_from_url_downloads_verifies_and_places_the_tarballs(server, archives, tarballs, fake_pets, tmp_path):
     dest, work = tmp_path / "dest", tmp_path / "work"
     from_url(server, dest, work, archives)
-    check_layout(dest)
-    assert _files(dest) == _files(fake_pets)
-    assert sorted(p.name for p in work.iterdir()) == ["annotations.tar.gz", "images.tar.gz"]
+    assert _leftovers(work) == PACKED
+    for name in PACKED:
+        assert (dest / name).read_bytes() == (tarballs / name).read_bytes()
+        assert os.path.samefile(dest / name, work / name)  # a hard link, not a second copy
+    _assert_packed(dest, fake_pets)
 
 
-def test_from_url_accepts_trailing_slash(server, archives, tmp_path):
+def test_from_url_accepts_trailing_slash(server, archives, fake_pets, tmp_path):
     from_url(server + "/", tmp_path / "dest", tmp_path / "work", archives)
-    check_layout(tmp_path / "dest")
+    _assert_packed(tmp_path / "dest", fake_pets)
 
 
-def test_from_url_wrong_md5_raises_and_extracts_nothing(server, archives, tmp_path):
+def test_from_url_wrong_md5_raises_and_places_nothing(server, archives, tmp_path):
     bad = (Archive(archives[0].name, "0" * 32, archives[0].size), archives[1])
     dest = tmp_path / "dest"
     with pytest.raises(UserError, match="MD5") as info:
         from_url(server, dest, tmp_path / "work", bad)
     assert "images.tar.gz" in str(info.value)
-    assert not (dest / "images").exists()
+    assert _leftovers(dest) == []
 
 
 # --- prepare_dataset ----------------------------------------------------------------------------
@@ -133,13 +163,11 @@ def test_prepare_dataset_official_source_with_unofficial_tarballs_leaves_no_dest
     assert _leftovers(dest.parent / "downloads") == ["images.tar.gz"]  # the next run checks it again
 
 
-def test_prepare_dataset_copies_local_folder_in_official_layout(fake_pets, tmp_path):
+def test_prepare_dataset_packs_local_folder_in_official_layout(fake_pets, tmp_path):
     dest = tmp_path / "out" / "raw"
     done = prepare_dataset(str(fake_pets), dest)
-    assert str(fake_pets) in done
-    check_layout(dest)
-    assert sorted(p.name for p in dest.iterdir()) == ["annotations", "images"]
-    assert _files(dest) == _files(fake_pets)
+    assert done == f"packed the dataset in {fake_pets} as the two archives"
+    _assert_packed(dest, fake_pets)
     assert _leftovers(dest.parent) == ["raw"]
 
 
@@ -149,7 +177,7 @@ def test_prepare_dataset_replaces_existing_dest(fake_pets, tmp_path):
     (dest / "stale" / "old.txt").write_text("old")
     prepare_dataset(str(fake_pets), dest)
     assert not (dest / "stale").exists()
-    assert _files(dest) == _files(fake_pets)
+    _assert_packed(dest, fake_pets)
 
 
 def test_prepare_dataset_failure_keeps_existing_dest(tmp_path):
@@ -188,13 +216,15 @@ def test_prepare_dataset_folder_with_only_one_tarball_is_not_taken_for_tarballs(
 
 
 def test_prepare_dataset_synthetic(tmp_path):
-    dest = tmp_path / "raw"
-    prepare_dataset("synthetic", dest, synthetic_images=6, synthetic_seed=2)
-    check_layout(dest)
-    assert len(list((dest / "images").iterdir())) == 6
+    dest = tmp_path / "out" / "raw"
+    done = prepare_dataset("synthetic", dest, synthetic_images=6, synthetic_seed=2)
+    assert done == "generated 6 synthetic pets (seed 2), packed as the two archives"
     reference = tmp_path / "reference"
     make_synthetic(reference, 6, seed=2)
-    assert _files(dest) == _files(reference)
+    _assert_packed(dest, reference)
+    with opened(dest) as root:
+        assert len(list((root / "images").iterdir())) == 6
+    assert _leftovers(dest.parent) == ["raw"]  # neither the generated folder nor a scratch copy is left
 
 
 # --- download -----------------------------------------------------------------------------------
@@ -284,11 +314,11 @@ def _tar_with(path: Path, members: list[tuple[str, bytes | None, str | None]]) -
     return path
 
 
-@pytest.mark.parametrize(
-    "member",
-    [("../evil.txt", b"evil", None), ("sub/../../evil.txt", b"evil", None), ("link", None, "../../evil.txt")],
-    ids=["dotdot", "nested-dotdot", "symlink-out"],
-)
+UNSAFE = [("../evil.txt", b"evil", None), ("sub/../../evil.txt", b"evil", None), ("link", None, "../../evil.txt")]
+UNSAFE_IDS = ["dotdot", "nested-dotdot", "symlink-out"]
+
+
+@pytest.mark.parametrize("member", UNSAFE, ids=UNSAFE_IDS)
 def test_extract_refuses_members_leaving_dest(tmp_path, member):
     tarball = _tar_with(tmp_path / "evil.tar.gz", [member])
     box = tmp_path / "box"
@@ -341,15 +371,14 @@ def test_download_stage_without_network_fails_with_one_line(closed_port, tmp_pat
     assert _leftovers(downloads) == []
 
 
-def test_download_stage_synthetic_writes_layout(tmp_path, capsys):
+def test_download_stage_synthetic_writes_the_two_archives(tmp_path, capsys):
     code, out, _ = _run(tmp_path, source="synthetic", synthetic_images=6, synthetic_seed=1)
     assert code == 0
     assert "generated 6 synthetic pets" in capsys.readouterr().out
-    check_layout(out)
-    assert len(list((out / "images").iterdir())) == 6
     reference = tmp_path / "reference"
     make_synthetic(reference, 6, seed=1)
-    assert _files(out) == _files(reference)
+    _assert_packed(out, reference)
+    assert _leftovers(out.parent) == ["raw"]  # a synthetic source downloads nothing
 
 
 def test_download_stage_rejects_too_few_synthetic_images(tmp_path, capsys):
@@ -368,3 +397,124 @@ def test_extract_detects_bytes_corrupted_inside_the_gzip_stream(tmp_path):
     tarball.write_bytes(bytes(data))
     with pytest.raises(UserError, match="a.tar.gz"):
         extract(tarball, tmp_path / "out")
+
+
+# --- unsafe, corrupt or incomplete archives: refused at download time ----------------------------
+
+
+def _mirror(tmp_path: Path, tarballs: Path, images: bytes | None = None, annotations: bytes | None = None) -> Path:
+    """A folder holding the good tarballs, or the given bytes in their place."""
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    for name, data in (("images.tar.gz", images), ("annotations.tar.gz", annotations)):
+        (folder / name).write_bytes(data if data is not None else (tarballs / name).read_bytes())
+    return folder
+
+
+def _unsafe_images(tmp_path: Path, member) -> bytes:
+    path = _tar_with(tmp_path / "unsafe.tar.gz", [("images/a.jpg", b"jpeg", None), member])
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def _corrupt(data: bytes, how: str) -> bytes:
+    if how == "truncated":
+        return data[: len(data) // 2]
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 0xFF
+    return bytes(flipped)
+
+
+@pytest.mark.parametrize("member", UNSAFE, ids=UNSAFE_IDS)
+def test_members_refuses_what_extract_refuses(tmp_path, member):
+    tarball = _tar_with(tmp_path / "evil.tar.gz", [("images/a.jpg", b"jpeg", None), member])
+    with pytest.raises(UserError, match="evil.tar.gz: refused unsafe member") as info:
+        members(tarball)
+    assert len(str(info.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("member", UNSAFE, ids=UNSAFE_IDS)
+def test_from_url_refuses_a_verified_tarball_with_an_unsafe_member(tarballs, tmp_path, member):
+    mirror = _mirror(tmp_path, tarballs, images=_unsafe_images(tmp_path, member))
+    records = tuple(_record(mirror, name) for name in ("images.tar.gz", "annotations.tar.gz"))
+    with pytest.raises(UserError, match="images.tar.gz: refused unsafe member") as info:
+        from_url(mirror.as_uri(), tmp_path / "dest", tmp_path / "work", records)
+    # One line naming the download to delete (not a temporary that is gone); dest is not filled.
+    assert len(str(info.value).splitlines()) == 1
+    assert str(info.value).startswith(f"{tmp_path / 'work' / 'images.tar.gz'}: ")
+    assert _leftovers(tmp_path / "dest") == []
+    assert list(tmp_path.parent.rglob("evil.txt")) == []
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped-byte"])
+def test_from_url_refuses_a_verified_but_corrupt_tarball(tarballs, tmp_path, how):
+    mirror = _mirror(tmp_path, tarballs, images=_corrupt((tarballs / "images.tar.gz").read_bytes(), how))
+    records = tuple(_record(mirror, name) for name in ("images.tar.gz", "annotations.tar.gz"))
+    with pytest.raises(UserError, match="images.tar.gz: cannot read") as info:
+        from_url(mirror.as_uri(), tmp_path / "dest", tmp_path / "work", records)
+    assert len(str(info.value).splitlines()) == 1
+    assert str(info.value).startswith(f"{tmp_path / 'work' / 'images.tar.gz'}: ")
+    assert _leftovers(tmp_path / "dest") == []
+
+
+def test_prepare_dataset_refuses_tarballs_not_in_the_official_layout(fake_pets, tarballs, tmp_path, monkeypatch):
+    no_trimaps = tmp_path / "annotations.tar.gz"
+    with tarfile.open(no_trimaps, "w:gz") as tar:
+        for name in ("list.txt", "trainval.txt", "test.txt"):
+            tar.add(fake_pets / "annotations" / name, arcname=f"annotations/{name}")
+    mirror = _mirror(tmp_path, tarballs, annotations=no_trimaps.read_bytes())
+    _stand_in(monkeypatch, mirror)
+    dest = tmp_path / "out" / "raw"
+    with pytest.raises(UserError, match="missing annotations/trimaps/;") as info:
+        prepare_dataset(str(mirror), dest)
+    assert len(str(info.value).splitlines()) == 1
+    assert str(info.value).startswith(f"{mirror}: the archives are not the official")  # the folder to fix
+    assert _leftovers(dest.parent) == []
+
+
+def _assert_one_line_error(capsys, *parts: str) -> str:
+    """The stage's error is one line, last on stderr (after the progress bars); return it."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error: ") == 1, err
+    line = err[err.index("error: ") :]
+    assert len(line.splitlines()) == 1 and line.endswith("\n"), err
+    assert all(part in line for part in parts), line
+    return line
+
+
+@pytest.mark.parametrize("member", UNSAFE, ids=UNSAFE_IDS)
+def test_download_stage_refuses_an_unsafe_official_tarball_with_one_line(
+    tarballs, tmp_path, monkeypatch, capsys, member
+):
+    mirror = _mirror(tmp_path, tarballs, images=_unsafe_images(tmp_path, member))
+    _stand_in(monkeypatch, mirror)
+    code, out, downloads = _run(tmp_path, source="oxford-iiit-pet", url=mirror.as_uri())
+    assert code == 1
+    _assert_one_line_error(capsys, f"{downloads / 'images.tar.gz'}: refused unsafe member")
+    assert not out.exists()
+    assert _leftovers(out.parent) == ["downloads"]
+    assert list(tmp_path.parent.rglob("evil.txt")) == []
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped-byte"])
+def test_download_stage_refuses_a_corrupt_local_tarball_with_one_line(tarballs, tmp_path, monkeypatch, capsys, how):
+    mirror = _mirror(tmp_path, tarballs, annotations=_corrupt((tarballs / "annotations.tar.gz").read_bytes(), how))
+    _stand_in(monkeypatch, mirror)
+    code, out, _ = _run(tmp_path, source=str(mirror))
+    assert code == 1
+    _assert_one_line_error(capsys, f"{mirror / 'annotations.tar.gz'}: cannot read", "download it again")
+    assert not out.exists()
+    assert _leftovers(out.parent) == []
+
+
+def test_members_detects_bytes_corrupted_inside_the_gzip_stream(tmp_path):
+    """Incompressible bytes are stored as they are: only gzip's CRC, read at the end, sees the change."""
+    payload = np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    tarball = _tar_with(tmp_path / "a.tar.gz", [("images/x.bin", payload, None)])
+    data = bytearray(tarball.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tarball.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="a.tar.gz: cannot read") as info:
+        members(tarball)
+    assert len(str(info.value).splitlines()) == 1

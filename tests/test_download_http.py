@@ -2,6 +2,7 @@
 
 import hashlib
 import http.server
+import os
 import re
 import tarfile
 import threading
@@ -12,8 +13,10 @@ import numpy as np
 import pytest
 
 import pipeline.download
+from pipeline.archives import opened
 from pipeline.download import Archive, download, from_tarballs, from_url, prepare_dataset
 from pipeline.errors import UserError
+from pipeline.layout import check_layout
 from pipeline.synthetic import make_synthetic
 
 BODY = np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes()
@@ -91,6 +94,21 @@ def server():
 
 def _names(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
+
+
+PACKED = ["annotations.tar.gz", "images.tar.gz"]  # the download stage's output, in _names order
+
+
+def _assert_placed(dest: Path, tarballs: dict[str, bytes], origin: Path, linked: bool = True) -> None:
+    """``dest`` holds exactly the two tarballs, hard links of those in ``origin`` (copies if not
+    ``linked``), and they extract to the official layout of the 4 pets."""
+    assert _names(dest) == PACKED
+    for name, data in tarballs.items():
+        assert (dest / name).read_bytes() == data
+        assert os.path.samefile(dest / name, origin / name) == linked
+    with opened(dest) as root:
+        check_layout(root)
+        assert len(list((root / "images").iterdir())) == 4
 
 
 # --- download: retries and resume --------------------------------------------------------------
@@ -234,7 +252,7 @@ def test_from_url_reuses_verified_tarballs_without_any_request(served, archives,
         (work / name).write_bytes(data)
     from_url(served.url, tmp_path / "dest", work, archives)
     assert served.requests == []
-    assert _names(tmp_path / "dest") == ["annotations", "images"]
+    _assert_placed(tmp_path / "dest", tarballs, work)
 
 
 def test_from_url_deletes_and_refetches_a_tarball_with_wrong_md5(served, archives, tarballs, tmp_path):
@@ -245,7 +263,8 @@ def test_from_url_deletes_and_refetches_a_tarball_with_wrong_md5(served, archive
     from_url(served.url, tmp_path / "dest", work, archives)
     assert served.requests == [("/images.tar.gz", None)]
     assert (work / "images.tar.gz").read_bytes() == tarballs["images.tar.gz"]
-    assert _names(work) == ["annotations.tar.gz", "images.tar.gz"]
+    assert _names(work) == PACKED
+    _assert_placed(tmp_path / "dest", tarballs, work)
 
 
 def test_prepare_dataset_failed_run_keeps_part_then_resumes_and_later_runs_reuse(served, archives, tarballs, tmp_path):
@@ -260,30 +279,33 @@ def test_prepare_dataset_failed_run_keeps_part_then_resumes_and_later_runs_reuse
 
     done = prepare_dataset("oxford-iiit-pet", dest, url=served.url, downloads=downloads)
     assert served.requests[5] == ("/images.tar.gz", f"bytes={received}-")
-    assert str(downloads) in done
-    assert _names(dest) == ["annotations", "images"]
-    assert _names(downloads) == ["annotations.tar.gz", "images.tar.gz"]
+    assert done == f"the verified official tarballs from {served.url} (kept in {downloads})"
+    assert _names(downloads) == PACKED
+    _assert_placed(dest, tarballs, downloads)
 
     seen = len(served.requests)
     prepare_dataset("oxford-iiit-pet", tmp_path / "again" / "raw", url=served.url, downloads=downloads)
     assert len(served.requests) == seen
+    _assert_placed(tmp_path / "again" / "raw", tarballs, downloads)
 
 
-def test_prepare_dataset_default_downloads_folder_is_beside_dest(served, archives, tmp_path):
+def test_prepare_dataset_default_downloads_folder_is_beside_dest(served, archives, tarballs, tmp_path):
     dest = tmp_path / "data" / "raw"
     prepare_dataset("oxford-iiit-pet", dest, url=served.url)
     assert _names(tmp_path / "data") == ["downloads", "raw"]
-    assert _names(tmp_path / "data" / "downloads") == ["annotations.tar.gz", "images.tar.gz"]
+    assert _names(tmp_path / "data" / "downloads") == PACKED
+    _assert_placed(dest, tarballs, tmp_path / "data" / "downloads")
 
 
-def test_prepare_dataset_extracts_a_local_folder_of_verified_tarballs(archives, tarballs, tmp_path):
+def test_prepare_dataset_places_a_local_folder_of_verified_tarballs(archives, tarballs, tmp_path):
     folder, dest = tmp_path / "mirror", tmp_path / "data" / "raw"
     folder.mkdir()
     for name, data in tarballs.items():
         (folder / name).write_bytes(data)
     done = prepare_dataset(str(folder), dest)
-    assert done == f"extracted the verified official tarballs in {folder}"
-    assert _names(dest) == ["annotations", "images"]
+    assert done == f"the verified official tarballs in {folder}"
+    _assert_placed(dest, tarballs, folder, linked=False)  # the user's files: DVC would make links read-only
+    assert _names(folder) == PACKED  # the source tarballs are left where they were
     assert _names(tmp_path / "data") == ["raw"]  # a local source needs no downloads folder
 
 

@@ -78,6 +78,7 @@ def repo(tmp_path_factory) -> Path:
     run(repo, "git", "config", "user.email", "ci@petseg.invalid")
     run(repo, "git", "config", "user.name", "petseg CI")
     run(repo, str(DVC), "init", "-q")
+    shutil.copy(REPO / ".dvc" / "config", repo / ".dvc" / "config")  # the project's cache.type
     # A clone always has a commit; dvclive 3.49 fails in a repo without one (scm.get_rev()).
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "project")
@@ -133,11 +134,26 @@ def test_push_then_pull_into_a_second_clone_leaves_nothing_to_run(repo, tmp_path
     for name in (
         "models/unet.pt",
         "models/resnet34_unet.onnx",
-        "data/raw/annotations/list.txt",
+        "data/raw/images.tar.gz",
+        "data/raw/annotations.tar.gz",
         "data/predictions/unet.npz",
     ):
         assert (clone / name).read_bytes() == (repo / name).read_bytes(), name
+    # The raw data is the two archives DVC tracks, not thousands of files.
+    assert sorted(p.name for p in (clone / "data" / "raw").iterdir()) == ["annotations.tar.gz", "images.tar.gz"]
+    # cache.type (.dvc/config): checked out as links into the clone's cache, not copies.
+    for name in ("data/raw/images.tar.gz", "data/cache/train/images.npy", "models/unet.pt"):
+        linked = (clone / name).stat().st_nlink >= 2
+        assert linked or _reflinks(tmp_path), f"{name} was copied out of the cache"
+        assert not linked or (clone / name).stat().st_mode & 0o222 == 0  # DVC makes its links read-only
     assert stages_run(run(clone, str(DVC), "repro")) == set()
+
+
+def _reflinks(folder: Path) -> bool:
+    """Whether ``folder``'s file system makes copy-on-write clones (then DVC uses those, not links)."""
+    (folder / "reflink-probe").write_bytes(b"x")
+    probe = subprocess.run(["cp", "--reflink=always", folder / "reflink-probe", folder / "reflink-clone"])
+    return probe.returncode == 0
 
 
 def test_experiments_rerun_exactly_the_affected_stages(repo):

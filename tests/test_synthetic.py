@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.archives import opened
+from pipeline.download import prepare_dataset
 from pipeline.layout import LIST_FILES, check_layout, image_path, read_stems, trimap_path
 from pipeline.synthetic import make_synthetic
 
@@ -127,3 +129,23 @@ def test_make_synthetic_rejects_fewer_than_four_images(tmp_path, num_images):
     with pytest.raises(ValueError, match="num_images"):
         make_synthetic(tmp_path / "root", num_images, seed=0)
     assert not (tmp_path / "root").exists()
+
+
+def test_synthetic_source_gives_byte_identical_archives_for_a_seed(tmp_path):
+    """The download stage packs the generated set: the same seed gives the same bytes run after run
+    (so DVC sees the same hash and reruns nothing downstream), another seed other bytes."""
+    packed = {}
+    for run, seed in (("a", 11), ("b", 11), ("c", 12)):
+        dest = tmp_path / run / "raw"
+        prepare_dataset("synthetic", dest, synthetic_images=NUM, synthetic_seed=seed)
+        assert sorted(p.name for p in (tmp_path / run).iterdir()) == ["raw"]
+        packed[run] = {p.name: p.read_bytes() for p in sorted(dest.iterdir())}
+    assert sorted(packed["a"]) == ["annotations.tar.gz", "images.tar.gz"]
+    assert packed["a"] == packed["b"]
+    assert all(packed["a"][name] != packed["c"][name] for name in packed["a"])
+    with opened(tmp_path / "a" / "raw") as root:
+        make_synthetic(tmp_path / "reference", NUM, seed=11)
+        assert _trimaps(root) == _trimaps(tmp_path / "reference")
+        assert _lists(root) == _lists(tmp_path / "reference")
+        images = {p.name: p.read_bytes() for p in (root / "images").iterdir()}
+        assert images == {p.name: p.read_bytes() for p in (tmp_path / "reference" / "images").iterdir()}
