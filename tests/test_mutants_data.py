@@ -47,3 +47,67 @@ def test_a_stem_missing_from_list_txt_has_species_unknown_not_none(synthetic_roo
     assert split.stems == stems
     assert split.species[1] == UNKNOWN_SPECIES
     assert {split.species[0], split.species[2]} <= {"cat", "dog"}
+
+
+def _pair(root, stem, trimap_bytes=None):
+    (root / "images").mkdir(exist_ok=True)
+    (root / "annotations" / "trimaps").mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 3), (90, 60, 30)).save(image_path(root, stem), format="JPEG")
+    if trimap_bytes is None:
+        Image.fromarray(TRIMAP, mode="L").save(trimap_path(root, stem))
+    else:
+        trimap_path(root, stem).write_bytes(trimap_bytes)
+
+
+def test_an_undecodable_trimap_is_skipped_as_such_with_its_one_line_message(tmp_path):
+    from pipeline.data import decode_row
+    from pipeline.data_report import UNDECODABLE_TRIMAP
+
+    _pair(tmp_path, "Abyssinian_1", trimap_bytes=b"not a png")
+    skipped = decode_row(tmp_path, "Abyssinian_1", "cat", 8, "pet")
+    assert skipped.item == "Abyssinian_1" and skipped.reason == UNDECODABLE_TRIMAP
+    assert skipped.detail.startswith(f"{trimap_path(tmp_path, 'Abyssinian_1')}: cannot decode")
+    assert skipped.detail.endswith("replace the file or delete the pair") and "\n" not in skipped.detail
+
+
+@pytest.mark.parametrize("boundary", ["pet", "background", "ignore"])
+def test_a_decoded_row_packs_ignored_pixels_only_under_boundary_ignore(tmp_path, boundary):
+    from pipeline.data import decode_row
+    from pipeline.masks import IGNORE, PackedMasks
+
+    _pair(tmp_path, "Abyssinian_1")
+    row = decode_row(tmp_path, "Abyssinian_1", "cat", 8, boundary)
+    native = PackedMasks.from_packed([row.native_bits], [row.shape])[0]
+    np.testing.assert_array_equal(native, trimap_to_mask(TRIMAP, boundary) == 1)
+    if boundary == "ignore":
+        ignored = PackedMasks.from_packed([row.ignore_bits], [row.shape])[0]
+        np.testing.assert_array_equal(ignored, TRIMAP == 3)
+        assert (row.mask == IGNORE).any()
+    else:
+        assert row.ignore_bits is None
+
+
+def test_a_chunk_is_decoded_in_order_with_each_stems_species(tmp_path):
+    # What each worker of the pool runs (in a forked process, where mutmut cannot see it).
+    from pipeline import data
+
+    for stem in ("Abyssinian_1", "beagle_2"):
+        _pair(tmp_path, stem)
+    rows = data._decode_chunk(tmp_path, [("beagle_2", "dog"), ("Abyssinian_1", "cat")], 8, "ignore")
+    assert [(r.stem, r.breed, r.species) for r in rows] == [
+        ("beagle_2", "beagle", "dog"),
+        ("Abyssinian_1", "Abyssinian", "cat"),
+    ]
+    assert all(r.image.shape == (8, 8, 3) and r.ignore_bits is not None for r in rows)
+
+
+def test_a_decode_worker_dies_with_the_process_that_started_it(monkeypatch):
+    import os
+
+    from pipeline import data
+
+    parents = []
+    monkeypatch.setattr(data.signal, "signal", lambda *args: None)
+    monkeypatch.setattr(data, "die_with_parent", parents.append)
+    data._init_worker(os.getppid())
+    assert parents == [os.getppid()]
