@@ -19,7 +19,6 @@ Prints Markdown tables, from one run on this machine (numbers vary with load; th
 import argparse
 import multiprocessing
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -27,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -36,6 +34,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.report import machine, table  # noqa: E402
 from pipeline.data import write_cache  # noqa: E402
 from pipeline.layout import LIST_FILES, read_stems  # noqa: E402
 from pipeline.synthetic import make_synthetic  # noqa: E402
@@ -187,22 +186,6 @@ def memory(counts: list[int], size: int, work: Path) -> list[dict]:
                 }
             )
     return rows
-
-
-def table(rows: list[dict]) -> str:
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(row[k]) for k in header) + " |" for row in rows])
-
-
-def machine() -> str:
-    names = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
-    model = names[0].split(":", 1)[1].strip() if names else platform.processor()
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return (
-        f"{datetime.now().isoformat(timespec='minutes')}; nproc {os.cpu_count()} ({model}); "
-        f"RAM {psutil.virtual_memory().total / (1 << 30):.0f} GB; load average (1, 5, 15 min) {load}"
-    )
 
 
 def main() -> None:

@@ -29,6 +29,22 @@ def is_packed(raw: Path) -> bool:
     return all((Path(raw) / name).is_file() for name in ARCHIVES.values())
 
 
+@contextmanager
+def _read_through(tarball: Path, verb: str) -> Iterator[tarfile.TarFile]:
+    """``tarball`` open for the block, then read to its end: tarfile stops at the end-of-archive
+    marker, and only reading on makes gzip check its CRC and length. Errors become one-line
+    UserErrors: an unsafe member (tarfile's "data" filter), or a corrupt or missing archive."""
+    try:
+        with tarfile.open(tarball, "r:gz") as tar:
+            yield tar
+            while tar.fileobj.read(CHUNK):
+                pass
+    except tarfile.FilterError as err:
+        raise UserError(f"{tarball}: refused unsafe member ({err}); the archive is not the official one") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        raise UserError(f"{tarball}: cannot {verb} ({err}); delete it and download it again") from None
+
+
 def extract(tarball: Path, dest: Path) -> None:
     """Extract a .tar.gz into ``dest`` with tarfile's "data" filter (PEP 706).
 
@@ -36,34 +52,19 @@ def extract(tarball: Path, dest: Path) -> None:
     so a hostile archive cannot write outside ``dest``. Raises UserError on such a member or a
     corrupt archive.
     """
-    try:
-        with tarfile.open(tarball, "r:gz") as tar:
-            tar.extractall(dest, filter="data")
-            # tarfile stops at the end-of-archive marker; read on so gzip checks its CRC and length.
-            while tar.fileobj.read(CHUNK):
-                pass
-    except tarfile.FilterError as err:
-        raise UserError(f"{tarball}: refused unsafe member ({err}); the archive is not the official one") from None
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-        raise UserError(f"{tarball}: cannot extract ({err}); delete it and download it again") from None
+    with _read_through(tarball, "extract") as tar:
+        tar.extractall(dest, filter="data")
 
 
 def members(tarball: Path) -> set[str]:
     """Names of the files in a .tar.gz, read through to its end (so gzip checks its CRC), each member
     checked by the "data" filter as :func:`extract` would. Raises UserError as :func:`extract`."""
-    try:
-        with tarfile.open(tarball, "r:gz") as tar:
-            names = set()
-            for member in tar:
-                tarfile.data_filter(member, "/petseg-check")  # raises on what extract would refuse
-                if member.isfile():
-                    names.add(member.name)
-            while tar.fileobj.read(CHUNK):
-                pass
-    except tarfile.FilterError as err:
-        raise UserError(f"{tarball}: refused unsafe member ({err}); the archive is not the official one") from None
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-        raise UserError(f"{tarball}: cannot read ({err}); delete it and download it again") from None
+    names = set()
+    with _read_through(tarball, "read") as tar:
+        for member in tar:
+            tarfile.data_filter(member, "/petseg-check")  # raises on what extract would refuse
+            if member.isfile():
+                names.add(member.name)
     return names
 
 
