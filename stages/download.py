@@ -1,4 +1,4 @@
-"""Stage `download`: the dataset in the official layout, from data.source."""
+"""Stage `download`: the dataset as its two official tarballs, from data.source."""
 
 import argparse
 import sys
@@ -18,7 +18,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--inputs", required=True, help="the validate stage's .json of the data keys in use")
     parser.add_argument("--downloads", required=True, help="persistent folder for the tarballs (kept between runs)")
-    parser.add_argument("--out", required=True, help="folder to fill with images/ and annotations/")
+    parser.add_argument("--out", required=True, help="folder to fill with images.tar.gz and annotations.tar.gz")
     args = parser.parse_args(argv)
     data = read_download_inputs(args.inputs)
     kwargs = data.model_dump(exclude_none=True, exclude={"source"})
