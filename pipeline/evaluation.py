@@ -54,8 +54,11 @@ class Scorer:
             raise ValueError(f"{len(masks)} masks, {len(native)} native masks")
         _check_ignore(native, native_ignore)
         self.masks, self.native, self.ignore, self.threshold = masks, native, native_ignore, threshold
-        self.at_size: list[np.ndarray] = []
-        self.rows: list[np.ndarray] = []
+        # Counts, too, go into arrays made up front: small arrays kept an image at a time between the
+        # large ones freed an image at a time fragment glibc's heap, which then grows with the split.
+        self.at_size = np.zeros((len(masks), 4), np.int64)
+        self.native_counts = np.zeros((len(masks), 4), np.int64)
+        self.seen = 0
         # Each prediction has its native mask's shape, so it packs into the same bytes: one buffer up
         # front, instead of a small array an image (which glibc's heap kept after the run's big frees).
         self.bits = np.empty(len(native.bits), np.uint8)
@@ -63,24 +66,26 @@ class Scorer:
     def add(self, logits: np.ndarray) -> None:
         """Score the next images' logits float32 (B, S, S), in the order of ``masks``. Raises
         ValueError if more logits come than there are masks."""
-        start = len(self.rows)
-        if start + len(logits) > len(self.masks):
-            raise ValueError(f"{start + len(logits)} logits, {len(self.masks)} masks")
-        truth = torch.from_numpy(np.array(self.masks[start : start + len(logits)]))
-        self.at_size.append(confusion_counts(torch.sigmoid(torch.from_numpy(logits)) > self.threshold, truth).numpy())
+        start, stop = self.seen, self.seen + len(logits)
+        if stop > len(self.masks):
+            raise ValueError(f"{stop} logits, {len(self.masks)} masks")
+        truth = torch.from_numpy(np.array(self.masks[start:stop]))
+        probabilities = torch.sigmoid(torch.from_numpy(logits))
+        self.at_size[start:stop] = confusion_counts(probabilities > self.threshold, truth).numpy()
         for i, image_logits in enumerate(logits, start):
             truth = target_mask(self.native, self.ignore, i)
             pred = native_probabilities(image_logits, *truth.shape) > self.threshold
             self.bits[self.native.offsets[i] : self.native.offsets[i + 1]] = pack_mask(pred)
-            self.rows.append(counts(pred, truth))
+            self.native_counts[i] = counts(pred, truth)
+        self.seen = stop
 
     def result(self) -> Scored:
         """The :class:`Scored` of every image. Raises ValueError if fewer logits came than masks."""
-        if len(self.rows) != len(self.masks):
-            raise ValueError(f"{len(self.rows)} logits, {len(self.masks)} masks")
+        if self.seen != len(self.masks):
+            raise ValueError(f"{self.seen} logits, {len(self.masks)} masks")
         return Scored(
-            np.array(self.rows, np.int64).reshape(-1, 4),
-            np.concatenate(self.at_size).reshape(-1, 4) if self.at_size else np.zeros((0, 4), np.int64),
+            self.native_counts,
+            self.at_size,
             PackedMasks(self.bits, np.array(self.native.offsets), np.array(self.native.shapes)),
         )
 
