@@ -114,8 +114,8 @@ def train_epoch(
     scaler: torch.amp.GradScaler,
     move: Batch,
     dtype: torch.dtype | None,
-    accumulate_steps: int = 1,
-    grad_clip: float = 0.0,
+    accumulate_steps: int,
+    grad_clip: float,
     progress: Any = None,
 ) -> EpochStats:
     """One pass over ``loader`` with an optimiser step every ``accumulate_steps`` batches.

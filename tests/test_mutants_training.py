@@ -250,3 +250,30 @@ def test_zero_init_residual_is_passed_to_the_initialisation(tmp_path, tiny_data)
     # The UNet has no residual blocks, so asking for zero_init_residual is refused rather than ignored.
     with pytest.raises(UserError, match="zero_init_residual"):
         _fit(tmp_path, tiny_data, dataclasses.replace(CFG, zero_init_residual=True))
+
+
+def test_the_logged_train_loss_is_the_epochs_mean_over_images(tmp_path, tiny_data, monkeypatch):
+    # The sum of each batch's mean loss times its images, over the images seen (the training loader
+    # drops a last, incomplete batch: 3 batches of 2 of the 6 training images).
+    calls = []
+    real = training.LOSSES["bce_dice"]
+
+    def spy(logits, masks):
+        loss = real(logits, masks)
+        calls.append((float(loss), len(logits), torch.is_grad_enabled()))
+        return loss
+
+    monkeypatch.setitem(training.LOSSES, "bce_dice", spy)
+    _, logged = _fit(tmp_path, tiny_data, dataclasses.replace(CFG, epochs=1))
+    train = [(loss, n) for loss, n, grad in calls if grad]
+    assert [n for _, n in train] == [2, 2, 2]
+    expected = sum(loss * n for loss, n in train) / 6
+    assert logged[0][1]["train/loss"] == pytest.approx(expected, rel=1e-6)
+    assert logged[0][1]["valid/loss"] != pytest.approx(expected, rel=1e-3)  # not the valid pass's
+
+
+def test_compile_false_never_compiles(tmp_path, tiny_data, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(training.torch, "compile", lambda model, *a, **k: compiled.append(model) or model)
+    _fit(tmp_path, tiny_data, dataclasses.replace(CFG, epochs=1, compile=False))
+    assert compiled == []
