@@ -25,7 +25,7 @@ repro: setup
 
 # Mutation testing of metrics, losses, data, dataset and training with mutmut: slow (see
 # docs/mutation.md), so not part of `test` or CI. Results are cached in mutants/ (delete it for a
-# fresh run); MUTMUT_ARGS="'pipeline.metrics*'" runs only some mutants again.
+# fresh run); MUTMUT_ARGS="'pipeline.evaluate.metrics*'" runs only some mutants again.
 MUTMUT_CHILDREN ?= 1
 mutation: setup
 	test -x $(VENV)/bin/mutmut || $(PY) -m pip install -q -e '.[dev,mutation]'

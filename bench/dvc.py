@@ -28,7 +28,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.synthetic import make_synthetic  # noqa: E402
+from pipeline.data.synthetic import make_synthetic  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TINY = {

@@ -3,14 +3,14 @@
 Usage: python bench/evaluate.py [--images 1000 4000] [--size 256] [--batch-size 32]
 
 Builds, in a temporary folder, synthetic test caches of each ``--images`` count N at ``--size`` S px
-(written with :class:`pipeline.cache.CacheWriter`: memory-mapped .npy; random images, elliptic
+(written with :class:`pipeline.data.cache.CacheWriter`: memory-mapped .npy; random images, elliptic
 masks, native masks of photo sizes such as 500x375 px), a tiny UNet checkpoint (base_channels 4,
-untrained, :func:`pipeline.checkpoint.save_checkpoint`) and its ONNX export
-(:func:`pipeline.export.export_checked`). Then, for each N, one run on this machine (children with
+untrained, :func:`pipeline.models.checkpoint.save_checkpoint`) and its ONNX export
+(:func:`pipeline.evaluate.export.export_checked`). Then, for each N, one run on this machine (children with
 OMP_NUM_THREADS=1; numbers vary with load, the ratios are the point), prints a Markdown table of:
 - the real stage (``python -m stages.evaluate``, evaluate.threshold 0.5, tta none) as a subprocess;
-- the whole-split reference: a subprocess calling :func:`pipeline.inference.predict_logits` then
-  :func:`pipeline.evaluation.score` on the same files (all the logits at once; today's ``score``
+- the whole-split reference: a subprocess calling :func:`pipeline.evaluate.inference.predict_logits` then
+  :func:`pipeline.evaluate.scoring.score` on the same files (all the logits at once; today's ``score``
   packs each prediction as it goes, where the stage's old code also held them all unpacked);
 with each one's peak RSS in MB (``os.wait4``'s ru_maxrss: it counts the touched pages of the
 memory-mapped cache, N·S·S·4 bytes of images and masks, which the OS may drop at will), its peak
@@ -35,12 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.report import machine, table  # noqa: E402
-from pipeline.cache import CacheRow, CacheWriter, load_cache  # noqa: E402
-from pipeline.checkpoint import save_checkpoint  # noqa: E402
-from pipeline.export import export_checked  # noqa: E402
-from pipeline.inference import prepare  # noqa: E402
-from pipeline.masks import pack_mask  # noqa: E402
-from pipeline.models import build_model  # noqa: E402
+from pipeline.data.cache import CacheRow, CacheWriter, load_cache  # noqa: E402
+from pipeline.data.masks import pack_mask  # noqa: E402
+from pipeline.evaluate.export import export_checked  # noqa: E402
+from pipeline.evaluate.inference import prepare  # noqa: E402
+from pipeline.models.checkpoint import save_checkpoint  # noqa: E402
+from pipeline.models.registry import build_model  # noqa: E402
 
 MB = 1 << 20
 SHAPES = ((375, 500), (500, 375), (333, 500), (500, 333), (300, 400), (400, 300))  # (height, width) px
@@ -49,10 +49,10 @@ ARCH = {"base_channels": 4, "bilinear": False}
 WHOLE_SPLIT = """
 import sys
 from pathlib import Path
-from pipeline.cache import load_cache
-from pipeline.device import select_device
-from pipeline.evaluation import score
-from pipeline.inference import load_model, predict_logits
+from pipeline.data.cache import load_cache
+from pipeline.core.device import select_device
+from pipeline.evaluate.scoring import score
+from pipeline.evaluate.inference import load_model, predict_logits
 model = load_model(Path(sys.argv[1]), select_device())
 test = load_cache(Path(sys.argv[2]))
 logits, _ = predict_logits(model.forward, test.images, int(sys.argv[3]), "none")

@@ -5,7 +5,7 @@ Usage: python bench/loader.py [--pets ../shared/data/oxford-iiit-pet-mini] [--im
 
 Prints, from one run on this machine (numbers vary with load; ratios are the point):
 - which images were used: real photos from the mini set resized to --size, or random uint8 arrays;
-- samples/s of the seeded training loader (pipeline.loader.make_train_loader, "full" augmentation)
+- samples/s of the seeded training loader (pipeline.data.loader.make_train_loader, "full" augmentation)
   at each worker count, after a warm-up batch (worker start-up is not counted), and the GPU
   training steps/s at --batch-size that rate could feed (samples/s / batch size);
 - samples/s of one training step (forward + backward + AdamW) of UNet (base_channels 64) and
@@ -26,12 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data import load_pair  # noqa: E402
-from pipeline.dataset import SegmentationDataset, train_transform  # noqa: E402
-from pipeline.loader import make_train_loader  # noqa: E402
-from pipeline.losses import bce_dice_loss  # noqa: E402
-from pipeline.models import build_model  # noqa: E402
-from pipeline.split import make_split  # noqa: E402
+from pipeline.data.decode import load_pair  # noqa: E402
+from pipeline.data.dataset import SegmentationDataset, train_transform  # noqa: E402
+from pipeline.data.loader import make_train_loader  # noqa: E402
+from pipeline.data.split import make_split  # noqa: E402
+from pipeline.models.registry import build_model  # noqa: E402
+from pipeline.train.losses import bce_dice_loss  # noqa: E402
 
 WARMUP_BATCH = 2
 MODELS = (("unet", {"base_channels": 64}), ("resnet34_unet", {}))

@@ -44,8 +44,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.losses import bce_dice_loss  # noqa: E402
-from pipeline.models import build_model  # noqa: E402
+from pipeline.models.registry import build_model  # noqa: E402
+from pipeline.train.losses import bce_dice_loss  # noqa: E402
 
 DECODER = (256, 128, 64, 32, 16)
 

@@ -4,7 +4,7 @@ Usage: python bench/preprocess.py [--pets ../shared/data/oxford-iiit-pet-mini] [
        [--images 1000 5000] [--rounds 3]
 
 Prints Markdown tables, from one run on this machine (numbers vary with load; the ratios are the point):
-- speed: images/s of :func:`pipeline.data.write_cache` over every pair of the real mini set with
+- speed: images/s of :func:`pipeline.data.build.write_cache` over every pair of the real mini set with
   workers=1 and workers=all (``os.cpu_count()``), and of a control (all cores as independent
   processes, each writing a share of the pairs: the speed-up the machine allows at that moment, which
   a loaded machine caps), interleaved over ``--rounds`` rounds (median), their ratios, and the CPU
@@ -35,18 +35,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.report import machine, table  # noqa: E402
-from pipeline.data import write_cache  # noqa: E402
-from pipeline.layout import LIST_FILES, read_stems  # noqa: E402
-from pipeline.synthetic import make_synthetic  # noqa: E402
+from pipeline.data.build import write_cache  # noqa: E402
+from pipeline.data.layout import LIST_FILES, read_stems  # noqa: E402
+from pipeline.data.synthetic import make_synthetic  # noqa: E402
 
 MB = 1 << 20
 # What the stage did before: each split decoded into RAM, then saved (one split at a time).
 IN_RAM = """
 import sys
 from pathlib import Path
-from pipeline.cache import save_cache
-from pipeline.data import build_cache
-from pipeline.layout import read_stems
+from pipeline.data.cache import save_cache
+from pipeline.data.build import build_cache
+from pipeline.data.layout import read_stems
 raw, splits, out, size = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 for name in ("train", "valid", "test"):
     save_cache(out / name, build_cache(raw, read_stems(splits / f"{name}.txt"), size, "pet", progress=False))

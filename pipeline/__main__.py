@@ -1,8 +1,8 @@
-"""``python -m pipeline``: the ``petseg`` command (see :func:`pipeline.cli.main`)."""
+"""``python -m pipeline``: the ``petseg`` command (see :func:`pipeline.serve.cli.main`)."""
 
 import sys
 
-from pipeline.cli import main
+from pipeline.serve.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

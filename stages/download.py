@@ -5,9 +5,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.download import prepare_dataset
-from pipeline.errors import run_stage
-from pipeline.params import read_download_inputs
+from pipeline.core.errors import run_stage
+from pipeline.core.params import read_download_inputs
+from pipeline.data.download import prepare_dataset
 
 
 def main(argv: Sequence[str] | None = None) -> None:

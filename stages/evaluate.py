@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache import load_cache
-from pipeline.device import select_device
-from pipeline.errors import UserError, run_stage
-from pipeline.evaluation import Scorer, ThresholdSearch, per_breed_table, per_image_table, summary
-from pipeline.inference import iter_logits, load_model, onnx_forward
-from pipeline.io import atomic_path, write_csv, write_json
-from pipeline.params import load_params
-from pipeline.record import write_eval_record
+from pipeline.core.device import select_device
+from pipeline.core.errors import UserError, run_stage
+from pipeline.core.io import atomic_path, write_csv, write_json
+from pipeline.core.params import load_params
+from pipeline.data.cache import load_cache
+from pipeline.evaluate.inference import iter_logits, load_model, onnx_forward
+from pipeline.evaluate.record import write_eval_record
+from pipeline.evaluate.scoring import Scorer, ThresholdSearch, per_breed_table, per_image_table, summary
 
 
 def main(argv: Sequence[str] | None = None) -> None:

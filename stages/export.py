@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline.cache import load_cache
-from pipeline.checkpoint import load_checkpoint
-from pipeline.errors import run_stage
-from pipeline.export import export_checked
-from pipeline.inference import prepare
-from pipeline.params import load_params
+from pipeline.core.errors import run_stage
+from pipeline.core.params import load_params
+from pipeline.data.cache import load_cache
+from pipeline.evaluate.export import export_checked
+from pipeline.evaluate.inference import prepare
+from pipeline.models.checkpoint import load_checkpoint
 
 
 def main(argv: Sequence[str] | None = None) -> None:

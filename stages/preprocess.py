@@ -1,5 +1,5 @@
 """Stage `preprocess`: decode, resize and binarise every split once into a memory-mappable cache (a
-folder of uint8 .npy arrays per split, see pipeline/cache.py), skipping bad pairs, and report what was
+folder of uint8 .npy arrays per split, see pipeline/data/cache.py), skipping bad pairs, and report what was
 skipped (a DVC metrics file). Pairs are decoded by preprocess.workers processes and written a pair at
 a time, so the stage's RAM does not grow with the dataset."""
 
@@ -8,13 +8,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.archives import opened
-from pipeline.data import resolve_workers, write_cache
-from pipeline.data_report import SPLITS, build_report, check_report, read_split_summary, summary_line
-from pipeline.errors import run_stage
-from pipeline.io import atomic_path, write_json
-from pipeline.layout import read_stems
-from pipeline.params import load_params
+from pipeline.core.errors import run_stage
+from pipeline.core.io import atomic_path, write_json
+from pipeline.core.params import load_params
+from pipeline.data.archives import opened
+from pipeline.data.build import resolve_workers, write_cache
+from pipeline.data.layout import read_stems
+from pipeline.data.report import SPLITS, build_report, check_report, read_split_summary, summary_line
 
 
 def main(argv: Sequence[str] | None = None) -> None:

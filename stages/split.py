@@ -5,12 +5,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.archives import opened
-from pipeline.data_report import SPLITS, skipped_to_json
-from pipeline.errors import run_stage
-from pipeline.io import atomic_path, write_json, write_lines
-from pipeline.params import load_params
-from pipeline.split import make_split
+from pipeline.core.errors import run_stage
+from pipeline.core.io import atomic_path, write_json, write_lines
+from pipeline.core.params import load_params
+from pipeline.data.archives import opened
+from pipeline.data.report import SPLITS, skipped_to_json
+from pipeline.data.split import make_split
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,10 +1,10 @@
 """Stages `train-unet`, `train-resnet34unet`: fit one model, keep the best-valid-Dice weights.
 
 Resumable: a run killed at any moment continues after its last completed epoch when the stage
-runs again with the same settings (see pipeline/resume.py for where the state lives and why).
+runs again with the same settings (see pipeline/train/resume.py for where the state lives and why).
 
 With ``train.nproc`` > 1 the stage starts itself again as that many ranks under torchrun and waits
-for them (pipeline/distributed.py), so `dvc repro` and `dvc exp run` stay the entry points. Rank 0
+for them (pipeline/train/distributed.py), so `dvc repro` and `dvc exp run` stay the entry points. Rank 0
 alone writes the checkpoint, the dvclive folder and the resume state, and prints; every rank reads
 the resume state back, so a killed multi-process run resumes like a single one.
 """
@@ -18,15 +18,15 @@ from typing import Any
 
 from dvclive import Live
 
-from pipeline import distributed
-from pipeline.cache import load_cache
-from pipeline.device import select_device
-from pipeline.errors import UserError, run_stage
-from pipeline.models import check_options
-from pipeline.params import Params, load_params
-from pipeline.resume import ResumeStore, load_state, training_inputs
-from pipeline.train_config import TrainConfig, train_config
-from pipeline.training import fit
+from pipeline.core.device import select_device
+from pipeline.core.errors import UserError, run_stage
+from pipeline.core.params import Params, load_params
+from pipeline.data.cache import load_cache
+from pipeline.models.registry import check_options
+from pipeline.train import distributed
+from pipeline.train.config import TrainConfig, train_config
+from pipeline.train.fit import fit
+from pipeline.train.resume import ResumeStore, load_state, training_inputs
 
 
 def main(argv: Sequence[str] | None = None) -> None:

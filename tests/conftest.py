@@ -23,7 +23,7 @@ def pets_mini() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A 16-image synthetic dataset in the official layout (seed 0), shared read-only by tests."""
-    from pipeline.synthetic import make_synthetic
+    from pipeline.data.synthetic import make_synthetic
 
     root = tmp_path_factory.mktemp("synthetic")
     make_synthetic(root, 16, seed=0)
@@ -55,9 +55,9 @@ def no_proxy(monkeypatch):
 
 @pytest.fixture
 def slept(monkeypatch) -> list[float]:
-    """The backoff waits (seconds) asked of pipeline.download.download's default ``sleep``, which no
+    """The backoff waits (seconds) asked of pipeline.data.download.download's default ``sleep``, which no
     longer waits."""
-    from pipeline.download import download
+    from pipeline.data.download import download
 
     delays: list[float] = []
     monkeypatch.setitem(download.__kwdefaults__, "sleep", delays.append)
@@ -67,8 +67,8 @@ def slept(monkeypatch) -> list[float]:
 @pytest.fixture(scope="module")
 def tiny_data(synthetic_root):
     """(train, valid) as (images uint8 (N, 32, 32, 3), masks uint8 (N, 32, 32)) of the synthetic set, split 0.25."""
-    from pipeline.data import build_cache
-    from pipeline.split import make_split
+    from pipeline.data.build import build_cache
+    from pipeline.data.split import make_split
 
     split = make_split(synthetic_root, 0.25, seed=0)
     train = build_cache(synthetic_root, split.train, 32, "pet", progress=False)

@@ -1,4 +1,4 @@
-"""The raw dataset as its two archives (pipeline/archives.py): reproducible packing, the scratch
+"""The raw dataset as its two archives (pipeline/data/archives.py): reproducible packing, the scratch
 extraction of the split and preprocess stages, the checks at download time, hard links."""
 
 import errno
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.archives
+import pipeline.data.archives
 import stages.preprocess
 import stages.split
-from pipeline.archives import ARCHIVES, check_archives, extract, is_packed, opened, pack, place
-from pipeline.errors import UserError, run_stage
-from pipeline.layout import LIST_FILES, check_layout
+from pipeline.core.errors import UserError, run_stage
+from pipeline.data.archives import ARCHIVES, check_archives, extract, is_packed, opened, pack, place
+from pipeline.data.layout import LIST_FILES, check_layout
 from tests.conftest import write_params
 
 PACKED = sorted(ARCHIVES.values())
@@ -278,7 +278,7 @@ def test_place_copies_when_a_hard_link_is_impossible(tmp_path, monkeypatch):
     def no_link(src, dst, **kwargs):
         raise OSError(errno.EXDEV, "Invalid cross-device link", str(src), None, str(dst))
 
-    monkeypatch.setattr(pipeline.archives.os, "link", no_link)
+    monkeypatch.setattr(pipeline.data.archives.os, "link", no_link)
     source, dest = tmp_path / "images.tar.gz", tmp_path / "raw" / "images.tar.gz"
     source.write_bytes(bytes(range(256)) * 100)
     dest.parent.mkdir()

@@ -12,9 +12,11 @@ from PIL import Image
 
 import stages.preprocess
 import stages.split
-from pipeline.cache import load_cache, save_cache
-from pipeline.data import build_cache, write_cache
-from pipeline.data_report import (
+from pipeline.core.errors import UserError, run_stage
+from pipeline.data.build import build_cache, write_cache
+from pipeline.data.cache import load_cache, save_cache
+from pipeline.data.layout import image_path, read_stems, trimap_path
+from pipeline.data.report import (
     BAD_TRIMAP_VALUES,
     DUPLICATE,
     GARBAGE_LINE,
@@ -28,9 +30,7 @@ from pipeline.data_report import (
     check_report,
     read_split_summary,
 )
-from pipeline.errors import UserError, run_stage
-from pipeline.layout import image_path, read_stems, trimap_path
-from pipeline.synthetic import make_synthetic
+from pipeline.data.synthetic import make_synthetic
 from tests.conftest import REPO
 from tests.test_data import params_file
 

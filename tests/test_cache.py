@@ -20,22 +20,24 @@ import yaml
 
 import stages.preprocess
 import stages.split
-from pipeline import data, orphans
-from pipeline.cache import HEADER_BYTES, CachedSplit, CacheRow, CacheWriter, load_cache, save_cache
-from pipeline.data import build_cache, decode_pair, resize_pair, resolve_workers, write_cache
-from pipeline.data_report import Skipped
-from pipeline.dataset import SegmentationDataset
-from pipeline.errors import UserError, run_stage
-from pipeline.layout import UNKNOWN_SPECIES, breed_of, read_species, read_stems
-from pipeline.loader import make_eval_loader
-from pipeline.masks import IGNORE, PackedMasks
-from pipeline.params import parse_params
-from pipeline.synthetic import make_synthetic
+from pipeline.core import orphans
+from pipeline.core.errors import UserError, run_stage
+from pipeline.core.params import parse_params
+from pipeline.data import build as data
+from pipeline.data.build import build_cache, resolve_workers, write_cache
+from pipeline.data.decode import BadPair, decode_pair, resize_pair
+from pipeline.data.cache import HEADER_BYTES, CachedSplit, CacheRow, CacheWriter, load_cache, save_cache
+from pipeline.data.dataset import SegmentationDataset
+from pipeline.data.layout import UNKNOWN_SPECIES, breed_of, read_species, read_stems
+from pipeline.data.loader import make_eval_loader
+from pipeline.data.masks import IGNORE, PackedMasks
+from pipeline.data.report import Skipped
+from pipeline.data.synthetic import make_synthetic
 from tests.conftest import REPO, write_params
 
 
 def old_build_cache(root: Path, stems: list[str], size: int, boundary: str) -> CachedSplit:
-    """pipeline.data.build_cache as it was before the cache was streamed (commit a7c4939), as the reference."""
+    """pipeline.data.build.build_cache as it was before the cache was streamed (commit a7c4939), as the reference."""
     species = read_species(root / "annotations" / "list.txt")
     images = np.empty((len(stems), size, size, 3), np.uint8)
     masks = np.empty((len(stems), size, size), np.uint8)
@@ -43,7 +45,7 @@ def old_build_cache(root: Path, stems: list[str], size: int, boundary: str) -> C
     for stem in stems:
         try:
             image, mask = decode_pair(root, stem, boundary)
-        except data.BadPair as err:
+        except BadPair as err:
             skipped.append(Skipped(stem, err.reason, str(err)))
             continue
         images[len(kept)], masks[len(kept)] = resize_pair(image, mask, size)
@@ -267,8 +269,8 @@ def test_an_interrupted_write_leaves_no_folder_and_no_workers(synthetic_root, tm
 KILLED = """
 import sys
 from pathlib import Path
-from pipeline.data import write_cache
-from pipeline.layout import read_stems
+from pipeline.data.build import write_cache
+from pipeline.data.layout import read_stems
 root = Path(sys.argv[1])
 write_cache(root, read_stems(root / "annotations" / "list.txt"), Path(sys.argv[2]), 256, "pet", workers=2)
 """
@@ -312,7 +314,7 @@ from pathlib import Path
 if sys.argv[1] == "parent":  # start the child, and exit before it calls die_with_parent
     subprocess.Popen([sys.executable, "-c", sys.argv[2], str(os.getpid()), sys.argv[2], sys.argv[3]])
     sys.exit(0)
-from pipeline.orphans import die_with_parent
+from pipeline.core.orphans import die_with_parent
 out = Path(sys.argv[3])
 (out / "pid").write_text(str(os.getpid()))
 time.sleep(1)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from pipeline.checkpoint import load_checkpoint
-from pipeline.errors import UserError
-from pipeline.models import build_model
+from pipeline.core.errors import UserError
+from pipeline.models.checkpoint import load_checkpoint
+from pipeline.models.registry import build_model
 
 
 def test_load_checkpoint_errors(tmp_path):

@@ -9,18 +9,19 @@ from PIL import Image
 
 import stages.preprocess
 import stages.split
-from pipeline.cache import CachedSplit, load_cache, save_cache
-from pipeline.data import BadPair, build_cache, load_pair, trimap_to_mask
-from pipeline.data_report import (
+from pipeline.core.errors import UserError, run_stage
+from pipeline.data.build import build_cache
+from pipeline.data.decode import BadPair, load_pair, trimap_to_mask
+from pipeline.data.cache import CachedSplit, load_cache, save_cache
+from pipeline.data.layout import image_path, read_stems, trimap_path
+from pipeline.data.masks import IGNORE, PackedMasks
+from pipeline.data.report import (
     BAD_TRIMAP_VALUES,
     MISSING_FILE,
     SIZE_MISMATCH,
     UNDECODABLE_IMAGE,
 )
-from pipeline.errors import UserError, run_stage
-from pipeline.layout import image_path, read_stems, trimap_path
-from pipeline.masks import IGNORE, PackedMasks
-from pipeline.split import make_split
+from pipeline.data.split import make_split
 from tests.conftest import REPO
 
 TRIMAP = np.array(

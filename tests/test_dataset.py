@@ -4,8 +4,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from pipeline.dataset import MEAN, STD, AugmentOptions, SegmentationDataset, normalize, train_transform
-from pipeline.masks import IGNORE
+from pipeline.data.dataset import MEAN, STD, AugmentOptions, SegmentationDataset, normalize, train_transform
+from pipeline.data.masks import IGNORE
 
 
 def _aligned_pair(size=64):

@@ -2,7 +2,7 @@
 
 import torch
 
-from pipeline.device import (
+from pipeline.core.device import (
     amp_dtype,
     autocast,
     configure_backends,

@@ -1,4 +1,4 @@
-"""Data-parallel training (pipeline.distributed): its decisions, the ranks' collectives, and the real
+"""Data-parallel training (pipeline.train.distributed): its decisions, the ranks' collectives, and the real
 training stage under 2 CPU processes (gloo) against 1."""
 
 import contextlib
@@ -16,18 +16,18 @@ import torch.multiprocessing as mp
 import yaml
 from torch import nn
 
-import pipeline.training as training
+import pipeline.train.fit as training
 import stages.train
-from pipeline import distributed
-from pipeline.cache import save_cache
-from pipeline.checkpoint import load_checkpoint
-from pipeline.data import build_cache
-from pipeline.errors import UserError, run_stage
-from pipeline.loader import SeededSampler, make_train_loader, shard_positions
-from pipeline.models import build_model
-from pipeline.split import make_split
-from pipeline.synthetic import make_synthetic
-from pipeline.train_config import TrainConfig
+from pipeline.core.errors import UserError, run_stage
+from pipeline.data.build import build_cache
+from pipeline.data.cache import save_cache
+from pipeline.data.loader import SeededSampler, make_train_loader, shard_positions
+from pipeline.data.split import make_split
+from pipeline.data.synthetic import make_synthetic
+from pipeline.models.checkpoint import load_checkpoint
+from pipeline.models.registry import build_model
+from pipeline.train import distributed
+from pipeline.train.config import TrainConfig
 from tests.conftest import REPO, write_params
 
 # --- the decisions, in this one process ---

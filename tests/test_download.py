@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pipeline.download
+import pipeline.data.download
 import stages.download
-from pipeline.archives import ARCHIVES, extract, members, opened
-from pipeline.download import Archive, download, from_url, prepare_dataset
-from pipeline.errors import UserError, run_stage
-from pipeline.layout import check_layout
-from pipeline.synthetic import make_synthetic
+from pipeline.core.errors import UserError, run_stage
+from pipeline.data.archives import ARCHIVES, extract, members, opened
+from pipeline.data.download import Archive, download, from_url, prepare_dataset
+from pipeline.data.layout import check_layout
+from pipeline.data.synthetic import make_synthetic
 
 # Local servers only, and the backoff waits recorded instead of slept (fixtures in conftest.py).
 pytestmark = pytest.mark.usefixtures("no_proxy", "slept")
@@ -112,7 +112,7 @@ def _record(folder: Path, name: str) -> Archive:
 def _stand_in(monkeypatch, folder: Path) -> tuple[Archive, ...]:
     """Records of the two tarballs in ``folder`` standing in for the official ones (their MD5s)."""
     records = tuple(_record(folder, name) for name in ("images.tar.gz", "annotations.tar.gz"))
-    monkeypatch.setattr(pipeline.download, "OFFICIAL_ARCHIVES", records)
+    monkeypatch.setattr(pipeline.data.download, "OFFICIAL_ARCHIVES", records)
     return records
 
 

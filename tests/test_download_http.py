@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pipeline.download
-from pipeline.archives import opened
-from pipeline.download import Archive, download, from_tarballs, from_url, prepare_dataset
-from pipeline.errors import UserError
-from pipeline.layout import check_layout
-from pipeline.synthetic import make_synthetic
+import pipeline.data.download
+from pipeline.core.errors import UserError
+from pipeline.data.archives import opened
+from pipeline.data.download import Archive, download, from_tarballs, from_url, prepare_dataset
+from pipeline.data.layout import check_layout
+from pipeline.data.synthetic import make_synthetic
 
 BODY = np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes()
 HALF = len(BODY) // 2
@@ -234,7 +234,7 @@ def tarballs(tmp_path_factory) -> dict[str, bytes]:
 def archives(tarballs, monkeypatch) -> tuple[Archive, ...]:
     """The small tarballs' Archive records, standing in for the official ones."""
     small = tuple(Archive(name, hashlib.md5(data).hexdigest(), len(data)) for name, data in tarballs.items())
-    monkeypatch.setattr(pipeline.download, "OFFICIAL_ARCHIVES", small)
+    monkeypatch.setattr(pipeline.data.download, "OFFICIAL_ARCHIVES", small)
     return small
 
 

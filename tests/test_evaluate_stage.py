@@ -10,9 +10,9 @@ import yaml
 from onnx import TensorProto, helper
 
 import stages.evaluate
-from pipeline.cache import load_cache, save_cache
-from pipeline.errors import run_stage
-from pipeline.masks import PackedMasks
+from pipeline.core.errors import run_stage
+from pipeline.data.cache import load_cache, save_cache
+from pipeline.data.masks import PackedMasks
 from tests.test_stage_errors import evaluate_args, trained  # noqa: F401 (trained is a fixture)
 
 METRIC_KEYS = {

@@ -7,9 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.data import trimap_to_mask
-from pipeline.errors import UserError
-from pipeline.evaluation import (
+from pipeline.core.errors import UserError
+from pipeline.data.decode import trimap_to_mask
+from pipeline.data.layout import breed_of, read_species
+from pipeline.data.masks import IGNORE, PackedMasks
+from pipeline.evaluate.inference import native_probabilities, tta_forward
+from pipeline.evaluate.scoring import (
     Scorer,
     ThresholdSearch,
     choose_threshold,
@@ -18,10 +21,7 @@ from pipeline.evaluation import (
     score,
     summary,
 )
-from pipeline.inference import native_probabilities, tta_forward
-from pipeline.layout import breed_of, read_species
-from pipeline.masks import IGNORE, PackedMasks
-from pipeline.overlays import FP, TP, error_overlay
+from pipeline.report.overlays import FP, TP, error_overlay
 
 
 def _logits_for(probabilities) -> np.ndarray:

@@ -6,10 +6,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from pipeline.errors import UserError
-from pipeline.export import export_checked
-from pipeline.inference import load_model, onnx_forward, torch_forward
-from pipeline.models import build_model
+from pipeline.core.errors import UserError
+from pipeline.evaluate.export import export_checked
+from pipeline.evaluate.inference import load_model, onnx_forward, torch_forward
+from pipeline.models.registry import build_model
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.io import _alive, atomic_path
+from pipeline.core.io import _alive, atomic_path
 
 
 def dead_pid() -> int:

@@ -1,4 +1,4 @@
-"""Worker-count-independent, resumable loaders (pipeline.loader)."""
+"""Worker-count-independent, resumable loaders (pipeline.data.loader)."""
 
 import io
 import os
@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.dataset import SegmentationDataset, train_transform
-from pipeline.errors import UserError
-from pipeline.loader import (
+from pipeline.core.errors import UserError
+from pipeline.data.dataset import SegmentationDataset, train_transform
+from pipeline.data.loader import (
     SeededSampler,
     loader_kwargs,
     make_eval_loader,

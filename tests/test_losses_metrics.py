@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import LOSSES, bce_dice_loss, bce_loss, dice_loss
-from pipeline.masks import IGNORE
-from pipeline.metrics import SegmentationMeter, confusion_counts, dice_from_counts, iou_from_counts
+from pipeline.data.masks import IGNORE
+from pipeline.evaluate.metrics import SegmentationMeter, confusion_counts, dice_from_counts, iou_from_counts
+from pipeline.train.losses import LOSSES, bce_dice_loss, bce_loss, dice_loss
 
 
 def test_dice_loss_matches_hand_computation():
@@ -31,13 +31,13 @@ def test_bce_matches_hand_computation():
     assert bce_loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_bce_dice_is_the_sum_and_registry_names():
+def test_bce_dice_is_the_sum_and_each_loss_is_registered_under_its_name():
     torch.manual_seed(0)
     logits, target = torch.randn(2, 1, 4, 4), (torch.rand(2, 1, 4, 4) > 0.5).float()
     assert bce_dice_loss(logits, target).item() == pytest.approx(
         bce_loss(logits, target).item() + dice_loss(logits, target).item()
     )
-    assert set(LOSSES) == {"bce_dice", "dice", "bce"}
+    assert (LOSSES["bce_dice"], LOSSES["dice"], LOSSES["bce"]) == (bce_dice_loss, dice_loss, bce_loss)
 
 
 def test_losses_backpropagate():

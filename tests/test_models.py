@@ -6,9 +6,11 @@ import torch
 import torchvision
 from torch import nn
 
-from pipeline.errors import UserError
-from pipeline.models import INIT_SCHEMES, MODELS, build_model, init_weights
+from pipeline.core.constants import INIT_SCHEMES
+from pipeline.core.errors import UserError
 from pipeline.models.blocks import BasicBlock
+from pipeline.models.init import init_weights
+from pipeline.models.registry import MODELS, build_model
 from pipeline.models.resnet34_unet import ResNet34UNet
 
 TINY = {"unet": {"base_channels": 4}, "resnet34_unet": {"decoder_channels": [16, 8, 8, 4, 4]}}

@@ -1,11 +1,11 @@
-"""Behaviour the mutation run (docs/mutation.md) found untested in pipeline/data.py."""
+"""Behaviour the mutation run (docs/mutation.md) found untested in pipeline/data/build.py."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data import decode_pair, trimap_to_mask
-from pipeline.layout import image_path, trimap_path
+from pipeline.data.decode import decode_pair, trimap_to_mask
+from pipeline.data.layout import image_path, trimap_path
 
 TRIMAP = np.array([[1, 1, 3, 2], [1, 3, 3, 2], [3, 2, 2, 2]], dtype=np.uint8)
 
@@ -35,8 +35,8 @@ def test_a_stem_missing_from_list_txt_has_species_unknown_not_none(synthetic_roo
     # species breakdown files it under "unknown", a string the tables and JSON can hold.
     import shutil
 
-    from pipeline.data import build_cache
-    from pipeline.layout import UNKNOWN_SPECIES, read_stems
+    from pipeline.data.build import build_cache
+    from pipeline.data.layout import UNKNOWN_SPECIES, read_stems
 
     root = tmp_path / "raw"
     shutil.copytree(synthetic_root, root)
@@ -60,8 +60,8 @@ def _pair(root, stem, trimap_bytes=None):
 
 
 def test_an_undecodable_trimap_is_skipped_as_such_with_its_one_line_message(tmp_path):
-    from pipeline.data import decode_row
-    from pipeline.data_report import UNDECODABLE_TRIMAP
+    from pipeline.data.build import decode_row
+    from pipeline.data.report import UNDECODABLE_TRIMAP
 
     _pair(tmp_path, "Abyssinian_1", trimap_bytes=b"not a png")
     skipped = decode_row(tmp_path, "Abyssinian_1", "cat", 8, "pet")
@@ -72,8 +72,8 @@ def test_an_undecodable_trimap_is_skipped_as_such_with_its_one_line_message(tmp_
 
 @pytest.mark.parametrize("boundary", ["pet", "background", "ignore"])
 def test_a_decoded_row_packs_ignored_pixels_only_under_boundary_ignore(tmp_path, boundary):
-    from pipeline.data import decode_row
-    from pipeline.masks import IGNORE, PackedMasks
+    from pipeline.data.build import decode_row
+    from pipeline.data.masks import IGNORE, PackedMasks
 
     _pair(tmp_path, "Abyssinian_1")
     row = decode_row(tmp_path, "Abyssinian_1", "cat", 8, boundary)
@@ -89,7 +89,7 @@ def test_a_decoded_row_packs_ignored_pixels_only_under_boundary_ignore(tmp_path,
 
 def test_a_chunk_is_decoded_in_order_with_each_stems_species(tmp_path):
     # What each worker of the pool runs (in a forked process, where mutmut cannot see it).
-    from pipeline import data
+    from pipeline.data import build as data
 
     for stem in ("Abyssinian_1", "beagle_2"):
         _pair(tmp_path, stem)
@@ -104,7 +104,7 @@ def test_a_chunk_is_decoded_in_order_with_each_stems_species(tmp_path):
 def test_a_decode_worker_dies_with_the_process_that_started_it(monkeypatch):
     import os
 
-    from pipeline import data
+    from pipeline.data import build as data
 
     parents = []
     monkeypatch.setattr(data.signal, "signal", lambda *args: None)

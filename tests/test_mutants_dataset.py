@@ -1,12 +1,12 @@
-"""Behaviour the mutation run (docs/mutation.md) found untested in pipeline/dataset.py."""
+"""Behaviour the mutation run (docs/mutation.md) found untested in pipeline/data/dataset.py."""
 
 import pytest
 import torch
 from torchvision import tv_tensors
 
-from pipeline.dataset import train_transform
-from pipeline.masks import IGNORE
-from pipeline.params import AugmentOptions
+from pipeline.core.params import AugmentOptions
+from pipeline.data.dataset import train_transform
+from pipeline.data.masks import IGNORE
 
 
 def _draws(transform, image, mask, seed=0, n=16):

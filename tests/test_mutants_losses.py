@@ -1,12 +1,12 @@
-"""Behaviour the mutation run (docs/mutation.md) found untested in pipeline/losses.py."""
+"""Behaviour the mutation run (docs/mutation.md) found untested in pipeline/train/losses.py."""
 
 import math
 
 import pytest
 import torch
 
-from pipeline.losses import bce_loss
-from pipeline.masks import IGNORE
+from pipeline.data.masks import IGNORE
+from pipeline.train.losses import bce_loss
 
 
 @pytest.mark.parametrize("counted", [1, 2, 3])

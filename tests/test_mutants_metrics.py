@@ -1,10 +1,10 @@
-"""Behaviour the mutation run (docs/mutation.md) found untested in pipeline/metrics.py."""
+"""Behaviour the mutation run (docs/mutation.md) found untested in pipeline/evaluate/metrics.py."""
 
 import pytest
 import torch
 
-from pipeline.masks import IGNORE
-from pipeline.metrics import SegmentationMeter, dice_from_counts, iou_from_counts
+from pipeline.data.masks import IGNORE
+from pipeline.evaluate.metrics import SegmentationMeter, dice_from_counts, iou_from_counts
 
 
 def test_iou_and_dice_of_one_pixel_images_are_exactly_zero_or_one():

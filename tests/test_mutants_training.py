@@ -1,7 +1,6 @@
-"""Behaviour the mutation run (docs/mutation.md) found untested in pipeline/training.py."""
+"""Behaviour the mutation run (docs/mutation.md) found untested in pipeline/train/fit.py."""
 
 import copy
-import dataclasses
 import random
 
 import numpy as np
@@ -9,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-import pipeline.training as training
-from pipeline.dataset import MEAN, STD
-from pipeline.errors import UserError
-from pipeline.models import build_model
-from pipeline.params import AugmentOptions
-from pipeline.train_config import TrainConfig
-from pipeline.training import seed_everything
+import pipeline.train.fit as training
+from pipeline.core.errors import UserError
+from pipeline.core.params import AugmentOptions
+from pipeline.data.dataset import MEAN, STD
+from pipeline.models.registry import build_model
+from pipeline.train.config import TrainConfig
+from pipeline.train.fit import seed_everything
 from tests.test_training import _fit as fit_tiny
 from tests.test_training import _results
 
@@ -80,7 +79,7 @@ def test_the_checkpoint_holds_the_best_epochs_weights_not_the_last(tmp_path, tin
 def test_an_equal_valid_dice_is_no_improvement(tmp_path, tiny_data, monkeypatch):
     # Patience counts epochs without a strictly better Dice: a tie keeps the earlier epoch.
     _scores(monkeypatch, 0.6, 0.6, 0.6, 0.9)
-    result, logged = _fit(tmp_path, tiny_data, dataclasses.replace(CFG, epochs=4, patience=2))
+    result, logged = _fit(tmp_path, tiny_data, CFG.model_copy(update=dict(epochs=4, patience=2)))
     assert [e for e, _ in logged] == [1, 2, 3]
     assert (result.best_epoch, result.best_valid_dice) == (1, 0.6)
     assert torch.load(tmp_path / "m.pt", weights_only=True)["epoch"] == 1
@@ -90,7 +89,7 @@ def test_an_equal_valid_dice_is_no_improvement(tmp_path, tiny_data, monkeypatch)
 
 
 def test_resuming_from_a_saved_state_continues_exactly_like_the_uninterrupted_run(tmp_path, tiny_data):
-    cfg = dataclasses.replace(CFG, augment="full", epochs=3)
+    cfg = CFG.model_copy(update=dict(augment="full", epochs=3))
     states = []
     whole, logged = _fit(tmp_path / "whole", tiny_data, cfg, save_state=lambda s: states.append(copy.deepcopy(s)))
     resumed, resumed_logged = _fit(tmp_path / "resumed", tiny_data, cfg, state=states[0])
@@ -110,7 +109,7 @@ def test_resuming_from_a_saved_state_continues_exactly_like_the_uninterrupted_ru
 def test_a_resumed_run_remembers_the_best_epoch_and_the_patience_spent(tmp_path, tiny_data, monkeypatch):
     # Epoch 1 is the best; the run is killed after epoch 2 (one epoch of patience spent). Resumed, it
     # rewrites the checkpoint with epoch 1's weights, trains epoch 3, which is again no better, and stops.
-    cfg = dataclasses.replace(CFG, epochs=5, patience=2)
+    cfg = CFG.model_copy(update=dict(epochs=5, patience=2))
     states = []
 
     def save_then_die(state):
@@ -138,9 +137,9 @@ def test_a_resumed_run_remembers_the_best_epoch_and_the_patience_spent(tmp_path,
 def test_a_run_that_stopped_early_does_nothing_when_resumed(tmp_path, tiny_data, monkeypatch):
     states = []
     _scores(monkeypatch, 0.8, 0.5)
-    _fit(tmp_path / "first", tiny_data, dataclasses.replace(CFG, epochs=4, patience=1), save_state=states.append)
+    _fit(tmp_path / "first", tiny_data, CFG.model_copy(update=dict(epochs=4, patience=1)), save_state=states.append)
     assert states[-1]["stopped"] and states[-1]["epoch"] == 2
-    result, logged = _fit(tmp_path, tiny_data, dataclasses.replace(CFG, epochs=4, patience=1), state=states[-1])
+    result, logged = _fit(tmp_path, tiny_data, CFG.model_copy(update=dict(epochs=4, patience=1)), state=states[-1])
     assert logged == []
     assert (result.best_epoch, result.last_epoch, result.resumed_from) == (1, 2, 2)
     assert torch.load(tmp_path / "m.pt", weights_only=True)["epoch"] == 1
@@ -180,7 +179,7 @@ def test_the_full_augmentation_and_its_options_reach_the_training_batches(tmp_pa
     # Vertical flips only (no horizontal flip, no crop, no jitter): every training image is a cached
     # image, upright or upside down, and both occur.
     options = AugmentOptions(hflip=False, vflip=True, crop_scale=(1.0, 1.0), jitter=0.0)
-    cfg = dataclasses.replace(CFG, epochs=2, augment="full", augmentation=options)
+    cfg = CFG.model_copy(update=dict(epochs=2, augment="full", augmentation=options))
     seen, originals = _train_inputs(tmp_path, tiny_data, monkeypatch, cfg)
     upright = [_matches(x, originals) for x in seen]
     flipped = [_matches(x, originals.flip(-2)) for x in seen]
@@ -189,12 +188,12 @@ def test_the_full_augmentation_and_its_options_reach_the_training_batches(tmp_pa
 
 
 def test_no_augmentation_trains_on_the_cached_images(tmp_path, tiny_data, monkeypatch):
-    seen, originals = _train_inputs(tmp_path, tiny_data, monkeypatch, dataclasses.replace(CFG, epochs=1))
+    seen, originals = _train_inputs(tmp_path, tiny_data, monkeypatch, CFG.model_copy(update=dict(epochs=1)))
     assert len(seen) > 0 and all(_matches(x, originals) for x in seen)
 
 
 def test_warmup_starts_below_the_peak_lr_and_reaches_it(tmp_path, tiny_data):
-    cfg = dataclasses.replace(CFG, scheduler="constant", warmup_epochs=1.0)
+    cfg = CFG.model_copy(update=dict(scheduler="constant", warmup_epochs=1.0))
     _, logged = _fit(tmp_path, tiny_data, cfg)
     lrs = [record["lr"] for _, record in logged]
     assert lrs[0] < cfg.lr and lrs[1] == lrs[2] == cfg.lr
@@ -203,13 +202,13 @@ def test_warmup_starts_below_the_peak_lr_and_reaches_it(tmp_path, tiny_data):
 def test_the_plateau_schedule_halves_the_lr_when_valid_dice_stalls(tmp_path, tiny_data, monkeypatch):
     # Valid Dice never improves after epoch 1: the 4th epoch without improvement (epoch 5) lowers the lr.
     _scores(monkeypatch, *[0.5] * 6)
-    _, logged = _fit(tmp_path, tiny_data, dataclasses.replace(CFG, epochs=6, scheduler="plateau"))
+    _, logged = _fit(tmp_path, tiny_data, CFG.model_copy(update=dict(epochs=6, scheduler="plateau")))
     assert [record["lr"] for _, record in logged] == [CFG.lr] * 5 + [CFG.lr / 2]
 
 
 def _parameter_change(tmp_path, tiny_data, cfg):
     states = []
-    _fit(tmp_path, tiny_data, dataclasses.replace(cfg, epochs=1), save_state=states.append)
+    _fit(tmp_path, tiny_data, cfg.model_copy(update=dict(epochs=1)), save_state=states.append)
     seed_everything(cfg.seed)
     start = build_model("unet", base_channels=4).state_dict()
     end = states[0]["model"]
@@ -222,15 +221,15 @@ def _parameter_change(tmp_path, tiny_data, cfg):
 
 def test_weight_decay_from_the_config_shrinks_the_weights(tmp_path, tiny_data):
     before, plain, _ = _parameter_change(tmp_path / "0", tiny_data, CFG)
-    _, decayed, _ = _parameter_change(tmp_path / "1", tiny_data, dataclasses.replace(CFG, weight_decay=60.0))
+    _, decayed, _ = _parameter_change(tmp_path / "1", tiny_data, CFG.model_copy(update=dict(weight_decay=60.0)))
     # AdamW multiplies the weights by (1 - lr * weight_decay) = 0.82 every step: 0.55 over 3 steps.
     assert decayed < 0.7 * plain and decayed < 0.7 * before
 
 
 def test_sgd_momentum_from_the_config_speeds_up_the_updates(tmp_path, tiny_data):
-    sgd = dataclasses.replace(CFG, optimizer="sgd", lr=0.05, scheduler="constant")
-    _, _, slow = _parameter_change(tmp_path / "0", tiny_data, dataclasses.replace(sgd, momentum=0.0))
-    _, _, fast = _parameter_change(tmp_path / "9", tiny_data, dataclasses.replace(sgd, momentum=0.9))
+    sgd = CFG.model_copy(update=dict(optimizer="sgd", lr=0.05, scheduler="constant"))
+    _, _, slow = _parameter_change(tmp_path / "0", tiny_data, sgd.model_copy(update=dict(momentum=0.0)))
+    _, _, fast = _parameter_change(tmp_path / "9", tiny_data, sgd.model_copy(update=dict(momentum=0.9)))
     assert fast > 1.3 * slow
 
 
@@ -242,14 +241,14 @@ def test_compile_true_trains_the_compiled_model(tmp_path, tiny_data, monkeypatch
         return model
 
     monkeypatch.setattr(training.torch, "compile", fake_compile)
-    _fit(tmp_path, tiny_data, dataclasses.replace(CFG, epochs=1, compile=True))
+    _fit(tmp_path, tiny_data, CFG.model_copy(update=dict(epochs=1, compile=True)))
     assert len(compiled) == 1 and isinstance(compiled[0], nn.Module)
 
 
 def test_zero_init_residual_is_passed_to_the_initialisation(tmp_path, tiny_data):
     # The UNet has no residual blocks, so asking for zero_init_residual is refused rather than ignored.
     with pytest.raises(UserError, match="zero_init_residual"):
-        _fit(tmp_path, tiny_data, dataclasses.replace(CFG, zero_init_residual=True))
+        _fit(tmp_path, tiny_data, CFG.model_copy(update=dict(zero_init_residual=True)))
 
 
 def test_the_logged_train_loss_is_the_epochs_mean_over_images(tmp_path, tiny_data, monkeypatch):
@@ -264,7 +263,7 @@ def test_the_logged_train_loss_is_the_epochs_mean_over_images(tmp_path, tiny_dat
         return loss
 
     monkeypatch.setitem(training.LOSSES, "bce_dice", spy)
-    _, logged = _fit(tmp_path, tiny_data, dataclasses.replace(CFG, epochs=1))
+    _, logged = _fit(tmp_path, tiny_data, CFG.model_copy(update=dict(epochs=1)))
     train = [(loss, n) for loss, n, grad in calls if grad]
     assert [n for _, n in train] == [2, 2, 2]
     expected = sum(loss * n for loss, n in train) / 6
@@ -275,5 +274,5 @@ def test_the_logged_train_loss_is_the_epochs_mean_over_images(tmp_path, tiny_dat
 def test_compile_false_never_compiles(tmp_path, tiny_data, monkeypatch):
     compiled = []
     monkeypatch.setattr(training.torch, "compile", lambda model, *a, **k: compiled.append(model) or model)
-    _fit(tmp_path, tiny_data, dataclasses.replace(CFG, epochs=1, compile=False))
+    _fit(tmp_path, tiny_data, CFG.model_copy(update=dict(epochs=1, compile=False)))
     assert compiled == []

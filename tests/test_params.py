@@ -3,24 +3,21 @@
 import copy
 import json
 import math
-from typing import get_args
 
 import pytest
 import yaml
 
 import stages.validate
-from pipeline.errors import UserError, run_stage
-from pipeline.params import (
+from pipeline.core.errors import UserError, run_stage
+from pipeline.core.messages import nearest_key
+from pipeline.core.params import (
     MODEL_SECTIONS,
     AugmentOptions,
-    Params,
-    TrainKeys,
     load_params,
     parse_params,
     read_download_inputs,
 )
-from pipeline.params_messages import nearest_key
-from pipeline.train_config import train_config
+from pipeline.train.config import train_config
 from tests.conftest import REPO
 
 SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -216,25 +213,6 @@ def test_bad_augmentation_options_are_one_line_errors(augmentation, message):
     )
     with pytest.raises(UserError, match=message):
         parse_params(params)
-
-
-def test_choice_lists_match_the_registries_that_implement_them():
-    from pipeline.dataset import AUGMENTATIONS
-    from pipeline.inference import TTA_MODES
-    from pipeline.losses import LOSSES
-    from pipeline.models import INIT_SCHEMES, MODELS
-    from pipeline.schedules import OPTIMIZERS, SCHEDULES
-
-    def choices(model, key):
-        return set(get_args(model.model_fields[key].annotation))
-
-    assert choices(TrainKeys, "loss") == set(LOSSES)
-    assert choices(TrainKeys, "scheduler") == set(SCHEDULES)
-    assert choices(TrainKeys, "optimizer") == set(OPTIMIZERS)
-    assert choices(TrainKeys, "init") == set(INIT_SCHEMES)
-    assert choices(TrainKeys, "augment") == set(AUGMENTATIONS)
-    assert choices(Params.model_fields["evaluate"].annotation, "tta") == set(TTA_MODES)
-    assert set(MODEL_SECTIONS) == set(MODELS)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.record import eval_record_path
+from pipeline.evaluate.record import eval_record_path
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent

@@ -8,13 +8,14 @@ import pandas as pd
 import pytest
 
 import stages.plot
-from pipeline.cache import CachedSplit, load_cache, save_cache
-from pipeline.errors import UserError, run_stage
-from pipeline.layout import breed_of
-from pipeline.masks import PackedMasks
-from pipeline.overlays import FN, FP, TP, error_overlay
-from pipeline.plot_masks import native_photo, overlay_grid, worst_stems
-from pipeline.plots import breed_order, ecdf, load_predictions, per_breed_bars, plt, read_metrics, read_table
+from pipeline.core.errors import UserError, run_stage
+from pipeline.data.cache import CachedSplit, load_cache, save_cache
+from pipeline.data.layout import breed_of
+from pipeline.data.masks import PackedMasks
+from pipeline.report.mask_figures import native_photo, overlay_grid, worst_stems
+from pipeline.report.overlays import FN, FP, TP, error_overlay
+from pipeline.report.inputs import load_predictions, read_metrics, read_table
+from pipeline.report.plots import breed_order, ecdf, per_breed_bars
 from tests.conftest import write_params
 
 MODELS = ("unet", "resnet34_unet")
@@ -135,7 +136,6 @@ def test_per_breed_labels_give_counts_and_species_colour(inputs):
     ]
     colours = {label.get_text().split(" ")[0]: label.get_color() for label in labels}
     assert colours["Bengal"] != colours["beagle"] and colours["Bengal"] == colours["Persian"]
-    plt.close(fig)
 
 
 def test_native_photo_is_resized_to_height_and_width():
@@ -156,7 +156,6 @@ def test_overlay_grid_draws_at_native_size_with_each_stems_dice(inputs):
             dice = per_image[m].set_index("stem").loc[STEMS[i], "dice"]
             assert axes[row, col].get_title() == f"{m}: Dice {dice:.3f}"
     assert "photo shown at 16 px, upsampled" in fig.get_suptitle()
-    plt.close(fig)
 
 
 def test_plot_stage_writes_exactly_the_six_pngs(inputs):

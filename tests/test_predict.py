@@ -12,17 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
-import pipeline.predict
-from pipeline.cli import main
-from pipeline.data import load_pair, resize_pair
-from pipeline.dataset import normalize
-from pipeline.export import export_checked
-from pipeline.inference import onnx_providers
-from pipeline.layout import image_path
-from pipeline.losses import LOSSES
-from pipeline.models import build_model
-from pipeline.predict import read_image, resize_for_model
-from pipeline.split import make_split
+import pipeline.serve.predict
+from pipeline.data.decode import load_pair, resize_image, resize_pair
+from pipeline.data.dataset import normalize
+from pipeline.data.layout import image_path
+from pipeline.data.split import make_split
+from pipeline.evaluate.export import export_checked
+from pipeline.evaluate.inference import onnx_providers
+from pipeline.models.registry import build_model
+from pipeline.serve.cli import main
+from pipeline.serve.predict import read_image
+from pipeline.train.losses import LOSSES
 
 SIZE = 32
 
@@ -179,9 +179,9 @@ def test_all_good_inputs_exit_0(model_dir, photos, tmp_path, capsys):
 
 def test_photos_are_decoded_per_batch(model_dir, photos, tmp_path, capsys, monkeypatch):
     events = []
-    read, write = pipeline.predict.read_image, pipeline.predict.write_outputs
-    monkeypatch.setattr(pipeline.predict, "read_image", lambda path: events.append("read") or read(path))
-    monkeypatch.setattr(pipeline.predict, "write_outputs", lambda *a: events.append("write") or write(*a))
+    read, write = pipeline.serve.predict.read_image, pipeline.serve.predict.write_outputs
+    monkeypatch.setattr(pipeline.serve.predict, "read_image", lambda path: events.append("read") or read(path))
+    monkeypatch.setattr(pipeline.serve.predict, "write_outputs", lambda *a: events.append("write") or write(*a))
     inputs = [photos[k] for k in ("jpeg", "rgba", "grey", "palette", "gif")]
     code, _, err = predict(["--weights", model_dir / "unet.pt", *inputs, "--out", tmp_path, "--batch-size", 2], capsys)
     assert code == 0, err
@@ -307,12 +307,12 @@ def test_cuda_unavailable_is_one_line(model_dir, photos, tmp_path, capsys, monke
 def test_preprocessing_is_the_training_caches(synthetic_root, photos):
     stem = make_split(synthetic_root, 0.25, seed=0).test[0]
     expected = load_pair(synthetic_root, stem, SIZE, "pet")[0]
-    np.testing.assert_array_equal(resize_for_model(read_image(image_path(synthetic_root, stem)), SIZE), expected)
+    np.testing.assert_array_equal(resize_image(read_image(image_path(synthetic_root, stem)), SIZE), expected)
     for key in ("jpeg", "rgba", "grey", "palette", "gif"):
         image = read_image(photos[key])
         assert image.mode == "RGB"
         mask = np.zeros((image.height, image.width), np.uint8)
-        np.testing.assert_array_equal(resize_for_model(image, SIZE), resize_pair(image, mask, SIZE)[0])
+        np.testing.assert_array_equal(resize_image(image, SIZE), resize_pair(image, mask, SIZE)[0])
 
 
 def test_entry_points(model_dir, photos, tmp_path):
@@ -387,7 +387,7 @@ def test_ctrl_c_exits_130(model_dir, photos, tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pipeline.predict.run", interrupted)
+    monkeypatch.setattr("pipeline.serve.predict.run", interrupted)
     code, _, err = predict(["--weights", model_dir / "unet.pt", photos["jpeg"], "--out", tmp_path / "o"], capsys)
     assert code == 130 and "interrupted" in err and "Traceback" not in err
 

@@ -15,8 +15,9 @@ import torchvision
 from torchvision.models import ResNet34_Weights
 
 import pipeline.models.pretrained as pretrained
-from pipeline.errors import UserError
-from pipeline.models import build_model, load_encoder_weights
+from pipeline.core.errors import UserError
+from pipeline.models.pretrained import load_encoder_weights
+from pipeline.models.registry import build_model
 from pipeline.models.resnet34_unet import ResNet34UNet
 
 TINY = {"decoder_channels": [16, 8, 8, 4, 4]}

@@ -14,10 +14,10 @@ import stages.preprocess
 import stages.split
 import stages.train
 import stages.validate
-from pipeline.cache import load_cache
-from pipeline.data import load_pair
-from pipeline.errors import run_stage
-from pipeline.layout import read_stems
+from pipeline.core.errors import run_stage
+from pipeline.data.decode import load_pair
+from pipeline.data.cache import load_cache
+from pipeline.data.layout import read_stems
 from tests.conftest import REPO
 
 

@@ -13,9 +13,11 @@ import pytest
 import torch
 import yaml
 
-from pipeline.cache import save_cache
-from pipeline.data import build_cache
-from pipeline.resume import (
+from pipeline.data.build import build_cache
+from pipeline.data.cache import save_cache
+from pipeline.data.split import make_split
+from pipeline.data.synthetic import make_synthetic
+from pipeline.train.resume import (
     ResumeStore,
     differences,
     file_digest,
@@ -27,8 +29,6 @@ from pipeline.resume import (
     snapshot_dir,
     training_inputs,
 )
-from pipeline.split import make_split
-from pipeline.synthetic import make_synthetic
 from tests.conftest import REPO
 
 
@@ -53,7 +53,7 @@ def test_a_state_loads_only_with_the_inputs_it_was_made_with(tmp_path):
 
 
 def test_a_state_of_another_format_version_is_ignored(tmp_path, monkeypatch):
-    import pipeline.resume as resume
+    import pipeline.train.resume as resume
 
     save_state(tmp_path / "s.pt", {"epoch": 1}, {})
     monkeypatch.setattr(resume, "STATE_VERSION", resume.STATE_VERSION + 1)

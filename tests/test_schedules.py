@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from pipeline.errors import UserError
-from pipeline.schedules import PLATEAU_FACTOR, PLATEAU_PATIENCE, LrSchedule, make_optimizer
+from pipeline.core.errors import UserError
+from pipeline.train.schedules import PLATEAU_FACTOR, PLATEAU_PATIENCE, LrSchedule, make_optimizer
 
 LR = 0.1
 

@@ -12,12 +12,13 @@ import stages.export
 import stages.plot
 import stages.preprocess
 import stages.train
-from pipeline.cache import CachedSplit, save_cache
-from pipeline.data import build_cache, load_pair
-from pipeline.errors import run_stage
-from pipeline.masks import PackedMasks
-from pipeline.models import build_model
-from pipeline.split import make_split
+from pipeline.core.errors import run_stage
+from pipeline.data.build import build_cache
+from pipeline.data.decode import load_pair
+from pipeline.data.cache import CachedSplit, save_cache
+from pipeline.data.masks import PackedMasks
+from pipeline.data.split import make_split
+from pipeline.models.registry import build_model
 from tests.conftest import REPO
 
 

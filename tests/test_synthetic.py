@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.archives import opened
-from pipeline.download import prepare_dataset
-from pipeline.layout import LIST_FILES, check_layout, image_path, read_stems, trimap_path
-from pipeline.synthetic import make_synthetic
+from pipeline.data.archives import opened
+from pipeline.data.download import prepare_dataset
+from pipeline.data.layout import LIST_FILES, check_layout, image_path, read_stems, trimap_path
+from pipeline.data.synthetic import make_synthetic
 
 NUM = 8
 

@@ -1,19 +1,18 @@
-import dataclasses
-
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import pipeline.training as training
-from pipeline.checkpoint import load_checkpoint
-from pipeline.errors import UserError
-from pipeline.inference import predict_logits, torch_forward
-from pipeline.losses import bce_loss
-from pipeline.metrics import SegmentationMeter
-from pipeline.schedules import LrSchedule
-from pipeline.train_config import TrainConfig
-from pipeline.training import Batch, accumulation_groups, fit, train_epoch
+import pipeline.train.fit as training
+from pipeline.core.errors import UserError
+from pipeline.evaluate.inference import predict_logits, torch_forward
+from pipeline.evaluate.metrics import SegmentationMeter
+from pipeline.models.checkpoint import load_checkpoint
+from pipeline.train.config import TrainConfig
+from pipeline.train.fit import fit
+from pipeline.train.loop import Batch, accumulation_groups, train_epoch
+from pipeline.train.losses import bce_loss
+from pipeline.train.schedules import LrSchedule
 
 CFG = TrainConfig(
     epochs=3,
@@ -75,7 +74,7 @@ def test_fit_is_deterministic_for_a_seed(tmp_path, tiny_data):
 
 def test_results_do_not_depend_on_the_number_of_loader_workers(tmp_path, tiny_data):
     _, inline = _fit(tmp_path / "0", tiny_data)
-    _, workers = _fit(tmp_path / "2", tiny_data, dataclasses.replace(CFG, num_workers=2))
+    _, workers = _fit(tmp_path / "2", tiny_data, CFG.model_copy(update=dict(num_workers=2)))
     assert _results(inline) == _results(workers)
     a = torch.load(tmp_path / "0" / "m.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "2" / "m.pt", weights_only=True)["state_dict"]
@@ -83,15 +82,17 @@ def test_results_do_not_depend_on_the_number_of_loader_workers(tmp_path, tiny_da
 
 
 def test_training_lowers_the_train_loss(tmp_path, tiny_data):
-    cfg = dataclasses.replace(CFG, epochs=6, augment="none", scheduler="constant")
+    cfg = CFG.model_copy(update=dict(epochs=6, augment="none", scheduler="constant"))
     _, logged = _fit(tmp_path, tiny_data, cfg)
     assert logged[-1][1]["train/loss"] < logged[0][1]["train/loss"]
     assert {record["lr"] for _, record in logged} == {cfg.lr}
 
 
 def test_resnet34_unet_trains_with_the_recipe_options(tmp_path, tiny_data):
-    cfg = dataclasses.replace(
-        CFG, epochs=2, loss="dice", optimizer="sgd", scheduler="onecycle", init="kaiming", zero_init_residual=True
+    cfg = CFG.model_copy(
+        update=dict(
+            epochs=2, loss="dice", optimizer="sgd", scheduler="onecycle", init="kaiming", zero_init_residual=True
+        )
     )
     result, logged = _fit(tmp_path, tiny_data, cfg, name="resnet34_unet")
     _, ckpt = load_checkpoint(tmp_path / "m.pt", torch.device("cpu"))
@@ -104,7 +105,7 @@ def test_fit_starts_from_a_pretrained_encoder_file(tmp_path, tiny_data):
     reference = torchvision.models.resnet34().state_dict()
     torch.save(reference, tmp_path / "resnet34.pth")
     # An lr this small leaves the convolutions where they started after one epoch.
-    cfg = dataclasses.replace(CFG, epochs=1, lr=1e-12, encoder_weights=str(tmp_path / "resnet34.pth"))
+    cfg = CFG.model_copy(update=dict(epochs=1, lr=1e-12, encoder_weights=str(tmp_path / "resnet34.pth")))
     _fit(tmp_path, tiny_data, cfg, name="resnet34_unet")
     trained = torch.load(tmp_path / "m.pt", weights_only=True)["state_dict"]
     for name in ("conv1.weight", "layer1.0.conv1.weight", "layer4.2.conv2.weight"):
@@ -114,7 +115,7 @@ def test_fit_starts_from_a_pretrained_encoder_file(tmp_path, tiny_data):
 def test_early_stopping_after_patience_epochs_without_a_better_valid_dice(tmp_path, tiny_data, monkeypatch):
     scores = iter([0.5, 0.6, 0.55, 0.58, 0.7, 0.8])
     monkeypatch.setattr(training, "validate", lambda *args: (1.0, next(scores)))
-    result, logged = _fit(tmp_path, tiny_data, dataclasses.replace(CFG, epochs=6, patience=2))
+    result, logged = _fit(tmp_path, tiny_data, CFG.model_copy(update=dict(epochs=6, patience=2)))
     # Epoch 2 is the best; epochs 3 and 4 do not beat it, so training stops after epoch 4.
     assert [e for e, _ in logged] == [1, 2, 3, 4]
     assert (result.best_epoch, result.last_epoch, result.best_valid_dice) == (2, 4, 0.6)
@@ -136,7 +137,7 @@ def test_a_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_last_good_che
 
     monkeypatch.setitem(training.LOSSES, "bce", loss)
     with pytest.raises(UserError, match=r"non-finite at epoch 2, step 2; .*m.pt keeps the best weights"):
-        _fit(tmp_path, tiny_data, dataclasses.replace(CFG, loss="bce", batch_size=2))
+        _fit(tmp_path, tiny_data, CFG.model_copy(update=dict(loss="bce", batch_size=2)))
     assert torch.load(tmp_path / "m.pt", weights_only=True)["epoch"] == 1
 
 
@@ -202,10 +203,10 @@ def test_compile_gives_the_results_of_eager_mode(tmp_path, tiny_data, monkeypatc
 
     real_compile = torch.compile
     monkeypatch.setattr(training.torch, "compile", spy)
-    cfg = dataclasses.replace(CFG, epochs=1, augment="none")
+    cfg = CFG.model_copy(update=dict(epochs=1, augment="none"))
     _, eager = _fit(tmp_path / "eager", tiny_data, cfg)
     assert compiled_models == []
-    _, compiled = _fit(tmp_path / "compiled", tiny_data, dataclasses.replace(cfg, compile=True))
+    _, compiled = _fit(tmp_path / "compiled", tiny_data, cfg.model_copy(update=dict(compile=True)))
     assert len(compiled_models) == 1  # the model really went through torch.compile
     # Inductor fuses and reorders float operations, so equal only to within rounding.
     for (_, a), (_, b) in zip(_results(eager), _results(compiled), strict=True):

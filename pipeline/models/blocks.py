@@ -3,9 +3,7 @@
 import torch
 from torch import nn
 
-# Both architectures downsample five times in total (UNet: four max-pools, but the registry
-# promises one rule for both), so H and W must be divisible by 2**5.
-SIZE_MULTIPLE = 32
+from pipeline.core.constants import SIZE_MULTIPLE
 
 
 def check_input(x: torch.Tensor) -> None:

@@ -4,10 +4,9 @@ import math
 
 from torch import nn
 
-from pipeline.errors import UserError
+from pipeline.core.constants import INIT_SCHEMES
+from pipeline.core.errors import UserError
 from pipeline.models.blocks import BasicBlock
-
-INIT_SCHEMES = ("default", "kaiming")
 
 
 def init_weights(model: nn.Module, scheme: str, zero_init_residual: bool = False) -> None:
@@ -27,8 +26,9 @@ def init_weights(model: nn.Module, scheme: str, zero_init_residual: bool = False
     block starts as ``relu(shortcut(x))`` (Goyal et al. 2017, arXiv:1706.02677;
     torchvision's ``zero_init_residual``).
 
-    Raises UserError (a ValueError) for an unknown ``scheme`` (listing :data:`INIT_SCHEMES`) or for
-    ``zero_init_residual`` on a model without BasicBlocks (the UNet); the model is then unchanged.
+    Raises UserError (a ValueError) for an unknown ``scheme`` (listing
+    :data:`~pipeline.core.constants.INIT_SCHEMES`) or for ``zero_init_residual`` on a model without
+    BasicBlocks (the UNet); the model is then unchanged.
     """
     if scheme not in INIT_SCHEMES:
         raise UserError(f"unknown init scheme {scheme!r}; valid names: {', '.join(INIT_SCHEMES)}")

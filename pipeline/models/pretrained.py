@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet34_Weights
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.models.resnet34_unet import ResNet34Encoder
 
 PARAM = "resnet34_unet.encoder_weights"
@@ -79,7 +79,7 @@ def load_encoder_weights(model: nn.Module, spec: str) -> None:
     is dropped; every other tensor must match the encoder's key and shape. Missing BatchNorm
     ``num_batches_tracked`` counters (files older than PyTorch 0.4.1) keep the encoder's
     values, as BatchNorm does for such files. The weights expect ImageNet-normalised input
-    (:func:`pipeline.dataset.normalize`).
+    (:func:`pipeline.data.dataset.normalize`).
 
     Raises UserError (a ValueError) if the model has no ResNet-34 encoder (only resnet34_unet has
     one), if the download fails, if the file is missing or not a state dict, or if its keys or

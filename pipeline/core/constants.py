@@ -1,0 +1,25 @@
+"""Values several packages need, each defined once and importable without torch.
+
+The names a param may choose among (models, losses, optimisers, schedules, augmentation levels,
+init schemes, TTA modes, boundary policies) are spelt here, and both the params schema
+(:mod:`pipeline.core.params`) and the registries that implement them (``MODELS`` in
+:mod:`pipeline.models.registry`, ``LOSSES`` in :mod:`pipeline.train.losses`, ...) are built from
+these tuples, so a name cannot be valid in one and unknown to the other.
+"""
+
+# Registry names of the architectures; each has a section of the same name in params.yaml.
+MODELS = ("unet", "resnet34_unet")
+LOSSES = ("bce_dice", "dice", "bce")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("cosine", "constant", "onecycle", "plateau")
+AUGMENT_LEVELS = ("none", "flip", "full")
+INIT_SCHEMES = ("default", "kaiming")
+TTA_MODES = ("none", "hflip")
+# What the trimap's boundary band (value 3, dataset README) counts as.
+BOUNDARY_POLICIES = ("pet", "background", "ignore")
+
+# Both architectures downsample five times (2**5), so image height and width in pixels must divide by it.
+SIZE_MULTIPLE = 32
+# A pixel is pet when sigmoid(logit) > this probability, unless evaluate.threshold or --threshold says otherwise:
+# the Bayes decision for calibrated probabilities under equal costs.
+DEFAULT_THRESHOLD = 0.5

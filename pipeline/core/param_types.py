@@ -1,0 +1,63 @@
+"""Value types of the params schema (:mod:`pipeline.core.params`): numbers, counts, flags and the
+"auto"-or-value kinds, with the checks YAML needs (its ``true`` is not 1, ``3e-4`` is a number), and
+the base of every section."""
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+
+def _no_bool(value: Any) -> Any:
+    # YAML's `true` would otherwise pass as 1 or 1.0.
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+# A float param: YAML 1.1 (PyYAML) reads an exponent without a decimal point ("3e-4") as a string,
+# which pydantic parses; true/false, NaN and infinities are refused.
+Number = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
+NonNegative = Annotated[Number, Field(ge=0)]
+Fraction = Annotated[Number, Field(ge=0, le=1)]
+Count = Annotated[int, Field(strict=True, ge=1)]
+CountOrZero = Annotated[int, Field(strict=True, ge=0)]
+Seed = Annotated[int, Field(strict=True, ge=0)]
+Flag = Annotated[bool, Field(strict=True)]
+Name = Annotated[str, Field(strict=True, min_length=1)]
+
+
+def auto_or(check):
+    """A BeforeValidator accepting "auto" or what ``check`` returns (it raises ValueError otherwise)."""
+    return BeforeValidator(lambda value: value if value == "auto" else check(value))
+
+
+def loader_workers(value: Any) -> int:
+    """A DataLoader worker count: a whole number >= 0 (not true/false). Raises ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("must be auto or a whole number >= 0")
+    return value
+
+
+def probability(value: Any) -> float:
+    """A number strictly between 0 and 1, as a float. Raises ValueError otherwise (true/false and NaN too)."""
+    try:
+        number = float(_no_bool(value))
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0 < number < 1:  # NaN fails this too
+        raise ValueError("must be a number strictly between 0 and 1, or auto")
+    return number
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors; values are immutable once read."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def decode_workers(value: Any) -> int | str:
+    """"auto" or a process count >= 1. Raises ValueError otherwise."""
+    # bool is an int subclass, but `workers: yes` in YAML is a mistake, not one process.
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError("must be auto or a whole number >= 1")

@@ -1,0 +1,151 @@
+"""Building the preprocessed cache (:mod:`pipeline.data.cache`) from the pairs of a split.
+
+Pairs are decoded (:mod:`pipeline.data.decode`) in a pool of worker processes (one pair's decode is
+independent of the others', so the cache is the same for any worker count); the parent writes them
+in order.
+"""
+
+import multiprocessing
+import os
+import signal
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.core.io import atomic_path
+from pipeline.core.orphans import die_with_parent
+from pipeline.data.cache import CachedSplit, CacheRow, CacheWriter
+from pipeline.data.decode import BadPair, decode_pair, resize_pair
+from pipeline.data.layout import UNKNOWN_SPECIES, breed_of, read_species
+from pipeline.data.masks import IGNORE, PackedMasks, pack_mask
+from pipeline.data.report import Skipped
+
+# Pairs a worker decodes per task: a few round trips fewer, while a pool's tasks in flight
+# (IN_FLIGHT a worker, about 1 MB a pair at 512 px) stay a small, fixed amount of RAM.
+CHUNK = 8
+IN_FLIGHT = 3
+
+
+def resolve_workers(value: int | str) -> int:
+    """The decode process count for ``preprocess.workers``: "auto" = ``os.cpu_count()`` (1 if unknown),
+    else ``value`` (an int >= 1, as params.py checked)."""
+    return (os.cpu_count() or 1) if value == "auto" else value
+
+
+def decode_row(root: Path, stem: str, species: str, size: int, boundary: str) -> CacheRow | Skipped:
+    """One pair as the cache stores it (:func:`decode_pair` then :func:`resize_pair`, its native mask
+    packed; ignored pixels packed only when ``boundary`` is "ignore"), or, for a pair
+    :func:`decode_pair` rejects, the :class:`~pipeline.data.report.Skipped` entry with its reason."""
+    try:
+        image, mask = decode_pair(root, stem, boundary)
+    except BadPair as err:
+        return Skipped(stem, err.reason, str(err))
+    small_image, small_mask = resize_pair(image, mask, size)
+    ignored = pack_mask(mask == IGNORE) if boundary == "ignore" else None
+    return CacheRow(stem, breed_of(stem), species, small_image, small_mask, mask.shape, pack_mask(mask == 1), ignored)
+
+
+def _decode_chunk(root: Path, pairs: list[tuple[str, str]], size: int, boundary: str) -> list[CacheRow | Skipped]:
+    return [decode_row(root, stem, species, size, boundary) for stem, species in pairs]
+
+
+def _init_worker(parent: int) -> None:
+    # Ctrl-C signals the whole process group: only the parent handles it, and shuts the pool down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A parent killed with SIGKILL cannot shut the pool down, and its workers would wait for tasks.
+    die_with_parent(parent)
+
+
+def decode_rows(
+    root: Path, stems: list[str], size: int, boundary: str, workers: int = 1
+) -> Iterator[CacheRow | Skipped]:
+    """:func:`decode_row` of every stem, in the order of ``stems``, by ``workers`` processes.
+
+    With 1 the pairs are decoded here; with more, in a pool of forked processes, CHUNK pairs a task,
+    at most IN_FLIGHT tasks a worker submitted ahead, so RAM stays bounded whatever ``len(stems)``.
+    The results are the same for any ``workers``. Raises UserError if annotations/list.txt is missing.
+    """
+    root = Path(root)
+    species = read_species(root / "annotations" / "list.txt")
+    pairs = [(stem, species.get(stem, UNKNOWN_SPECIES)) for stem in stems]
+    if workers == 1:
+        for stem, kind in pairs:
+            yield decode_row(root, stem, kind, size, boundary)
+        return
+    # Forked workers inherit the imported modules; spawned ones would import them again, each pool.
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker, initargs=(os.getpid(),)
+    )
+    try:
+        pending = deque()
+        for start in range(0, len(pairs), CHUNK):
+            pending.append(pool.submit(_decode_chunk, root, pairs[start : start + CHUNK], size, boundary))
+            if len(pending) >= workers * IN_FLIGHT:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def build_cache(
+    root: Path, stems: list[str], size: int, boundary: str, progress: bool = True, workers: int = 1
+) -> CachedSplit:
+    """Decode every stem once, in RAM (tests, benchmarks; the preprocess stage streams with
+    :func:`write_cache` instead), keep its native-size mask, and resize it; skip the pairs that fail.
+
+    A pair :func:`decode_pair` rejects is left out of the arrays and listed in ``skipped`` with
+    its reason and message, so the split holds the N good pairs of ``stems``, in their order.
+    ``native_ignore`` is filled only when ``boundary`` is "ignore". Raises UserError if
+    annotations/list.txt is missing.
+    """
+    # Room for every stem, sliced to the good ones at the end: one allocation, no copy.
+    images = np.empty((len(stems), size, size, 3), np.uint8)
+    masks = np.empty((len(stems), size, size), np.uint8)
+    rows, skipped = [], []
+    decoded = decode_rows(root, stems, size, boundary, workers)
+    for row in tqdm(decoded, desc="preprocess", total=len(stems), unit="img", disable=not progress):
+        if isinstance(row, Skipped):
+            skipped.append(row)
+            continue
+        n = len(rows)
+        images[n], masks[n] = row.image, row.mask
+        rows.append(replace(row, image=images[n], mask=masks[n]))  # views: each pixel held once
+    shapes = [row.shape for row in rows]
+    return CachedSplit(
+        images[: len(rows)],
+        masks[: len(rows)],
+        [row.stem for row in rows],
+        PackedMasks.from_packed([row.native_bits for row in rows], shapes),
+        [row.breed for row in rows],
+        [row.species for row in rows],
+        PackedMasks.from_packed([row.ignore_bits for row in rows], shapes) if boundary == "ignore" else None,
+        tuple(skipped),
+    )
+
+
+def write_cache(
+    root: Path, stems: list[str], dest: Path, size: int, boundary: str, workers: int = 1, progress: bool = True
+) -> tuple[int, tuple[Skipped, ...]]:
+    """Decode ``stems`` by ``workers`` processes (:func:`decode_rows`) into a cache folder at ``dest``
+    (pipeline/data/cache.py's layout), atomically, a pair at a time: RAM does not grow with ``len(stems)``.
+
+    Returns the number of pairs written and the :class:`~pipeline.data.report.Skipped` ones, in the
+    order of ``stems``. The folder holds what :func:`build_cache` returns for the same arguments.
+    Raises UserError if annotations/list.txt is missing.
+    """
+    skipped = []
+    rows = closing(decode_rows(root, stems, size, boundary, workers))  # shut the pool down on any error
+    with atomic_path(dest) as tmp, CacheWriter(tmp, size, boundary == "ignore") as writer, rows as decoded:
+        for row in tqdm(decoded, desc="preprocess", total=len(stems), unit="img", disable=not progress):
+            if isinstance(row, Skipped):
+                skipped.append(row)
+            else:
+                writer.add(row)
+    return len(stems) - len(skipped), tuple(skipped)

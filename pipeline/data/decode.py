@@ -1,0 +1,106 @@
+"""Decoding one image/trimap pair: the photo as RGB, the trimap as a mask, both resized for the cache.
+
+Trimap values follow the dataset README: 1 = pet, 2 = background, 3 = boundary. Masks are uint8
+with 0 = background, 1 = pet and :data:`~pipeline.data.masks.IGNORE` (255) = counted in no loss or metric.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.core.constants import BOUNDARY_POLICIES
+from pipeline.core.errors import UserError
+from pipeline.data.layout import image_path, trimap_path
+from pipeline.data.masks import IGNORE
+from pipeline.data.report import BAD_TRIMAP_VALUES, MISSING_FILE, SIZE_MISMATCH, UNDECODABLE_IMAGE, UNDECODABLE_TRIMAP
+
+TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY = 1, 2, 3
+
+
+class BadPair(UserError):
+    """An image/trimap pair that cannot be used; ``reason`` is one of :data:`pipeline.data.report.REASONS`."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def trimap_to_mask(trimap: np.ndarray, boundary: str = "pet") -> np.ndarray:
+    """Map an Oxford-IIIT Pet trimap to a mask.
+
+    ``trimap``: uint8 (H, W) with values in {1 pet, 2 background, 3 boundary}. ``boundary``: "pet"
+    counts the boundary band as pet, "background" as background, "ignore" marks it :data:`IGNORE`.
+    Returns uint8 (H, W) in {0, 1}, or {0, 1, 255} under "ignore". Raises ValueError on any other
+    trimap value or policy.
+    """
+    if boundary not in BOUNDARY_POLICIES:
+        raise ValueError(f"boundary policy must be one of {', '.join(BOUNDARY_POLICIES)}, got {boundary!r}")
+    bad = np.setdiff1d(np.unique(trimap), [TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY])
+    if bad.size:
+        raise ValueError(f"trimap has values {bad.tolist()}; expected only 1 (pet), 2 (background), 3 (boundary)")
+    mask = (trimap == TRIMAP_PET).astype(np.uint8)
+    mask[trimap == TRIMAP_BOUNDARY] = {"pet": 1, "background": 0, "ignore": IGNORE}[boundary]
+    return mask
+
+
+def _open(path: Path, mode: str, undecodable: str) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            # A label map keeps its raw values: convert("L") would remap a palette by luminance.
+            if mode == "L" and img.mode in ("L", "P"):
+                img.load()  # decode fully, so a truncated file fails here, not later
+                return img.copy()
+            return img.convert(mode)
+    except FileNotFoundError:
+        raise BadPair(MISSING_FILE, f"{path}: file not found; rerun the download and split stages") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise BadPair(undecodable, f"{path}: cannot decode ({err}); replace the file or delete the pair") from None
+
+
+def decode_pair(root: Path, stem: str, boundary: str) -> tuple[Image.Image, np.ndarray]:
+    """Decode one image/trimap pair at the photo's own resolution.
+
+    The image is opened with PIL whatever its real format (the official set has PNG and GIF files
+    named .jpg) and converted to RGB. Returns the RGB image and the mask uint8 (H, W) in {0, 1} or,
+    under "ignore", {0, 1, 255} (:func:`trimap_to_mask` with ``boundary``). Raises :class:`BadPair`
+    (a UserError) for a missing or undecodable file, bad trimap values, or a trimap whose size
+    differs from the image's, with the reason as its ``reason``.
+    """
+    image = _open(image_path(root, stem), "RGB", UNDECODABLE_IMAGE)
+    tpath = trimap_path(root, stem)
+    trimap = _open(tpath, "L", UNDECODABLE_TRIMAP)
+    if trimap.size != image.size:
+        raise BadPair(
+            SIZE_MISMATCH,
+            f"{tpath}: trimap is {trimap.size[0]}x{trimap.size[1]} px but its image is "
+            f"{image.size[0]}x{image.size[1]}; replace the file or delete the pair",
+        )
+    try:
+        mask = trimap_to_mask(np.asarray(trimap), boundary)
+    except ValueError as err:
+        raise BadPair(BAD_TRIMAP_VALUES, f"{tpath}: {err}; replace the file or delete the pair") from None
+    return image, mask
+
+
+def resize_image(image: Image.Image, size: int) -> np.ndarray:
+    """An RGB photo resized bilinearly (PIL) to ``size`` x ``size`` pixels: uint8 (size, size, 3).
+
+    The one resize of photos: the cache's and ``petseg predict``'s, so prediction sees photos as training did.
+    """
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def resize_pair(image: Image.Image, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize to ``size`` x ``size`` pixels: the image as :func:`resize_image`, the mask with nearest neighbour.
+
+    Returns image uint8 (size, size, 3) and mask uint8 (size, size) with the values of ``mask``
+    (nearest neighbour invents none, so :data:`IGNORE` stays 255).
+    """
+    small = Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST)
+    return resize_image(image, size), np.asarray(small, dtype=np.uint8)
+
+
+def load_pair(root: Path, stem: str, size: int, boundary: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`decode_pair` then :func:`resize_pair`: image uint8 (size, size, 3), mask uint8 (size, size)."""
+    return resize_pair(*decode_pair(root, stem, boundary), size)

@@ -1,0 +1,142 @@
+"""Logits from a trained model, PyTorch or ONNX Runtime, with optional test-time augmentation.
+
+Both back ends take the same input, float32 (N, 3, S, S) ImageNet-normalised images, and return
+float32 logits (N, 1, S, S) as NumPy arrays, so evaluation, export checks and ``petseg predict``
+share one path whatever runs the network.
+"""
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.core.constants import TTA_MODES
+from pipeline.core.errors import UserError, first_line
+from pipeline.data.dataset import normalize
+from pipeline.models.checkpoint import load_checkpoint
+
+Forward = Callable[[np.ndarray], np.ndarray]
+
+
+def torch_forward(model: torch.nn.Module, device: torch.device) -> Forward:
+    """Wrap a model in eval mode: float32 (N, 3, S, S) → logits float32 (N, 1, S, S), under inference_mode."""
+    model.eval()
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
+
+    return forward
+
+
+def onnx_providers(device: str) -> list[str]:
+    """ONNX Runtime execution providers for a torch device type: CUDA first on "cuda" (ONNX Runtime
+    falls back to the next provider when its build lacks one), the CPU always."""
+    return (["CUDAExecutionProvider"] if device == "cuda" else []) + ["CPUExecutionProvider"]
+
+
+def onnx_forward(path: Path, device: str = "cpu") -> tuple[Forward, dict[str, str]]:
+    """An ONNX Runtime session on ``path`` (providers: :func:`onnx_providers`) as a forward function,
+    and the model's metadata_props. Raises UserError if the file is missing or not an ONNX model.
+    """
+    import onnxruntime as ort  # imported here: a training-only install never loads it
+
+    try:
+        session = ort.InferenceSession(str(path), providers=onnx_providers(device))
+    except Exception as err:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
+        if not Path(path).is_file():
+            raise UserError(f"{path}: ONNX model not found; run `dvc repro` (export stage)") from None
+        raise UserError(f"{path}: not an ONNX model ({first_line(err)}); export it again") from None
+    name = session.get_inputs()[0].name
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: x})[0]
+
+    return forward, dict(session.get_modelmeta().custom_metadata_map)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A forward function and what is known of the weights: registry ``name``, ``image_size`` (pixels)."""
+
+    forward: Forward
+    name: str
+    image_size: int
+    info: dict[str, Any]
+
+
+def load_model(path: Path, device: torch.device) -> LoadedModel:
+    """Load a petseg checkpoint (.pt, PyTorch) or an exported model (.onnx, ONNX Runtime).
+
+    Raises UserError if the file is missing, or is neither a petseg checkpoint nor a petseg ONNX
+    export (whose metadata_props hold ``model`` and ``image_size``).
+    """
+    path = Path(path)
+    if path.suffix == ".onnx":
+        forward, meta = onnx_forward(path, device.type)
+        try:
+            return LoadedModel(forward, meta["model"], int(meta["image_size"]), meta)
+        except (KeyError, ValueError):
+            raise UserError(f"{path}: an ONNX model but not a petseg export (no model/image_size metadata)") from None
+    model, ckpt = load_checkpoint(path, device)
+    return LoadedModel(torch_forward(model, device), ckpt["model"], int(ckpt["image_size"]), ckpt)
+
+
+def prepare(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, S, S, 3) → float32 (N, 3, S, S) normalised as in training (:func:`pipeline.data.dataset.normalize`)."""
+    # A copy of the batch: the cache is a read-only memory map, which torch tensors must not wrap.
+    return normalize(torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)).contiguous().numpy()
+
+
+def tta_forward(forward: Forward, x: np.ndarray, tta: str) -> np.ndarray:
+    """Logits of ``x`` float32 (N, 3, S, S) → float32 (N, 1, S, S).
+
+    "none": ``forward(x)``. "hflip": the mean of the logits of the image and of its mirror image
+    (flipped back), the usual flip test-time augmentation. Raises ValueError for another mode.
+    """
+    if tta == "none":
+        return forward(x)
+    if tta == "hflip":
+        mirrored = forward(np.ascontiguousarray(x[..., ::-1]))[..., ::-1]
+        return (forward(x) + mirrored) / 2
+    raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+
+
+def iter_logits(forward: Forward, images: np.ndarray, batch_size: int, tta: str) -> Iterator[tuple[np.ndarray, float]]:
+    """Logits float32 (B, S, S) of uint8 images (N, S, S, 3), ``batch_size`` images at a time, in order,
+    each with the seconds spent in ``forward`` on it. Memory: one batch, however large ``images`` (a
+    memory map is read one batch at a time)."""
+    for start in range(0, len(images), batch_size):
+        x = prepare(images[start : start + batch_size])
+        tic = time.perf_counter()
+        logits = tta_forward(forward, x, tta)
+        yield logits[:, 0], time.perf_counter() - tic
+
+
+def predict_logits(forward: Forward, images: np.ndarray, batch_size: int, tta: str) -> tuple[np.ndarray, float]:
+    """Logits float32 (N, S, S) for uint8 images (N, S, S, 3), in batches of ``batch_size``: all of
+    :func:`iter_logits` in one array, and the seconds spent in ``forward`` alone (inference
+    throughput = N / seconds)."""
+    out = np.empty(images.shape[:3], np.float32)
+    seconds, start = 0.0, 0
+    for logits, spent in iter_logits(forward, images, batch_size, tta):
+        out[start : start + len(logits)] = logits
+        start += len(logits)
+        seconds += spent
+    return out, seconds
+
+
+def native_probabilities(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize one image's logits float32 (S, S) to (height, width) pixels, bilinear, then sigmoid.
+
+    Interpolating logits (not thresholded masks) keeps the boundary sub-pixel accurate; uses
+    ``align_corners=False``, so a same-size resize is the identity. Returns float32 (height, width).
+    """
+    t = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))[None, None]
+    t = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
+    return torch.sigmoid(t)[0, 0].numpy()

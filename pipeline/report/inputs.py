@@ -1,0 +1,112 @@
+"""Readers of what the training and evaluate stages wrote, checked before the plot stage draws anything.
+
+Each raises a one-line UserError naming the file and the stage to rerun, so a bad input leaves no figure.
+"""
+
+import json
+import math
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core.errors import UserError
+from pipeline.data.masks import PackedMasks
+
+# dvclive writes one TSV per metric under <live>/plots/metrics/, with columns step (0-based epoch) and <name>.
+CURVES = {"train/loss": "train loss", "valid/loss": "valid loss", "valid/dice": "valid Dice"}
+# Numbers the figures need from metrics/<model>.json; a dot reaches into a nested mapping.
+METRIC_KEYS = ("dice", "dice_per_image", "iou", "at_image_size.dice", "images", "threshold", "image_size")
+REDO_EVALUATE = "run dvc repro -f for its evaluate stage"
+
+
+def read_curves(live_dir: Path) -> pd.DataFrame:
+    """Per-epoch metrics logged by dvclive: a DataFrame indexed by epoch (1-based) with CURVES columns.
+
+    Raises UserError if a TSV is missing or malformed.
+    """
+    columns = {}
+    for metric in CURVES:
+        path = Path(live_dir) / "plots" / "metrics" / f"{metric}.tsv"
+        try:
+            table = pd.read_csv(path, sep="\t")
+            columns[metric] = table.set_index(table["step"] + 1)[Path(metric).name]
+        except FileNotFoundError:
+            raise UserError(f"{path}: not found; rerun the training stage") from None
+        except (KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise UserError(f"{path}: not a dvclive metric file ({err!r}); rerun the training stage") from None
+    return pd.DataFrame(columns).rename_axis("epoch")
+
+
+def read_metrics(path: Path) -> dict:
+    """The metrics dict an evaluate stage wrote, with a number for every key of METRIC_KEYS and a ``tta``.
+
+    Raises UserError if the file is missing, not JSON, or lacks one of those keys.
+    """
+    try:
+        metrics = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: metrics not found; run the evaluate stages (dvc repro)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err}); {REDO_EVALUATE}") from None
+    missing = [key for key in METRIC_KEYS if not _is_number(_lookup(metrics, key))]
+    missing += [] if isinstance(_lookup(metrics, "tta"), str) else ["tta"]
+    if missing:
+        raise UserError(f"{path}: missing or malformed {', '.join(missing)}; {REDO_EVALUATE}")
+    return metrics
+
+
+def _lookup(d: object, dotted: str) -> object:
+    for key in dotted.split("."):
+        d = d.get(key) if isinstance(d, dict) else None
+    return d
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_table(path: Path, text: tuple[str, ...], numbers: tuple[str, ...]) -> pd.DataFrame:
+    """A CSV an evaluate stage wrote, with ``text`` columns as str and ``numbers`` columns as finite floats.
+
+    Raises UserError if the file is missing, not a CSV, lacks a column or has a non-number in ``numbers``.
+    """
+    try:
+        table = pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=False)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run the evaluate stages (dvc repro)") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a CSV ({str(err).strip()!r}); {REDO_EVALUATE}") from None
+    missing = [c for c in (*text, *numbers) if c not in table.columns]
+    if missing:
+        raise UserError(f"{path}: lacks column {', '.join(missing)}; {REDO_EVALUATE}")
+    for column in numbers:
+        table[column] = pd.to_numeric(table[column], errors="coerce")
+        if not np.isfinite(table[column]).all():
+            raise UserError(f"{path}: column {column} holds a non-number; {REDO_EVALUATE}")
+    return table
+
+
+def load_predictions(path: Path) -> tuple[PackedMasks, list[str]]:
+    """The predicted native-size masks and their stems from an evaluate stage's .npz.
+
+    Raises UserError if the file is missing, not an .npz, or its arrays do not fit together.
+    """
+    try:
+        with np.load(path) as data:
+            masks, stems = PackedMasks.from_arrays(data, "masks"), data["stems"].tolist()
+    except FileNotFoundError:
+        raise UserError(f"{path}: predictions not found; run the evaluate stages (dvc repro)") from None
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path}: not a predictions file ({err!r}); {REDO_EVALUATE}") from None
+    sizes = (masks.shapes.prod(axis=1) + 7) // 8 if masks.shapes.ndim == 2 else None
+    consistent = (
+        sizes is not None
+        and len(masks.offsets) == len(sizes) + 1 == len(stems) + 1
+        and np.array_equal(np.diff(masks.offsets), sizes)
+        and masks.offsets[-1] == len(masks.bits)
+    )
+    if not consistent:
+        raise UserError(f"{path}: mask arrays and stems do not fit together; {REDO_EVALUATE}")
+    return masks, stems

@@ -1,0 +1,156 @@
+"""Figures for review: learning curves, the per-image Dice distribution, per-breed and test Dice bars.
+
+Drawn with matplotlib's object API (:class:`~matplotlib.figure.Figure`), never pyplot's global state,
+so nothing needs a display or a backend switch. The mask pictures are in :mod:`pipeline.report.mask_figures`.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from pipeline.core.io import atomic_path
+from pipeline.report.inputs import CURVES
+
+# Tick label colours of per_breed.png, so cat and dog breeds read apart: dark enough for text, unlike
+# the bars' blue and orange, and apart for colour-blind readers (Paul Tol's "bright" purple and green).
+SPECIES_COLOURS = {"cat": "#AA3377", "dog": "#228833"}
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Save ``fig`` as PNG (100 dpi, cropped to its content) atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+
+
+def learning_curves(curves: dict[str, pd.DataFrame]) -> Figure:
+    """One column per model: losses on top, valid Dice below, against epoch."""
+    fig = Figure(figsize=(5 * len(curves), 6))
+    axes = fig.subplots(2, len(curves), squeeze=False, sharex="col")
+    for col, (name, table) in enumerate(curves.items()):
+        top, bottom = axes[0, col], axes[1, col]
+        for metric in ("train/loss", "valid/loss"):
+            top.plot(table.index, table[metric], marker=".", label=CURVES[metric])
+        top.set_title(name)
+        top.set_ylabel("loss")
+        top.legend()
+        bottom.plot(table.index, table["valid/dice"], marker=".", color="tab:green")
+        best = table["valid/dice"].idxmax()
+        bottom.axvline(best, color="grey", linestyle=":", label=f"best {table['valid/dice'].max():.3f} @ {best}")
+        bottom.set_xlabel("epoch")
+        bottom.set_ylabel("valid Dice")
+        bottom.legend()
+    fig.tight_layout()
+    return fig
+
+
+def ecdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Empirical CDF of float (N,) ``values``, N >= 1: the distinct values sorted, float (K,), and the
+    fraction of ``values`` at most each of them, float (K,)."""
+    x, counts = np.unique(values, return_counts=True)
+    return x, np.cumsum(counts) / len(values)
+
+
+def dice_distribution(per_image: dict[str, pd.DataFrame]) -> Figure:
+    """ECDF of each model's per-image native Dice (``dice`` column of its per-image table), shared axes."""
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
+    for name, table in per_image.items():
+        x, y = ecdf(table["dice"].to_numpy())
+        # Start at (0, 0) and end at Dice 1 so every curve spans the whole axis.
+        ax.step(
+            np.r_[0.0, x, 1.0], np.r_[0.0, y, 1.0], where="post", label=f"{name} (median {table['dice'].median():.3f})"
+        )
+    ax.axhline(0.5, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("Dice of an image (native resolution)")
+    ax.set_ylabel("fraction of test images with Dice ≤ x")
+    ax.set_title(f"Per-image test Dice ({len(next(iter(per_image.values())))} images)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def breed_order(per_breed: dict[str, pd.DataFrame]) -> list[str]:
+    """Breeds by the mean over models of their ``dice`` (worst first, ties by name).
+
+    Each table has one row per breed with columns breed and dice; a breed missing from a model's
+    table is averaged over the others.
+    """
+    dice = pd.concat([t.set_index("breed")["dice"] for t in per_breed.values()], axis=1).mean(axis=1)
+    return sorted(dice.index, key=lambda breed: (dice[breed], breed))
+
+
+def per_breed_bars(per_breed: dict[str, pd.DataFrame]) -> Figure:
+    """Horizontal grouped bars of each model's per-breed Dice (worst breed on top), labelled with the
+    breed's image count; tick labels coloured by species.
+
+    Each table has columns breed, species, images, dice, one row per breed (the same breeds).
+    """
+    order = breed_order(per_breed)
+    first = next(iter(per_breed.values())).set_index("breed")
+    y = np.arange(len(order))[::-1]  # the first (worst) breed at the top
+    height = 0.8 / len(per_breed)
+    fig = Figure(figsize=(8, 1.5 + 0.22 * len(order) * len(per_breed)), layout="constrained")
+    ax = fig.subplots()
+    for i, (name, table) in enumerate(per_breed.items()):
+        dice = table.set_index("breed")["dice"].reindex(order)
+        ax.barh(y + (len(per_breed) / 2 - 0.5 - i) * height, dice, height, label=name)
+    ax.set_yticks(y, [f"{b} (n={int(first.loc[b, 'images'])})" for b in order], fontsize=8)
+    for label, breed in zip(ax.get_yticklabels(), order, strict=True):
+        label.set_color(SPECIES_COLOURS.get(first.loc[breed, "species"], "black"))
+    ax.set_ylim(-0.6, len(order) - 0.4)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("test Dice within the breed (dataset-level, native resolution)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("Test Dice per breed, worst on top", pad=24)
+    handles, _ = ax.get_legend_handles_labels()
+    # Species entries are their label text in the tick label colour, with no mark.
+    handles += [Line2D([], [], linestyle="none", label=f"{s} breed names") for s in SPECIES_COLOURS]
+    colours = ["black"] * len(per_breed) + list(SPECIES_COLOURS.values())
+    ax.legend(
+        handles=handles,
+        labelcolor=colours,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=len(handles),
+        frameon=False,
+        fontsize=9,
+    )
+    return fig
+
+
+def dice_bars(metrics: dict[str, dict]) -> Figure:
+    """Grouped bars per model of native Dice, per-image Dice, IoU and Dice at the cache's image size
+    (what resizing the masks to each photo costs), values printed on the bars; the title gives the
+    number of test images and each model's threshold and TTA. Each metrics dict has the keys of
+    METRIC_KEYS and tta; image_size and images are taken from the first."""
+    first = next(iter(metrics.values()))
+    bars = {
+        "Dice": lambda m: m["dice"],
+        "Dice per image": lambda m: m["dice_per_image"],
+        "IoU": lambda m: m["iou"],
+        f"Dice at {first['image_size']} px": lambda m: m["at_image_size"]["dice"],
+    }
+    fig = Figure(figsize=(max(6.0, 2 + 2.4 * len(metrics)), 4))  # wide enough for the legend
+    ax = fig.subplots()
+    width = 0.8 / len(bars)
+    x = np.arange(len(metrics))
+    for i, (label, value) in enumerate(bars.items()):
+        drawn = ax.bar(x + (i - (len(bars) - 1) / 2) * width, [value(m) for m in metrics.values()], width, label=label)
+        ax.bar_label(drawn, fmt="%.3f", fontsize=7, padding=1)
+    ax.set_xticks(x, list(metrics))
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("test score")
+    settings = [f"{name}: threshold {m['threshold']:g}, TTA {m['tta']}" for name, m in metrics.items()]
+    if len({(m["threshold"], m["tta"]) for m in metrics.values()}) == 1:
+        settings = [f"threshold {first['threshold']:g}, TTA {first['tta']}"]
+    resolution = f"at each photo's own size but the last bar ({first['image_size']}x{first['image_size']} px)"
+    ax.set_title(f"Test set ({first['images']} images), {resolution}\n" + "; ".join(settings), fontsize=10)
+    ax.legend(loc="upper center", ncol=len(bars), fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig

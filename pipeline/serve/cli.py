@@ -1,0 +1,107 @@
+"""The ``petseg`` command (``python -m pipeline``)."""
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+
+from pipeline.core.errors import UserError
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``petseg`` argument parser: one subcommand per action (``predict``)."""
+    # Imported here so `petseg --help` does not pay for torch.
+    from pipeline.evaluate.inference import TTA_MODES
+    from pipeline.serve.predict import DEFAULT_BATCH_SIZE, DEVICES, IMAGE_EXTENSIONS
+
+    parser = argparse.ArgumentParser(prog="petseg", description="petseg: pet/background segmentation on photos.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    predict = commands.add_parser(
+        "predict",
+        help="write a pet mask and an overlay for each photo",
+        description=(
+            "Write DIR/<stem>_mask.png (0 background, 255 pet, the photo's size) and DIR/<stem>_overlay.png for "
+            f"each INPUT: an image file, or a folder (its {' '.join(IMAGE_EXTENSIONS)} files, not recursive). "
+            "Exit status: 0 if every image was written; 1 if an input could not be read (the others are still "
+            "written), no image was found, or the weights, evaluate record, output folder or device are unusable, "
+            "or two inputs share a stem (nothing is written); 2 for bad arguments."
+        ),
+    )
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
+    predict.add_argument(
+        "--weights", required=True, metavar="PATH", help="a petseg checkpoint (.pt) or ONNX export (.onnx)"
+    )
+    predict.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    predict.add_argument(
+        "--threshold",
+        type=_probability,
+        metavar="T",
+        help="pet when probability > T, 0 < T < 1 (default: the weights' <stem>.eval.json record, else 0.5)",
+    )
+    predict.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        help="test-time augmentation (default: the weights' <stem>.eval.json record, else none)",
+    )
+    predict.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help="images per forward pass (default: 8)",
+    )
+    predict.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda if available, else cpu")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``petseg`` command: parse ``argv`` (default ``sys.argv[1:]``), run the subcommand.
+
+    Returns the exit status: 0 on success; 1 after a UserError (one ``error:`` line on stderr) or
+    when some inputs could not be predicted; 2 for bad arguments (argparse's usage message); 130 on
+    Ctrl-C. Any other exception is a bug and propagates with its traceback.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help or a usage error, already printed by argparse
+        return exit_.code if isinstance(exit_.code, int) else 1
+    try:
+        from pipeline.serve.predict import run
+
+        problems = run(
+            args.inputs,
+            args.weights,
+            args.out,
+            threshold=args.threshold,
+            tta=args.tta,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Outputs are written atomically, so an interrupted run leaves no half-written file.
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 1 if problems else 0

@@ -1,0 +1,138 @@
+"""One training epoch and one validation pass: the optimiser step, gradient accumulation, the sums
+kept on the device and read once per epoch."""
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pipeline.core.constants import DEFAULT_THRESHOLD
+from pipeline.core.device import autocast
+from pipeline.evaluate.metrics import confusion_counts, dice_from_counts
+from pipeline.train import distributed
+from pipeline.train.losses import LossFn
+from pipeline.train.schedules import LrSchedule
+
+
+def accumulation_groups(batches: int, steps: int) -> list[int]:
+    """Sizes of the groups of ``batches`` batches that make one optimiser step each.
+
+    ``steps`` batches per group; the last group takes what is left, so no batch of the epoch is
+    dropped. E.g. 10 batches, 4 steps → [4, 4, 2].
+    """
+    full, rest = divmod(batches, steps)
+    return [steps] * full + ([rest] if rest else [])
+
+
+@dataclass
+class Batch:
+    """How to move a batch to the device: pinned-memory copies run asynchronously (``non_blocking``)."""
+
+    device: torch.device
+    non_blocking: bool
+    memory_format: torch.memory_format
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=self.non_blocking, memory_format=self.memory_format)
+        return images, masks.to(self.device, non_blocking=self.non_blocking)
+
+
+@torch.inference_mode()
+def validate(
+    model: nn.Module, loader: DataLoader, loss_fn: LossFn, move: Batch, dtype: torch.dtype | None
+) -> tuple[float, float]:
+    """Mean loss (weighted by batch size) and dataset-level Dice at the default threshold
+    (:data:`~pipeline.core.constants.DEFAULT_THRESHOLD`) over ``loader``.
+
+    ``loader`` yields (images float (N, 3, S, S), masks float (N, 1, S, S) in {0, 1, 255 = ignore}).
+    Sums stay on the device in fp32 (loss) and int64 (TP/FP/FN/TN counts, images) and are read
+    once, after summing them over the ranks: with several processes each ``loader`` holds one
+    rank's shard of the valid set, and every rank gets the Dice of the whole set.
+    """
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float32, device=move.device)
+    counts = torch.zeros(4, dtype=torch.int64, device=move.device)
+    images_seen = 0
+    for images, masks in loader:
+        images, masks = move(images, masks)
+        with autocast(move.device.type, dtype):
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += loss_fn(logits, masks) * len(images)
+        counts += confusion_counts(torch.sigmoid(logits) > DEFAULT_THRESHOLD, masks).sum(0)
+        images_seen += len(images)
+    seen = torch.tensor(images_seen, device=move.device)
+    distributed.sum_over_ranks(loss_sum, counts, seen)
+    tp, fp, fn, _ = counts.cpu()
+    return loss_sum.item() / seen.item(), float(dice_from_counts(tp, fp, fn))
+
+
+@dataclass
+class EpochStats:
+    """One training epoch: mean loss, first non-finite step (1-based; 0 = none), seconds waiting for data."""
+
+    loss: float
+    bad_step: int
+    data_seconds: float
+    seconds: float
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    schedule: LrSchedule,
+    scaler: torch.amp.GradScaler,
+    move: Batch,
+    dtype: torch.dtype | None,
+    accumulate_steps: int,
+    grad_clip: float,
+    progress: Any = None,
+) -> EpochStats:
+    """One pass over ``loader`` with an optimiser step every ``accumulate_steps`` batches.
+
+    Each batch's loss is divided by the size of its accumulation group, so a group's gradient is
+    the mean over its images as for one big batch. ``grad_clip`` > 0 clips the global gradient
+    norm (Pascanu et al. 2013) after unscaling. Nothing reads a device value inside the loop: the
+    loss sum (fp32) and the first non-finite step are kept on the device and read once at the end,
+    after reducing them over the ranks (loss and images summed, earliest bad step of any rank).
+    """
+    model.train()
+    groups = accumulation_groups(len(loader), accumulate_steps)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=move.device)
+    bad_step = torch.zeros((), dtype=torch.int64, device=move.device)
+    images_seen, data_seconds, start = 0, 0.0, time.perf_counter()
+    batches = iter(loader)
+    optimizer.zero_grad(set_to_none=True)
+    step = 0
+    for size in groups:
+        for _ in range(size):
+            wait = time.perf_counter()
+            images, masks = move(*next(batches))
+            data_seconds += time.perf_counter() - wait
+            step += 1
+            with autocast(move.device.type, dtype):
+                logits = model(images)
+            loss = loss_fn(logits.float(), masks)
+            scaler.scale(loss / size).backward()
+            loss = loss.detach()
+            loss_sum += loss * len(images)
+            bad_step = torch.where((bad_step == 0) & ~torch.isfinite(loss), step, bad_step)
+            images_seen += len(images)
+            if progress is not None:
+                progress.update(1)
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+    seen = torch.tensor(images_seen, device=move.device)
+    distributed.sum_over_ranks(loss_sum, seen)
+    loss_value, bad = loss_sum.item() / seen.item(), int(distributed.earliest_step(bad_step).item())
+    return EpochStats(loss_value, bad, data_seconds, time.perf_counter() - start)
