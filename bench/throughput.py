@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.data.build import build_cache  # noqa: E402
-from pipeline.data.decode import load_pair  # noqa: E402
 from pipeline.data.dataset import SegmentationDataset, train_transform  # noqa: E402
+from pipeline.data.decode import load_pair  # noqa: E402
 from pipeline.data.split import make_split  # noqa: E402
 from pipeline.models.registry import build_model  # noqa: E402
 from pipeline.train.losses import bce_dice_loss  # noqa: E402

@@ -11,8 +11,8 @@ import numpy as np
 from pipeline.core.errors import UserError, run_stage
 from pipeline.core.params import load_params
 from pipeline.data.cache import load_cache
-from pipeline.report.mask_figures import overlay_grid, worst_grid
 from pipeline.report.inputs import REDO_EVALUATE, load_predictions, read_curves, read_metrics, read_table
+from pipeline.report.mask_figures import overlay_grid, worst_grid
 from pipeline.report.plots import dice_bars, dice_distribution, learning_curves, per_breed_bars, save_figure
 
 PER_MODEL = ("live", "metrics", "per_image", "per_breed", "predictions")

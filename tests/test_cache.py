@@ -25,9 +25,9 @@ from pipeline.core.errors import UserError, run_stage
 from pipeline.core.params import parse_params
 from pipeline.data import build as data
 from pipeline.data.build import build_cache, resolve_workers, write_cache
-from pipeline.data.decode import BadPair, decode_pair, resize_pair
 from pipeline.data.cache import HEADER_BYTES, CachedSplit, CacheRow, CacheWriter, load_cache, save_cache
 from pipeline.data.dataset import SegmentationDataset
+from pipeline.data.decode import BadPair, decode_pair, resize_pair
 from pipeline.data.layout import UNKNOWN_SPECIES, breed_of, read_species, read_stems
 from pipeline.data.loader import make_eval_loader
 from pipeline.data.masks import IGNORE, PackedMasks

@@ -11,8 +11,8 @@ import stages.preprocess
 import stages.split
 from pipeline.core.errors import UserError, run_stage
 from pipeline.data.build import build_cache
-from pipeline.data.decode import BadPair, load_pair, trimap_to_mask
 from pipeline.data.cache import CachedSplit, load_cache, save_cache
+from pipeline.data.decode import BadPair, load_pair, trimap_to_mask
 from pipeline.data.layout import image_path, read_stems, trimap_path
 from pipeline.data.masks import IGNORE, PackedMasks
 from pipeline.data.report import (

@@ -12,9 +12,9 @@ from pipeline.core.errors import UserError, run_stage
 from pipeline.data.cache import CachedSplit, load_cache, save_cache
 from pipeline.data.layout import breed_of
 from pipeline.data.masks import PackedMasks
+from pipeline.report.inputs import load_predictions, read_metrics, read_table
 from pipeline.report.mask_figures import native_photo, overlay_grid, worst_stems
 from pipeline.report.overlays import FN, FP, TP, error_overlay
-from pipeline.report.inputs import load_predictions, read_metrics, read_table
 from pipeline.report.plots import breed_order, ecdf, per_breed_bars
 from tests.conftest import write_params
 

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 import pipeline.serve.predict
-from pipeline.data.decode import load_pair, resize_image, resize_pair
 from pipeline.data.dataset import normalize
+from pipeline.data.decode import load_pair, resize_image, resize_pair
 from pipeline.data.layout import image_path
 from pipeline.data.split import make_split
 from pipeline.evaluate.export import export_checked

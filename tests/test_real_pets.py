@@ -15,8 +15,8 @@ import stages.split
 import stages.train
 import stages.validate
 from pipeline.core.errors import run_stage
-from pipeline.data.decode import load_pair
 from pipeline.data.cache import load_cache
+from pipeline.data.decode import load_pair
 from pipeline.data.layout import read_stems
 from tests.conftest import REPO
 

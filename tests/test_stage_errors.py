@@ -14,8 +14,8 @@ import stages.preprocess
 import stages.train
 from pipeline.core.errors import run_stage
 from pipeline.data.build import build_cache
-from pipeline.data.decode import load_pair
 from pipeline.data.cache import CachedSplit, save_cache
+from pipeline.data.decode import load_pair
 from pipeline.data.masks import PackedMasks
 from pipeline.data.split import make_split
 from pipeline.models.registry import build_model

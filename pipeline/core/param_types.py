@@ -56,7 +56,7 @@ class Section(BaseModel):
 
 
 def decode_workers(value: Any) -> int | str:
-    """"auto" or a process count >= 1. Raises ValueError otherwise."""
+    """ "auto" or a process count >= 1. Raises ValueError otherwise."""
     # bool is an int subclass, but `workers: yes` in YAML is a mistake, not one process.
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return value
