@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DVC_NO_ANALYTICS ?= 1
 
-.PHONY: setup test repro mutation
+.PHONY: setup test test-fast repro mutation
 setup: $(VENV)/.installed
 
 # torch/torchvision are pinned here, not in pyproject.toml: pip would otherwise be free to pick any
@@ -15,10 +15,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# Lint, then every test (tests/: one folder per package of pipeline/, tests/stages/ end to end).
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
+
+# Lint and the unit tests only: no test marked e2e (dvc CLI, torchrun, killed processes) or slow.
+test-fast: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -m "not e2e and not slow"
 
 repro: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support import REPO
 
 ORDER = ("core", "data", "models", "evaluate", "train", "report", "serve")
 PIPELINE = REPO / "pipeline"

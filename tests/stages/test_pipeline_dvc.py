@@ -1,0 +1,299 @@
+"""End to end through the real `dvc` CLI, each test and job on its own copy of one finished tiny pipeline
+(conftest's finished_pipeline: synthetic data, every stage run once and committed). The experiments,
+the queue and the failing runs are DVC_JOBS, which conftest starts in the background; the tests check
+what they returned."""
+
+import hashlib
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.evaluate.record import eval_record_path
+from tests.support import ALL_STAGES, DVC, dvc_env, edit_params, run, shipped_params, stages_run
+
+pytestmark = pytest.mark.e2e
+
+PNGS = ("learning_curves", "overlays", "worst", "dice_distribution", "per_breed", "test_dice")
+BASELINE_LR = shipped_params()["lr"]  # the finished pipeline's (TINY leaves lr alone)
+EVALUATION = {"validate", "evaluate-unet", "evaluate-resnet34unet"}
+EXPORTS = {"export-unet", "export-resnet34unet"}
+AFTER_TRAINING = ALL_STAGES - {"download", "split", "preprocess"}
+LR = "lr=0.0003"
+
+# One experiment per params change, each from the finished pipeline, and the stages it may rerun:
+# (at least, at most). validate follows every params change (it checks the whole file); then only
+# what the key decides, and what depends on an output that changes.
+RERUNS = {
+    LR: (AFTER_TRAINING, AFTER_TRAINING),  # a training key both models share
+    "unet.base_channels=6": ({"validate", "train-unet", "export-unet", "evaluate-unet", "plot"},) * 2,
+    "evaluate.tta=hflip": (EVALUATION | {"plot"},) * 2,
+    # Export and what depends on it (evaluate reads the parity it records, plot reads evaluate).
+    "export.check_images=3": (EXPORTS, {"validate", *EXPORTS, *EVALUATION, "plot"}),
+    "plot.num_images=3": ({"validate", "plot"},) * 2,
+    # plot follows only if a tiny model's masks change at the new threshold (DVC skips it otherwise).
+    "evaluate.threshold=0.4": (EVALUATION, EVALUATION | {"plot"}),
+    "image_size=64": (ALL_STAGES - {"download", "split"},) * 2,
+}
+DOWNLOAD_RERUNS = {
+    # The source is synthetic: the url is not its input, so validate runs and download does not.
+    "data.url=http://127.0.0.1:9/pets": ({"validate"}, {"validate"}),
+    # Preprocess reads max_bad_fraction; download and split do not.
+    "data.max_bad_fraction=0.2": ({"validate", "preprocess"}, ALL_STAGES - {"download", "split"}),
+}
+# Run as queued experiments, side by side: evaluation-level changes, so the queued copies retrain nothing.
+QUEUED = ("evaluate.tta=hflip", "evaluate.threshold=0.4")
+
+
+# --- the dvc work (conftest runs each in the background, on its own copy) ----------------------------
+
+
+def _experiment(change: str):
+    """`dvc exp run -S change` in the workspace: its output and the UNet's metrics after it."""
+
+    def job(repo: Path) -> tuple[str, dict]:
+        out = run(repo, "dvc", "exp", "run", "-S", change)
+        return out, json.loads((repo / "metrics" / "unet.json").read_text())
+
+    return job
+
+
+def _lr_and_back(repo: Path) -> dict:
+    """An lr experiment, `dvc metrics diff` against the baseline, then the baseline lr again."""
+    changed = run(repo, "dvc", "exp", "run", "-S", LR)
+    diff = json.loads(run(repo, "dvc", "metrics", "diff", "--all", "--json"))
+    back = run(repo, "dvc", "exp", "run", "-S", f"lr={BASELINE_LR}")
+    return {"changed": changed, "diff": diff, "back": back}
+
+
+def _queue(repo: Path) -> dict:
+    """QUEUED as queued experiments, run by two workers at once, each in its own copy."""
+    names = {}
+    for change in QUEUED:
+        queued = run(repo, "dvc", "exp", "run", "--queue", "-S", change)
+        names[change] = re.search(r"Queued experiment '([^']+)'", queued).group(1)
+    run(repo, "dvc", "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 600
+    while re.search(r"\b(Queued|Running)\b", status := run(repo, "dvc", "queue", "status")):
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    shown = json.loads(run(repo, "dvc", "exp", "show", "--json"))
+    return {
+        "names": names,
+        "status": status,
+        "logs": {change: run(repo, "dvc", "queue", "logs", name) for change, name in names.items()},
+        "experiments": {
+            exp["revs"][0]["name"]: exp["revs"][0]["data"]
+            for commit in shown
+            for exp in commit.get("experiments") or []
+        },
+        "csv": run(repo, "dvc", "exp", "show", "--csv"),
+    }
+
+
+def _fails(*args: str, edit: dict | None = None):
+    """A dvc command expected to fail (after ``edit`` to params.yaml): its exit code, stdout and stderr."""
+
+    def job(repo: Path) -> tuple[int, str, str]:
+        if edit:
+            edit_params(repo, edit)
+        proc = subprocess.run([str(DVC), *args], cwd=repo, env=dvc_env(), capture_output=True, text=True)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    return job
+
+
+BAD_CHANGES = {
+    "+learning_rate=1e-3": "unknown key learning_rate; did you mean lr?",
+    "lr=-1": "lr: must be greater than 0, got -1",
+    "image_size=100": "image_size must be a multiple of 32, got 100",
+    "loss=focal": "loss: must be 'bce_dice', 'dice' or 'bce', got 'focal'",
+}
+BAD_EDITS = {
+    "learning_rate": ({"learning_rate": 0.001}, "unknown key learning_rate; did you mean lr?"),
+    "treshold": ({"evaluate": {"treshold": 0.4}}, "unknown key evaluate.treshold; did you mean evaluate.threshold?"),
+}
+
+# The longest first, so that run two at a time they end about together.
+DVC_JOBS = {
+    "image_size=64": _experiment("image_size=64"),
+    "lr": _lr_and_back,
+    "export.check_images=3": _experiment("export.check_images=3"),
+    "queue": _queue,
+    "unet.base_channels=6": _experiment("unet.base_channels=6"),
+    **{change: _experiment(change) for change in ("data.max_bad_fraction=0.2", "plot.num_images=3")},
+    "data.url=http://127.0.0.1:9/pets": _experiment("data.url=http://127.0.0.1:9/pets"),
+    **{f"bad {change}": _fails("exp", "run", "-S", change) for change in BAD_CHANGES},
+    **{f"bad edit {key}": _fails("repro", edit=edit) for key, (edit, _) in BAD_EDITS.items()},
+}
+
+
+# --- the finished pipeline -------------------------------------------------------------------------------
+
+
+def test_repro_writes_metrics_models_and_plots_for_both_models(dvc_repo):
+    repo = dvc_repo
+    for model in ("unet", "resnet34_unet"):
+        metrics = json.loads((repo / "metrics" / f"{model}.json").read_text())
+        assert metrics["images"] == 8  # synthetic: every other image is in test.txt
+        for key in ("dice", "dice_per_image", "iou", "pixel_accuracy", "best_valid_dice"):
+            assert 0.0 <= metrics[key] <= 1.0
+        assert metrics["onnx_max_abs_diff"] <= 1e-3
+        # The record petseg predict looks for beside the weights (the path is in dvc.yaml).
+        record = json.loads(eval_record_path(repo / "models" / f"{model}.pt").read_text())
+        assert record["model"] == model and record["threshold"] == metrics["threshold"]
+        for name in (f"models/{model}.pt", f"models/{model}.onnx", f"metrics/{model}_per_image.csv"):
+            assert (repo / name).stat().st_size > 0
+        assert (repo / "live" / model / "plots" / "metrics" / "valid" / "dice.tsv").exists()
+    for png in PNGS:
+        assert (repo / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shown = json.loads(run(repo, "dvc", "metrics", "show", "--json"))
+    files = next(iter(shown.values()))["data"]
+    assert {"metrics/unet.json", "metrics/resnet34_unet.json"} <= set(files)
+    plots = json.loads(run(repo, "dvc", "plots", "show", "--json"))
+    assert {"Valid Dice", "Train loss", "Valid loss"} <= set(plots["data"])
+    assert {f"plots/{png}.png" for png in PNGS} <= set(plots["data"])
+    per_image = plots["data"]["Test Dice per image vs pet fraction (native resolution)"][0]["content"]
+    assert "pet_fraction" in json.dumps(per_image)  # the CSV is drawn, with its columns
+    # The models are declared artifacts: once a version is registered with a GTO-style git tag,
+    # `dvc artifacts get` fetches the file by name, as it was at that commit.
+    run(repo, "git", "tag", "-a", "unet-onnx@v0.0.1", "-m", "Registering artifact unet-onnx version 0.0.1")
+    got = repo.parent / "got.onnx"
+    run(repo, "dvc", "artifacts", "get", str(repo), "unet-onnx", "-o", str(got))
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert hashlib.md5(got.read_bytes()).hexdigest() == lock["stages"]["export-unet"]["outs"][0]["md5"]
+    # Nothing left to do: the lock file matches the workspace.
+    assert stages_run(run(repo, "dvc", "repro")) == set()
+
+
+def test_push_then_pull_into_a_second_clone_leaves_nothing_to_run(dvc_repo, tmp_path):
+    repo = dvc_repo
+    # A local folder stands in for S3 and the like: the same `dvc push` / `dvc pull`.
+    run(repo, "dvc", "remote", "add", "-d", "store", str(tmp_path / "remote"))
+    run(repo, "git", "commit", "-qam", "a DVC remote")
+    assert "files pushed" in run(repo, "dvc", "push")
+    clone = tmp_path / "clone"
+    run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    run(clone, "dvc", "pull")
+    for name in (
+        "models/unet.pt",
+        "models/resnet34_unet.onnx",
+        "data/raw/images.tar.gz",
+        "data/raw/annotations.tar.gz",
+        "data/predictions/unet.npz",
+    ):
+        assert (clone / name).read_bytes() == (repo / name).read_bytes(), name
+    # The raw data is the two archives DVC tracks, not thousands of files.
+    assert sorted(p.name for p in (clone / "data" / "raw").iterdir()) == ["annotations.tar.gz", "images.tar.gz"]
+    # cache.type (.dvc/config): checked out as links into the clone's cache, not copies.
+    for name in ("data/raw/images.tar.gz", "data/cache/train/images.npy", "models/unet.pt"):
+        linked = (clone / name).stat().st_nlink >= 2
+        assert linked or _reflinks(tmp_path), f"{name} was copied out of the cache"
+        assert not linked or (clone / name).stat().st_mode & 0o222 == 0  # DVC makes its links read-only
+    assert stages_run(run(clone, "dvc", "repro")) == set()
+
+
+def _reflinks(folder: Path) -> bool:
+    """Whether ``folder``'s file system makes copy-on-write clones (then DVC uses those, not links)."""
+    (folder / "reflink-probe").write_bytes(b"x")
+    probe = subprocess.run(["cp", "--reflink=always", folder / "reflink-probe", folder / "reflink-clone"])
+    return probe.returncode == 0
+
+
+# --- experiments ---------------------------------------------------------------------------------------
+
+
+def _job(change: str) -> str:
+    """The DVC_JOBS entry that runs the experiment of ``change``."""
+    return "queue" if change in QUEUED else "lr" if change == LR else change
+
+
+def _with_its_job(changes) -> list:
+    return [pytest.param(change, marks=pytest.mark.dvc_jobs(_job(change))) for change in changes]
+
+
+def _rerun(dvc_jobs, change: str) -> tuple[set[str], str]:
+    """The stages the experiment of ``change`` ran, and the output that says so."""
+    if change in QUEUED:
+        output = dvc_jobs["queue"]["logs"][change]
+    elif change == LR:
+        output = dvc_jobs["lr"]["changed"]
+    else:
+        output = dvc_jobs[change][0]
+    return stages_run(output), output
+
+
+@pytest.mark.dvc_jobs("queue")
+def test_queued_experiments_run_side_by_side_and_show_their_dice(dvc_jobs):
+    queue = dvc_jobs["queue"]
+    assert len(re.findall(r"\bSuccess\b", queue["status"])) == 2, queue["status"]
+    for change, name in queue["names"].items():
+        data = queue["experiments"][name]
+        key, value = change.split("=")
+        params = data["params"]["params.yaml"]["data"]
+        for part in key.split("."):
+            params = params[part]
+        assert params == yaml.safe_load(value), change  # each ran with its own change
+        for model in ("unet", "resnet34_unet"):
+            assert 0.0 <= data["metrics"][f"metrics/{model}.json"]["data"]["dice"] <= 1.0
+    assert "metrics/unet.json:dice" in queue["csv"]
+
+
+@pytest.mark.parametrize("change", _with_its_job(RERUNS))
+def test_experiments_rerun_exactly_the_affected_stages(dvc_jobs, change):
+    at_least, at_most = RERUNS[change]
+    ran, output = _rerun(dvc_jobs, change)
+    assert at_least <= ran <= at_most, output
+
+
+@pytest.mark.dvc_jobs("image_size=64", "queue")
+def test_an_experiment_records_its_params_in_the_metrics(dvc_jobs):
+    _, metrics = dvc_jobs["image_size=64"]
+    assert metrics["image_size"] == 64
+    tta = dvc_jobs["queue"]["experiments"][dvc_jobs["queue"]["names"]["evaluate.tta=hflip"]]
+    assert tta["metrics"]["metrics/unet.json"]["data"]["tta"] == "hflip"
+
+
+@pytest.mark.dvc_jobs("lr")
+def test_metrics_diff_shows_the_dice_of_an_lr_experiment_and_the_run_cache_restores_the_baseline(dvc_jobs):
+    lr = dvc_jobs["lr"]
+    assert {"metrics/unet.json", "metrics/resnet34_unet.json"} <= set(lr["diff"])
+    assert "dice" in lr["diff"]["metrics/unet.json"] and "dice" in lr["diff"]["metrics/resnet34_unet.json"]
+    # Back to the baseline lr: the run-cache restores the finished trainings instead of rerunning
+    # them (the resume state is kept out of DVC's outputs so that this still works).
+    assert not stages_run(lr["back"]) & {"train-unet", "train-resnet34unet"}
+    assert "Stage 'train-unet' is cached - skipping run" in lr["back"]
+
+
+@pytest.mark.parametrize("change", _with_its_job(DOWNLOAD_RERUNS))
+def test_download_reruns_only_for_the_keys_its_source_uses(dvc_jobs, change):
+    at_least, at_most = DOWNLOAD_RERUNS[change]
+    ran, output = _rerun(dvc_jobs, change)
+    assert at_least <= ran <= at_most, output
+
+
+# --- bad params: one error line, from validate, before any other stage --------------------------------
+
+
+def _one_error_from_validate(result: tuple[int, str, str]) -> str:
+    code, stdout, stderr = result
+    output = stdout + stderr
+    assert code != 0 and "Traceback" not in output, output
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, output
+    assert stages_run(output) == {"validate"}, output  # before any other stage
+    return errors[0]
+
+
+@pytest.mark.parametrize("change", [pytest.param(c, marks=pytest.mark.dvc_jobs(f"bad {c}")) for c in BAD_CHANGES])
+def test_a_bad_or_unknown_param_fails_first_in_one_line(dvc_jobs, change):
+    assert _one_error_from_validate(dvc_jobs[f"bad {change}"]) == f"error: params.yaml: {BAD_CHANGES[change]}"
+
+
+@pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.dvc_jobs(f"bad edit {k}")) for k in BAD_EDITS])
+def test_a_key_misspelt_in_params_yaml_fails_dvc_repro(dvc_jobs, key):
+    assert _one_error_from_validate(dvc_jobs[f"bad edit {key}"]) == f"error: params.yaml: {BAD_EDITS[key][1]}"

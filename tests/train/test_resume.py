@@ -1,0 +1,240 @@
+"""Resume after a kill: the state file, and a real training subprocess killed with SIGKILL."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from pipeline.data.build import build_cache
+from pipeline.data.cache import save_cache
+from pipeline.data.split import make_split
+from pipeline.data.synthetic import make_synthetic
+from pipeline.train.resume import (
+    ResumeStore,
+    differences,
+    file_digest,
+    load_state,
+    restore_dir,
+    rng_state,
+    save_state,
+    set_rng_state,
+    snapshot_dir,
+    training_inputs,
+)
+from tests.support import REPO, shipped_params
+
+
+def test_rng_state_round_trip_replays_every_generator():
+    state = rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_a_state_loads_only_with_the_inputs_it_was_made_with(tmp_path):
+    path, inputs = tmp_path / "s.pt", {"lr": 0.001, "epochs": 4, "train_cache": "ab" * 32}
+    assert load_state(path, inputs) == (None, "")  # nothing saved yet: fresh, silently
+    save_state(path, {"epoch": 2, "w": torch.arange(3)}, inputs)
+    state, reason = load_state(path, dict(inputs))
+    assert reason == "" and state["epoch"] == 2 and torch.equal(state["w"], torch.arange(3))
+    state, reason = load_state(path, {**inputs, "lr": 0.0003})
+    assert state is None and reason.endswith("other settings (lr: 0.001 → 0.0003); starting fresh")
+    path.write_bytes(b"not a torch file")
+    state, reason = load_state(path, inputs)
+    assert state is None and "unreadable resume state" in reason
+
+
+def test_a_state_of_another_format_version_is_ignored(tmp_path, monkeypatch):
+    import pipeline.train.resume as resume
+
+    save_state(tmp_path / "s.pt", {"epoch": 1}, {})
+    monkeypatch.setattr(resume, "STATE_VERSION", resume.STATE_VERSION + 1)
+    state, reason = load_state(tmp_path / "s.pt", {})
+    assert state is None and "has format 1" in reason
+
+
+def test_differences_shortens_long_digests():
+    shown = differences({"a": "0" * 64, "b": 1}, {"a": "1" * 64, "b": 1})
+    assert shown == 'a: "' + "0" * 12 + '… → "' + "1" * 12 + "…"
+
+
+def test_snapshot_and_restore_recreate_a_folder_exactly(tmp_path):
+    live = tmp_path / "live"
+    (live / "plots" / "metrics").mkdir(parents=True)
+    (live / "metrics.json").write_text('{"step": 1}')
+    (live / "plots" / "metrics" / "lr.tsv").write_text("step\tlr\n0\t0.1\n1\t0.05\n")
+    files = snapshot_dir(live)
+    (live / "plots" / "metrics" / "lr.tsv").write_text("step\tlr\n0\t0.1\n1\t0.05\n2\t0.01\n")
+    (live / "stray.txt").write_text("x")
+    restore_dir(live, files)
+    assert snapshot_dir(live) == files
+    assert snapshot_dir(tmp_path / "absent") == {}
+
+
+def test_store_restores_the_live_folder_and_says_where_it_resumes(tmp_path):
+    live = tmp_path / "live"
+    live.mkdir()
+    (live / "metrics.json").write_text('{"step": 0}')
+    store = ResumeStore(tmp_path / ".resume" / "m.pt", {"lr": 1}, live)
+    store.save({"epoch": 1})
+    (live / "metrics.json").unlink()
+    said = []
+    assert store.load(said.append)["epoch"] == 1
+    assert said == [f"{tmp_path / '.resume' / 'm.pt'}: resuming after epoch 1"]
+    assert (live / "metrics.json").read_text() == '{"step": 0}'
+    store.clear()
+    assert store.load(said.append) is None and len(said) == 1
+
+
+# --- a real training subprocess, killed with SIGKILL after its 2nd epoch ---
+
+EPOCHS = 4
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Caches of 48 synthetic pets at 96 px (epochs of about a second) and a params file for 4 quick UNet epochs."""
+    root = tmp_path_factory.mktemp("resume")
+    make_synthetic(root / "raw", 48, seed=3)
+    split = make_split(root / "raw", 0.25, seed=0)
+    for name in ("train", "valid"):
+        save_cache(root / f"{name}.npz", build_cache(root / "raw", getattr(split, name), 96, "pet", progress=False))
+    params = shipped_params()
+    params.update(epochs=EPOCHS, batch_size=4, augment="full", num_workers=0)
+    params["unet"] = {"base_channels": 8, "bilinear": False}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def _command(root, run):
+    return [
+        sys.executable, "-m", "stages.train", "--params", str(root / "params.yaml"), "--model", "unet",
+        "--train", str(root / "train.npz"), "--valid", str(root / "valid.npz"),
+        "--checkpoint", str(root / run / "unet.pt"), "--live", str(root / run / "live"),
+        "--resume", str(root / run / ".resume" / "unet.pt"),
+    ]  # fmt: skip
+
+
+def _env():
+    # One intra-op thread: the same float reductions in every run, whatever else shares the CPU.
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def _run(root, run):
+    done = subprocess.run(_command(root, run), cwd=root, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def _run_and_kill_after_epoch(root, run, epoch):
+    """Start training; SIGKILL it as soon as the resume state of ``epoch`` is on disk."""
+    state = root / run / ".resume" / "unet.pt"
+    proc = subprocess.Popen(
+        _command(root, run), cwd=root, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    # Each epoch replaces the state file (write to a temp file, then rename), so its inode changes.
+    seen, deadline = [], time.monotonic() + 300
+    while len(seen) < epoch and proc.poll() is None and time.monotonic() < deadline:
+        try:
+            inode = state.stat().st_ino
+        except FileNotFoundError:
+            inode = None
+        if inode is not None and inode not in seen:
+            seen.append(inode)
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(seen) == epoch, f"training ended before epoch {epoch}: {proc.stderr.read().decode()[-2000:]}"
+
+
+def _history(run_dir):
+    metrics = run_dir / "live" / "plots" / "metrics"
+    return {
+        name: pd.read_csv(metrics / f"{name}.tsv", sep="\t")
+        for name in ("train/loss", "valid/loss", "valid/dice", "lr")
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workdir):
+    _run(workdir, "whole")
+    return workdir / "whole"
+
+
+@pytest.mark.e2e
+def test_a_run_killed_after_epoch_2_resumes_at_epoch_3_and_ends_as_an_uninterrupted_one(workdir, uninterrupted):
+    _run_and_kill_after_epoch(workdir, "killed", 2)
+    out = _run(workdir, "killed")
+    assert "resuming after epoch 2" in out
+    trained = [e for e in range(1, EPOCHS + 1) if f"unet epoch {e}: train loss" in out]
+    assert trained == [3, 4]
+    history, reference = _history(workdir / "killed"), _history(uninterrupted)
+    for name, table in history.items():
+        assert table["step"].tolist() == list(range(EPOCHS)), name  # epochs 1-4, once each
+        pd.testing.assert_frame_equal(table, reference[name])
+    a = torch.load(workdir / "killed" / "unet.pt", weights_only=True)
+    b = torch.load(uninterrupted / "unet.pt", weights_only=True)
+    assert (a["epoch"], a["valid_dice"]) == (b["epoch"], b["valid_dice"])
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in b["state_dict"])
+    assert not (workdir / "killed" / ".resume" / "unet.pt").exists()  # a finished run leaves no state
+
+
+@pytest.mark.e2e
+def test_changing_lr_between_kill_and_rerun_starts_fresh_and_says_why(workdir, uninterrupted):
+    _run_and_kill_after_epoch(workdir, "changed", 1)
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    changed = workdir / "changed.yaml"
+    changed.write_text(yaml.safe_dump({**params, "lr": params["lr"] / 2}))
+    command = _command(workdir, "changed")
+    command[command.index("--params") + 1] = str(changed)
+    done = subprocess.run(command, cwd=workdir, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    reasons = [line for line in done.stdout.splitlines() if "starting fresh" in line]
+    assert len(reasons) == 1 and "(lr: 0.001 → 0.0005)" in reasons[0]
+    assert "resuming" not in done.stdout
+    assert _history(workdir / "changed")["lr"]["step"].tolist() == list(range(EPOCHS))
+
+
+def test_an_empty_state_file_is_ignored_with_a_reason(tmp_path):
+    (tmp_path / "s.pt").write_bytes(b"")
+    state, reason = load_state(tmp_path / "s.pt", {})
+    assert state is None and reason.startswith(f"{tmp_path / 's.pt'}: unreadable resume state (")
+
+
+def test_training_inputs_change_with_the_caches_and_the_encoder_file(tmp_path):
+    train, valid, encoder = tmp_path / "train.npz", tmp_path / "valid.npz", tmp_path / "enc.pth"
+    for path in (train, valid, encoder):
+        path.write_bytes(b"a")
+    base = training_inputs("resnet34_unet", {}, {"lr": 1}, [train, valid], str(encoder))
+    assert training_inputs("resnet34_unet", {}, {"lr": 1}, [train, valid], str(encoder)) == base
+    encoder.write_bytes(b"b")
+    changed = training_inputs("resnet34_unet", {}, {"lr": 1}, [train, valid], str(encoder))
+    shown = differences(base, changed)
+    assert shown.startswith("encoder_weights_file: ") and "cache" not in shown
+    valid.write_bytes(b"b")
+    assert "cache:valid.npz" in differences(
+        changed, training_inputs("resnet34_unet", {}, {"lr": 1}, [train, valid], str(encoder))
+    )
+    assert "encoder_weights_file" not in training_inputs("unet", {}, {}, [train], "none")
+
+
+def test_a_cache_folder_digest_changes_with_any_of_its_files(tmp_path):
+    folder = tmp_path / "train"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "images.npy").write_bytes(b"ab")
+    (folder / "sub" / "meta.json").write_bytes(b"c")
+    digest = file_digest(folder)
+    assert file_digest(folder) == digest and len(digest) == 64
+    (folder / "images.npy").write_bytes(b"a")
+    (folder / "sub" / "meta.json").write_bytes(b"bc")  # the same bytes in all, moved to the next file
+    assert file_digest(folder) != digest
+    with pytest.raises(FileNotFoundError):
+        file_digest(tmp_path / "absent")
