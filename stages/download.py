@@ -5,8 +5,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.core.errors import run_stage
 from pipeline.core.params import read_download_inputs
+from pipeline.core.runner import run_stage
 from pipeline.data.download import prepare_dataset
 
 

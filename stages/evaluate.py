@@ -1,4 +1,9 @@
-"""Stages `evaluate-unet`, `evaluate-resnet34unet`: test metrics at native resolution, breakdowns, masks."""
+"""Stages `evaluate-unet`, `evaluate-resnet34unet`: test metrics at native resolution, breakdowns, masks.
+
+Two JSON files: the headline a reviewer compares (``--metrics``, a DVC metrics file: deterministic
+scores only), and the details beside it (``--details``: breakdowns, throughput, device, ONNX parity),
+git-tracked but not a metric, so `dvc metrics diff` and `dvc exp show` stay about the scores.
+"""
 
 import argparse
 import sys
@@ -8,13 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.device import select_device
-from pipeline.core.errors import UserError, run_stage
+from pipeline.core.errors import UserError
 from pipeline.core.io import atomic_path, write_csv, write_json
+from pipeline.core.messages import plural
 from pipeline.core.params import load_params
+from pipeline.core.runner import run_stage
 from pipeline.data.cache import load_cache
 from pipeline.evaluate.inference import iter_logits, load_model, onnx_forward
 from pipeline.evaluate.record import write_eval_record
-from pipeline.evaluate.scoring import Scorer, ThresholdSearch, per_breed_table, per_image_table, summary
+from pipeline.evaluate.scoring import Scorer, ThresholdSearch, details, headline, per_breed_table, per_image_table
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -25,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--onnx", required=True, help="the export stage's .onnx (for its parity metadata)")
     parser.add_argument("--valid", required=True, help="valid split cache folder, for threshold: auto")
     parser.add_argument("--test", required=True, help="test split cache folder")
-    parser.add_argument("--metrics", required=True, help="output metrics .json")
+    parser.add_argument("--metrics", required=True, help="output .json of the headline scores (a DVC metrics file)")
+    parser.add_argument("--details", required=True, help="output .json of everything else measured")
     parser.add_argument("--per-image", required=True, help="output per-image .csv")
     parser.add_argument("--per-breed", required=True, help="output per-breed .csv")
     parser.add_argument("--predictions", required=True, help="output predicted native-size masks (.npz)")
@@ -63,15 +71,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         seconds += spent
     scored = scorer.result()
     per_image = per_image_table(scored, test.stems, test.breeds, test.species, test.native)
-    metrics = {
-        **summary(scored, test.species),
+    metrics = {**headline(scored), "best_valid_dice": model.info["valid_dice"], "best_epoch": model.info["epoch"]}
+    measured = {
+        **details(scored, test.species),
         "threshold": threshold,
         "tta": tta,
+        "image_size": model.image_size,
         "images_per_s": len(test.stems) / seconds,
         "device": device.type,
-        "best_valid_dice": model.info["valid_dice"],
-        "best_epoch": model.info["epoch"],
-        "image_size": model.image_size,
         "onnx_max_abs_diff": onnx_diff,
     }
     with atomic_path(args.predictions) as tmp, open(tmp, "wb") as f:
@@ -79,11 +86,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_csv(args.per_image, per_image)
     write_csv(args.per_breed, per_breed_table(scored, per_image))
     write_eval_record(Path(args.record), model.name, model.image_size, threshold, tta)
+    write_json(args.details, measured)
     write_json(args.metrics, metrics)
     print(
         f"evaluate {model.name}: test Dice {metrics['dice']:.4f} at native size "
-        f"({metrics['at_image_size']['dice']:.4f} at {model.image_size} px), threshold {threshold}, tta {tta}, "
-        f"{len(test.stems)} images"
+        f"({metrics['dice_at_image_size']:.4f} at {model.image_size} px), threshold {threshold}, tta {tta}, "
+        f"{len(test.stems)} {plural(len(test.stems), 'image')}"
     )
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.core.errors import run_stage
+from pipeline.core.messages import plural
 from pipeline.core.params import load_params
+from pipeline.core.runner import run_stage
 from pipeline.data.cache import load_cache
 from pipeline.evaluate.export import export_checked
 from pipeline.evaluate.inference import prepare
@@ -29,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     images = prepare(load_cache(Path(args.test)).images[:check_images])
     metadata = {"model": ckpt["model"], "image_size": str(ckpt["image_size"]), "best_epoch": str(ckpt["epoch"])}
     diff = export_checked(model, Path(args.out), metadata, images, opset, tolerance)
-    print(f"export {ckpt['model']}: {args.out}, max |logit difference| vs PyTorch {diff:.2e} on {len(images)} images")
+    checked = f"{len(images)} {plural(len(images), 'image')}"
+    print(f"export {ckpt['model']}: {args.out}, max |logit difference| vs PyTorch {diff:.2e} on {checked}")
 
 
 if __name__ == "__main__":

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.errors import UserError, run_stage
+from pipeline.core.errors import UserError
 from pipeline.core.params import load_params
+from pipeline.core.runner import run_stage
 from pipeline.data.cache import load_cache
 from pipeline.report.inputs import REDO_EVALUATE, load_predictions, read_curves, read_metrics, read_table
 from pipeline.report.mask_figures import overlay_grid, worst_grid
 from pipeline.report.plots import dice_bars, dice_distribution, learning_curves, per_breed_bars, save_figure
 
-PER_MODEL = ("live", "metrics", "per_image", "per_breed", "predictions")
+PER_MODEL = ("live", "metrics", "details", "per_image", "per_breed", "predictions")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -29,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", required=True, help="model names, in display order")
     parser.add_argument("--live", nargs="+", required=True, help="dvclive folder per model")
     parser.add_argument("--metrics", nargs="+", required=True, help="metrics .json per model")
+    parser.add_argument("--details", nargs="+", required=True, help="the evaluate stage's details .json per model")
     parser.add_argument("--per-image", nargs="+", required=True, help="per-image .csv per model")
     parser.add_argument("--per-breed", nargs="+", required=True, help="per-breed .csv per model")
     parser.add_argument("--predictions", nargs="+", required=True, help="predictions .npz per model")
@@ -48,14 +50,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     curves, metrics, per_image, per_breed, predictions = {}, {}, {}, {}, {}
     for i, model in enumerate(args.models):
         curves[model] = read_curves(Path(args.live[i]))
-        metrics[model] = read_metrics(Path(args.metrics[i]))
+        metrics[model] = read_metrics(Path(args.metrics[i]), Path(args.details[i]))
         per_image[model] = read_table(Path(args.per_image[i]), ("stem",), ("dice",))
         per_breed[model] = read_table(Path(args.per_breed[i]), ("breed", "species"), ("images", "dice"))
         predictions[model], stems = load_predictions(Path(args.predictions[i]))
         breeds = per_breed[model].groupby("breed")["images"].sum().to_dict()
         same_masks = stems == test.stems and np.array_equal(predictions[model].shapes, test.native.shapes)
         for path, same in (
-            (args.metrics[i], metrics[model]["images"] == len(test.stems)),
+            (args.details[i], metrics[model]["images"] == len(test.stems)),
             (args.per_image[i], per_image[model]["stem"].tolist() == test.stems),
             (args.per_breed[i], breeds == Counter(test.breeds)),
             (args.predictions[i], same_masks),

@@ -8,13 +8,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.core.errors import run_stage
 from pipeline.core.io import atomic_path, write_json
+from pipeline.core.messages import plural
 from pipeline.core.params import load_params
+from pipeline.core.runner import run_stage
 from pipeline.data.archives import opened
 from pipeline.data.build import resolve_workers, write_cache
 from pipeline.data.layout import read_stems
-from pipeline.data.report import SPLITS, build_report, check_report, read_split_summary, summary_line
+from pipeline.data.report import SPLITS, build_report, check_report, read_split_summary, skipped_metric, summary_line
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -30,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--splits", required=True, help="folder with train.txt, valid.txt, test.txt, summary.json")
     parser.add_argument("--out", required=True, help="folder for the train, valid and test cache folders")
-    parser.add_argument("--report", required=True, help="JSON metrics file of the skipped pairs (metrics/data.json)")
+    parser.add_argument("--metrics", required=True, help="output .json: the count of skipped pairs (a DVC metric)")
+    parser.add_argument("--report", required=True, help="output .json: the skipped pairs, their reasons and fixes")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     size, boundary = params.image_size, params.preprocess.boundary
@@ -42,9 +44,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name in SPLITS:
             stems = read_stems(Path(args.splits) / f"{name}.txt")
             used[name], split_skips[name] = write_cache(root, stems, out / name, size, boundary, workers)
-            print(f"preprocess: {name}: {used[name]} images at {size}x{size} ({workers} decode processes)")
+            images, processes = plural(used[name], "image"), plural(workers, "decode process")
+            print(f"preprocess: {name}: {used[name]} {images} at {size}x{size} ({workers} {processes})")
         report = build_report(listed, list_skips, used, split_skips)
         write_json(args.report, report)
+        write_json(args.metrics, skipped_metric(report))
         print(f"preprocess: {summary_line(report)}; see {args.report}")
         check_report(report, params.data.max_bad_fraction, args.report)
 

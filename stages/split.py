@@ -5,9 +5,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.core.errors import run_stage
 from pipeline.core.io import atomic_path, write_json, write_lines
 from pipeline.core.params import load_params
+from pipeline.core.runner import run_stage
 from pipeline.data.archives import opened
 from pipeline.data.report import SPLITS, skipped_to_json
 from pipeline.data.split import make_split

@@ -19,8 +19,10 @@ from typing import Any
 from dvclive import Live
 
 from pipeline.core.device import select_device
-from pipeline.core.errors import UserError, run_stage
+from pipeline.core.errors import UserError
+from pipeline.core.messages import plural
 from pipeline.core.params import Params, load_params
+from pipeline.core.runner import report_progress, run_stage
 from pipeline.data.cache import load_cache
 from pipeline.models.registry import check_options
 from pipeline.train import distributed
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
     if not rank0:
         train_model(lambda epoch, record: None)  # fit() writes and prints nothing on this rank
         return
-    print(f"train {args.model}: {len(train.stems)} train / {len(valid.stems)} valid images on {select_device()}")
+    images = plural(len(valid.stems), "image")
+    print(f"train {args.model}: {len(train.stems)} train / {len(valid.stems)} valid {images} on {select_device()}")
     # dvcyaml=False: the plots are declared in dvc.yaml, which dvclive must not rewrite.
     with Live(args.live, dvcyaml=False, save_dvc_exp=False, report=None, resume=state is not None) as live:
 
@@ -88,7 +91,15 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
                 live.log_metric(name, value)
             live.next_step()
 
-        result = train_model(log, save_state=store.save)
+        def save_state(state: dict[str, Any]) -> None:
+            store.save(state)
+            done = state["epoch"]
+            report_progress(
+                f"{args.model} after epoch {done} of {cfg.epochs}", f"`dvc repro` resumes after epoch {done}"
+            )
+
+        report_progress(f"{args.model} in its first epoch", "`dvc repro` starts its training again")
+        result = train_model(log, save_state=save_state)
         live.summary["last_epoch"] = result.last_epoch
     store.clear()
     print(

@@ -10,9 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.core.errors import run_stage
 from pipeline.core.io import write_json
 from pipeline.core.params import download_inputs, load_params
+from pipeline.core.runner import run_stage
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,4 +1,6 @@
-"""One-line messages for params that break the schema (pipeline/core/params.py), with the nearest valid key."""
+"""Wording of what the stages print: one-line messages for params that break the schema
+(pipeline/core/params.py), with the nearest valid key; counts of things ("1 image", "2 images");
+and where progress bars are drawn."""
 
 import difflib
 from typing import Any
@@ -15,7 +17,7 @@ def describe(error: dict[str, Any], root: type[BaseModel]) -> str:
     if error["type"] == "extra_forbidden":
         return f"unknown key {key}" + _hint(loc, root)
     if error["type"] == "missing" and not (raw and isinstance(raw[-1], int)):
-        return f"missing key {key}; see the README for the full params file"
+        return f"missing key {key}; see the shipped params.yaml and docs/training.md for every key"
     if error["type"] in ("model_type", "dict_type"):
         return f"{key} must be a section (a mapping), got {error['input']!r}"
     message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
@@ -58,3 +60,17 @@ def nearest_key(key: str, valid: list[str]) -> str | None:
         return initials
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+def plural(count: int, noun: str) -> str:
+    """``noun`` for ``count`` things: as is for 1, else with "s" (or "es" after s, x, ch, sh): "1 image",
+    "0 images", "2 processes"."""
+    if count == 1:
+        return noun
+    return f"{noun}es" if noun.endswith(("s", "x", "ch", "sh")) else f"{noun}s"
+
+
+def hide_bar(progress: bool) -> bool | None:
+    """tqdm's ``disable`` for a bar wanted when ``progress``: None lets tqdm draw it on a terminal only,
+    so a log (CI, `dvc repro > log 2>&1`) gets no bar for a later message to be glued onto."""
+    return None if progress else True

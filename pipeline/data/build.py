@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.core.io import atomic_path
+from pipeline.core.messages import hide_bar
 from pipeline.core.orphans import die_with_parent
 from pipeline.data.cache import CachedSplit, CacheRow, CacheWriter
 from pipeline.data.decode import BadPair, decode_pair, resize_pair
@@ -110,13 +111,15 @@ def build_cache(
     masks = np.empty((len(stems), size, size), np.uint8)
     rows, skipped = [], []
     decoded = decode_rows(root, stems, size, boundary, workers)
-    for row in tqdm(decoded, desc="preprocess", total=len(stems), unit="img", disable=not progress):
-        if isinstance(row, Skipped):
-            skipped.append(row)
-            continue
-        n = len(rows)
-        images[n], masks[n] = row.image, row.mask
-        rows.append(replace(row, image=images[n], mask=masks[n]))  # views: each pixel held once
+    # A context, so that an error mid-way ends the bar's line before its message is printed.
+    with tqdm(decoded, desc="preprocess", total=len(stems), unit="img", disable=hide_bar(progress)) as bar:
+        for row in bar:
+            if isinstance(row, Skipped):
+                skipped.append(row)
+                continue
+            n = len(rows)
+            images[n], masks[n] = row.image, row.mask
+            rows.append(replace(row, image=images[n], mask=masks[n]))  # views: each pixel held once
     shapes = [row.shape for row in rows]
     return CachedSplit(
         images[: len(rows)],
@@ -143,9 +146,11 @@ def write_cache(
     skipped = []
     rows = closing(decode_rows(root, stems, size, boundary, workers))  # shut the pool down on any error
     with atomic_path(dest) as tmp, CacheWriter(tmp, size, boundary == "ignore") as writer, rows as decoded:
-        for row in tqdm(decoded, desc="preprocess", total=len(stems), unit="img", disable=not progress):
-            if isinstance(row, Skipped):
-                skipped.append(row)
-            else:
-                writer.add(row)
+        # A context, so that an error mid-way ends the bar's line before its message is printed.
+        with tqdm(decoded, desc="preprocess", total=len(stems), unit="img", disable=hide_bar(progress)) as bar:
+            for row in bar:
+                if isinstance(row, Skipped):
+                    skipped.append(row)
+                else:
+                    writer.add(row)
     return len(stems) - len(skipped), tuple(skipped)

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from pipeline.core.errors import UserError, first_line
 from pipeline.core.io import atomic_path
+from pipeline.core.messages import hide_bar
 from pipeline.data.archives import ARCHIVES, check_archives, pack, place
 from pipeline.data.layout import check_layout
 from pipeline.data.synthetic import make_synthetic
@@ -128,7 +129,14 @@ def _fetch(url: str, part: Path, expected_size: int | None, timeout: float) -> N
         total = offset + int(length) if length else None
         with (
             open(part, "ab" if offset else "wb") as f,
-            tqdm(total=total or expected_size, initial=offset, unit="B", unit_scale=True, desc=part.stem) as bar,
+            tqdm(
+                total=total or expected_size,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                desc=part.stem,
+                disable=hide_bar(True),
+            ) as bar,
         ):
             # read1 returns what has arrived, so bytes received before a timeout reach the part.
             while chunk := response.read1(CHUNK):

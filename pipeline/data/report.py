@@ -2,7 +2,7 @@
 
 The split stage skips list-file entries (:data:`MISSING_FILE`, :data:`DUPLICATE`,
 :data:`GARBAGE_LINE`) and records them in its ``summary.json``; the preprocess stage adds the pairs
-it cannot decode and writes :func:`build_report`'s dict as a DVC metrics file (``metrics/data.json``)::
+it cannot decode and writes :func:`build_report`'s dict (``metrics/data_details.json``, git-tracked)::
 
     {"total": {"listed": N, "used": U, "skipped": S, "skipped_fraction": S / N},
      "skipped_by_reason": {<reason>: count, ...},       # every reason, zeros included
@@ -11,8 +11,9 @@ it cannot decode and writes :func:`build_report`'s dict as a DVC metrics file (`
      "skipped_stems": {<reason>: [stem, ...], ...},     # reasons with skips only
      "details": ["<file>: <what is wrong>; <the fix>", ...]}
 
-Numbers sit in nested dicts so ``dvc metrics show`` / ``diff`` print them; it leaves the lists out.
-N = U + S: an entry is a non-comment, non-blank line of trainval.txt or test.txt.
+N = U + S: an entry is a non-comment, non-blank line of trainval.txt or test.txt. Of all this only
+S is a DVC metric (``metrics/data.json``, :func:`skipped_metric`): one column in `dvc exp show`,
+and a change in the data shows in `dvc metrics diff`.
 """
 
 import json
@@ -103,6 +104,11 @@ def build_report(
 def _skipped_fraction(total: dict) -> float:
     # A hand-made summary may list nothing; make_split itself never returns an empty list.
     return total["skipped"] / max(total["listed"], 1)
+
+
+def skipped_metric(report: dict) -> dict[str, int]:
+    """``{"skipped": S}``: the listed pairs left out of the data, the one count a reviewer compares."""
+    return {"skipped": report["total"]["skipped"]}
 
 
 def summary_line(report: dict) -> str:

@@ -183,7 +183,9 @@ def per_image_table(
     scored: Scored, stems: list[str], breeds: list[str], species: list[str], native: PackedMasks
 ) -> pd.DataFrame:
     """One row per image: stem, breed, species, width, height (pixels), pet_fraction (of the ground
-    truth's scored pixels, i.e. the ignored ones left out), dice, iou (at native resolution)."""
+    truth's scored pixels, i.e. the ignored ones left out), dice, iou, and the counts tp, fp, fn
+    (pixels) they come from, all at native resolution; the counts let a comparison recompute the
+    dataset-level Dice of any subset of images (``petseg diff``'s bootstrap)."""
     c = torch.from_numpy(scored.native)
     tp, fp, fn = c[:, 0], c[:, 1], c[:, 2]
     pixels = scored.native.sum(1)
@@ -197,6 +199,9 @@ def per_image_table(
             "pet_fraction": (scored.native[:, 0] + scored.native[:, 2]) / pixels,
             "dice": dice_from_counts(tp, fp, fn).numpy(),
             "iou": iou_from_counts(tp, fp, fn).numpy(),
+            "tp": tp.numpy(),
+            "fp": fp.numpy(),
+            "fn": fn.numpy(),
         }
     )
 
@@ -212,11 +217,25 @@ def per_breed_table(scored: Scored, per_image: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["dice", "breed"], kind="stable").reset_index(drop=True)
 
 
-def summary(scored: Scored, species: list[str]) -> dict:
-    """The metric keys of ``metrics/<model>.json`` that come from counts: dice, iou, dice_per_image,
-    dice_per_image_median, pixel_accuracy (native), ``at_image_size`` {dice, iou, dice_per_image},
-    ``species`` {name: {dice, dice_per_image, images}} and ``images``."""
+def headline(scored: Scored) -> dict[str, float]:
+    """The scores a reviewer compares, for ``metrics/<model>.json`` (a DVC metrics file): ``dice``,
+    ``iou`` and ``dice_per_image`` at each photo's own size, and ``dice_at_image_size`` (the Dice at
+    the cache's square size, against the resized masks)."""
+    native = _scores(scored.native)
+    return {
+        "dice": native["dice"],
+        "iou": native["iou"],
+        "dice_per_image": native["dice_per_image"],
+        "dice_at_image_size": _scores(scored.at_size)["dice"],
+    }
+
+
+def details(scored: Scored, species: list[str]) -> dict:
+    """What else the counts say, for ``metrics/<model>_details.json`` (git-tracked, not a DVC metric):
+    ``dice_per_image_median`` and ``pixel_accuracy`` (native), ``at_image_size`` {iou,
+    dice_per_image}, ``species`` {name: {dice, dice_per_image, images}} and ``images``."""
     at_size = _scores(scored.at_size)
+    native = _scores(scored.native)
     by_species = {}
     names = np.array(species)
     for name in sorted(set(species)):
@@ -227,8 +246,9 @@ def summary(scored: Scored, species: list[str]) -> dict:
             "images": int((names == name).sum()),
         }
     return {
-        **_scores(scored.native),
-        "at_image_size": {k: at_size[k] for k in ("dice", "iou", "dice_per_image")},
+        "dice_per_image_median": native["dice_per_image_median"],
+        "pixel_accuracy": native["pixel_accuracy"],
+        "at_image_size": {k: at_size[k] for k in ("iou", "dice_per_image")},
         "species": by_species,
         "images": len(scored.native),
     }

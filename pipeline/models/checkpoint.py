@@ -45,7 +45,9 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict[s
     except RuntimeError as err:
         raise _runtime_error(path, err) from None
     except (KeyError, TypeError, OSError, EOFError, pickle.UnpicklingError) as err:
-        raise UserError(f"{path}: not a petseg checkpoint ({first_line(err)}); retrain it") from None
+        # torch's unpickling message is advice on trusting the file, not what is wrong with it.
+        reason = type(err).__name__ if isinstance(err, pickle.UnpicklingError) else first_line(err)
+        raise UserError(f"{path}: not a petseg checkpoint ({reason}); {NOT_A_CHECKPOINT_FIX}") from None
     try:
         model.to(device)
     except torch.OutOfMemoryError:
@@ -55,6 +57,7 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict[s
     return model.eval(), ckpt
 
 
+NOT_A_CHECKPOINT_FIX = "give the .pt a training stage wrote (models/<model>.pt), or retrain it"
 # How PyTorch's CPU allocator words a failed allocation (c10/core/impl/alloc_cpu.cpp); torch.load
 # raises it as a plain RuntimeError, not as MemoryError.
 CPU_OOM = "can't allocate memory"
@@ -64,4 +67,4 @@ def _runtime_error(path: Path, err: RuntimeError) -> UserError:
     """A RuntimeError while reading a checkpoint: out of memory, or a file torch cannot read."""
     if isinstance(err, torch.OutOfMemoryError) or CPU_OOM in str(err):
         return UserError(f"{path}: out of host memory while loading it ({first_line(err)}); free memory and retry")
-    return UserError(f"{path}: not a petseg checkpoint ({first_line(err)}); retrain it")
+    return UserError(f"{path}: not a petseg checkpoint ({first_line(err)}); {NOT_A_CHECKPOINT_FIX}")

@@ -16,8 +16,9 @@ from pipeline.data.masks import PackedMasks
 
 # dvclive writes one TSV per metric under <live>/plots/metrics/, with columns step (0-based epoch) and <name>.
 CURVES = {"train/loss": "train loss", "valid/loss": "valid loss", "valid/dice": "valid Dice"}
-# Numbers the figures need from metrics/<model>.json; a dot reaches into a nested mapping.
-METRIC_KEYS = ("dice", "dice_per_image", "iou", "at_image_size.dice", "images", "threshold", "image_size")
+# Numbers the figures need from metrics/<model>.json and from its details file beside it.
+METRIC_KEYS = ("dice", "dice_per_image", "iou", "dice_at_image_size")
+DETAIL_KEYS = ("images", "threshold", "image_size")
 REDO_EVALUATE = "run dvc repro -f for its evaluate stage"
 
 
@@ -39,28 +40,29 @@ def read_curves(live_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(columns).rename_axis("epoch")
 
 
-def read_metrics(path: Path) -> dict:
-    """The metrics dict an evaluate stage wrote, with a number for every key of METRIC_KEYS and a ``tta``.
+def read_metrics(path: Path, details: Path) -> dict:
+    """What an evaluate stage wrote about a model: its metrics file (a number for each of METRIC_KEYS)
+    and its details file (a number for each of DETAIL_KEYS, and a ``tta``), as one dict.
 
-    Raises UserError if the file is missing, not JSON, or lacks one of those keys.
+    Raises UserError if a file is missing, not JSON, or lacks one of those keys.
     """
-    try:
-        metrics = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: metrics not found; run the evaluate stages (dvc repro)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err}); {REDO_EVALUATE}") from None
-    missing = [key for key in METRIC_KEYS if not _is_number(_lookup(metrics, key))]
-    missing += [] if isinstance(_lookup(metrics, "tta"), str) else ["tta"]
-    if missing:
-        raise UserError(f"{path}: missing or malformed {', '.join(missing)}; {REDO_EVALUATE}")
-    return metrics
-
-
-def _lookup(d: object, dotted: str) -> object:
-    for key in dotted.split("."):
-        d = d.get(key) if isinstance(d, dict) else None
-    return d
+    merged = {}
+    for file, keys in ((path, METRIC_KEYS), (details, DETAIL_KEYS)):
+        try:
+            values = json.loads(Path(file).read_text())
+        except FileNotFoundError:
+            raise UserError(f"{file}: not found; run the evaluate stages (dvc repro)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserError(f"{file}: not valid JSON ({err}); {REDO_EVALUATE}") from None
+        if not isinstance(values, dict):
+            raise UserError(f"{file}: not a JSON object; {REDO_EVALUATE}")
+        missing = [key for key in keys if not _is_number(values.get(key))]
+        if file == details and not isinstance(values.get("tta"), str):
+            missing.append("tta")
+        if missing:
+            raise UserError(f"{file}: missing or malformed {', '.join(missing)}; {REDO_EVALUATE}")
+        merged |= values
+    return merged
 
 
 def _is_number(value: object) -> bool:

@@ -127,14 +127,14 @@ def per_breed_bars(per_breed: dict[str, pd.DataFrame]) -> Figure:
 def dice_bars(metrics: dict[str, dict]) -> Figure:
     """Grouped bars per model of native Dice, per-image Dice, IoU and Dice at the cache's image size
     (what resizing the masks to each photo costs), values printed on the bars; the title gives the
-    number of test images and each model's threshold and TTA. Each metrics dict has the keys of
-    METRIC_KEYS and tta; image_size and images are taken from the first."""
+    number of test images and each model's threshold and TTA. Each dict is what
+    :func:`pipeline.report.inputs.read_metrics` returns; image_size and images are taken from the first."""
     first = next(iter(metrics.values()))
     bars = {
         "Dice": lambda m: m["dice"],
         "Dice per image": lambda m: m["dice_per_image"],
         "IoU": lambda m: m["iou"],
-        f"Dice at {first['image_size']} px": lambda m: m["at_image_size"]["dice"],
+        f"Dice at {first['image_size']} px": lambda m: m["dice_at_image_size"],
     }
     fig = Figure(figsize=(max(6.0, 2 + 2.4 * len(metrics)), 4))  # wide enough for the legend
     ax = fig.subplots()

@@ -1,11 +1,18 @@
-"""The ``petseg`` command (``python -m pipeline``)."""
+"""The ``petseg`` command (``python -m pipeline``): ``predict`` and ``diff``.
+
+Nothing here imports torch: ``petseg --help`` and a usage error print at once, and each subcommand
+imports its code only when it runs.
+"""
 
 import argparse
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from pipeline.core.constants import TTA_MODES
 from pipeline.core.errors import UserError
+from pipeline.serve import options
 
 
 def _probability(text: str) -> float:
@@ -29,11 +36,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``petseg`` argument parser: one subcommand per action (``predict``)."""
-    # Imported here so `petseg --help` does not pay for torch.
-    from pipeline.evaluate.inference import TTA_MODES
-    from pipeline.serve.predict import DEFAULT_BATCH_SIZE, DEVICES, IMAGE_EXTENSIONS
-
+    """The ``petseg`` argument parser: one subcommand per action (``predict``, ``diff``)."""
     parser = argparse.ArgumentParser(prog="petseg", description="petseg: pet/background segmentation on photos.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     predict = commands.add_parser(
@@ -41,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a pet mask and an overlay for each photo",
         description=(
             "Write DIR/<stem>_mask.png (0 background, 255 pet, the photo's size) and DIR/<stem>_overlay.png for "
-            f"each INPUT: an image file, or a folder (its {' '.join(IMAGE_EXTENSIONS)} files, not recursive). "
+            f"each INPUT: an image file, or a folder (its {' '.join(options.IMAGE_EXTENSIONS)} files, not recursive). "
             "Exit status: 0 if every image was written; 1 if an input could not be read (the others are still "
             "written), no image was found, or the weights, evaluate record, output folder or device are unusable, "
             "or two inputs share a stem (nothing is written); 2 for bad arguments."
@@ -66,12 +69,61 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--batch-size",
         type=_positive_int,
-        default=DEFAULT_BATCH_SIZE,
+        default=options.DEFAULT_BATCH_SIZE,
         metavar="N",
-        help="images per forward pass (default: 8)",
+        help=f"images per forward pass (default: {options.DEFAULT_BATCH_SIZE})",
     )
-    predict.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda if available, else cpu")
+    predict.add_argument("--device", choices=options.DEVICES, default="auto", help="auto: cuda if available, else cpu")
+    diff = commands.add_parser(
+        "diff",
+        help="compare each model's test metrics with a git revision, with a confidence interval",
+        description=(
+            "Each model's headline metrics (metrics/<model>.json) in the workspace against REV, read through git "
+            "as `dvc metrics diff` does, and whether its test Dice changed by more than the noise: a "
+            f"{100 * options.CONFIDENCE:g} % confidence interval of the change from a paired bootstrap over the "
+            "test images (metrics/<model>_per_image.csv of both sides), the number of images that got better and "
+            "worse, and a verdict: better, worse, or within noise. Exit status 0, or 1 if something cannot be read."
+        ),
+    )
+    diff.add_argument(
+        "rev", nargs="?", default="HEAD", metavar="REV", help="git revision to compare with (default: HEAD)"
+    )
+    diff.add_argument("--md", action="store_true", help="print a Markdown table for a pull-request comment")
+    diff.add_argument(
+        "--resamples",
+        type=_positive_int,
+        default=options.BOOTSTRAP_RESAMPLES,
+        metavar="N",
+        help=f"bootstrap resamples (default: {options.BOOTSTRAP_RESAMPLES})",
+    )
     return parser
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from pipeline.serve.predict import run
+
+    problems = run(
+        args.inputs,
+        args.weights,
+        args.out,
+        threshold=args.threshold,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    return 1 if problems else 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from pipeline.serve.diff import compare, render_markdown, render_text
+
+    root = Path.cwd()
+    diffs, sources = compare(root, args.rev, args.resamples, options.BOOTSTRAP_SEED, options.CONFIDENCE)
+    if args.md:
+        print(render_markdown(diffs, args.rev, args.resamples, sources.figures), end="")
+    else:
+        print(render_text(diffs, args.rev, args.resamples), end="")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,22 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help or a usage error, already printed by argparse
         return exit_.code if isinstance(exit_.code, int) else 1
     try:
-        from pipeline.serve.predict import run
-
-        problems = run(
-            args.inputs,
-            args.weights,
-            args.out,
-            threshold=args.threshold,
-            tta=args.tta,
-            batch_size=args.batch_size,
-            device=args.device,
-        )
+        return {"predict": _predict, "diff": _diff}[args.command](args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         # Outputs are written atomically, so an interrupted run leaves no half-written file.
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted: petseg {args.command}; nothing is half-written, run it again", file=sys.stderr)
         return 130
-    return 1 if problems else 0

@@ -20,14 +20,13 @@ from pipeline.core.constants import DEFAULT_THRESHOLD
 from pipeline.core.device import select_device
 from pipeline.core.errors import UserError, first_line
 from pipeline.core.io import atomic_path
+from pipeline.core.messages import hide_bar, plural
 from pipeline.data.decode import resize_image
 from pipeline.evaluate.inference import LoadedModel, load_model, native_probabilities, predict_logits
 from pipeline.evaluate.record import eval_record_path, read_eval_record
 from pipeline.report.overlays import tint
+from pipeline.serve.options import DEFAULT_BATCH_SIZE, DEFAULT_TTA, IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-DEVICES = ("auto", "cpu", "cuda")
-DEFAULT_TTA, DEFAULT_BATCH_SIZE = "none", 8
 MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.png"
 
 
@@ -56,9 +55,10 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Probl
     """Expand the command line's INPUTs into image files.
 
     A file is taken whatever its extension (it is decoded by content later). A folder contributes its
-    files whose extension is in :data:`IMAGE_EXTENSIONS` (case-insensitive), non-recursive, sorted by
-    name. A path given twice (or a file also found through its folder) counts once. Returns the files
-    in order and a :class:`Problem` for each INPUT that is missing or a folder without images.
+    files whose extension is in :data:`~pipeline.serve.options.IMAGE_EXTENSIONS` (case-insensitive),
+    non-recursive, sorted by name. A path given twice (or a file also found through its folder) counts
+    once. Returns the files in order and a :class:`Problem` for each INPUT that is missing or a folder
+    without images.
     """
     files: list[Path] = []
     problems: list[Problem] = []
@@ -132,7 +132,7 @@ def read_image(path: Path) -> Image.Image:
 
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` (:func:`pipeline.core.device.select_device`: CUDA if available, else CPU), ``"cpu"``
-    or ``"cuda"`` (one of :data:`DEVICES`, which the command line enforces) → a torch device.
+    or ``"cuda"`` (one of :data:`~pipeline.serve.options.DEVICES`, which the command line enforces) → a torch device.
 
     Raises UserError for ``"cuda"`` without a usable GPU.
     """
@@ -265,17 +265,18 @@ def run(
     n_missing = len(problems)
     model = load_model(Path(weights), resolve_device(device))
     settings = resolve_settings(Path(weights), model, threshold, tta)
-    print(f"predict: {model.name} at {model.image_size} px, {settings.note}, {len(files)} images into {out}")
+    count = f"{len(files)} {plural(len(files), 'image')}"
+    print(f"predict: {model.name} at {model.image_size} px, {settings.note}, {count} into {out}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"{out}: cannot create the output folder ({err}); choose another --out") from None
-    with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(files), desc="predict", unit="img", disable=hide_bar(progress)) as bar:
         for batch in _batches(_decoded(files, problems, bar), batch_size):
             masks = predict_masks(model, [image for _, image in batch], settings)
             for (file, image), mask in zip(batch, masks, strict=True):
                 write_outputs(out, file, image, mask)
                 bar.update(1)
     unreadable = len(problems) - n_missing
-    print(f"predict: wrote {len(files) - unreadable} of {len(files)} images to {out}")
+    print(f"predict: wrote {len(files) - unreadable} of {count} to {out}")
     return problems

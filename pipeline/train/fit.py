@@ -24,6 +24,7 @@ from pipeline.core.device import (
     select_device,
 )
 from pipeline.core.errors import UserError
+from pipeline.core.messages import hide_bar
 from pipeline.data.dataset import SegmentationDataset, train_transform
 from pipeline.data.loader import make_eval_loader, make_train_loader, resolve_num_workers
 from pipeline.models.checkpoint import save_checkpoint
@@ -216,7 +217,7 @@ def _epochs(
         epoch += 1
         lr = run.schedule.lr
         desc = f"{model_name} epoch {epoch}/{cfg.epochs}"
-        with tqdm(total=len(run.train_loader), desc=desc, unit="batch", disable=not run.progress) as bar:
+        with tqdm(total=len(run.train_loader), desc=desc, unit="batch", disable=hide_bar(run.progress)) as bar:
             stats = train_epoch(
                 trainer, run.train_loader, run.loss_fn, run.optimizer, run.schedule, run.scaler, run.move, run.dtype,
                 cfg.accumulate_steps, cfg.grad_clip, bar,

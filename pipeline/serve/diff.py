@@ -1,0 +1,205 @@
+"""`petseg diff [REV]`: each model's headline metrics in the workspace against a git revision, and
+whether its test Dice changed by more than the noise (:mod:`pipeline.evaluate.compare`).
+
+Like `dvc metrics diff`, the old side is read through git (``git show REV:<path>``: the metrics files
+are git-tracked) and the new side from the workspace. Which files to read comes from dvc.yaml, as DVC
+resolves it: each evaluate stage's ``--metrics`` and ``--per-image`` outputs, and the plot stage's
+figures for the Markdown links.
+"""
+
+import io
+import json
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from pipeline.core.errors import UserError, first_line
+from pipeline.core.messages import plural
+
+if TYPE_CHECKING:  # the module loads torch: imported where the comparison runs, not for --help
+    from pipeline.evaluate.compare import DiceChange
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """The files one evaluate stage writes that `petseg diff` reads, relative to the repository root."""
+
+    model: str
+    metrics: str
+    per_image: str
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What the pipeline in dvc.yaml writes for review: one :class:`Evaluated` per model, and the
+    figures to link (label → path)."""
+
+    models: list[Evaluated]
+    figures: dict[str, str]
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv and argv.index(name) + 1 < len(argv) else None
+
+
+def read_sources(root: Path) -> Sources:
+    """The evaluate and plot stages' outputs, from dvc.yaml as DVC resolves it. Raises UserError if
+    ``root`` is not a DVC repository or dvc.yaml has no evaluate stage."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            commands = [shlex.split(stage.cmd) for stage in repo.index.stages if isinstance(stage.cmd, str)]
+    except DvcException as err:
+        raise UserError(
+            f"{root}: cannot read the pipeline ({first_line(err)}); run petseg diff in the repository"
+        ) from None
+    models, figures = [], {}
+    for argv in commands:
+        if "stages.evaluate" in argv:
+            metrics, per_image = _option(argv, "--metrics"), _option(argv, "--per-image")
+            if metrics and per_image:
+                models.append(Evaluated(Path(metrics).stem, metrics, per_image))
+        elif "stages.plot" in argv:
+            for label, option in (("worst images", "--worst-png"), ("learning curves", "--curves-png")):
+                if _option(argv, option):
+                    figures[label] = _option(argv, option)
+    if not models:
+        raise UserError(f"{root}/dvc.yaml: no evaluate stage with --metrics and --per-image; nothing to compare")
+    return Sources(models, figures)
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+
+
+def check_revision(root: Path, rev: str) -> str:
+    """The commit ``rev`` names, abbreviated. Raises UserError if ``root`` is not in a git repository
+    or ``rev`` names no commit."""
+    found = _git(root, "rev-parse", "--short", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if found.returncode != 0:
+        inside = _git(root, "rev-parse", "--is-inside-work-tree").returncode == 0
+        fix = "give a branch, tag or commit" if inside else "run petseg diff inside the project's git repository"
+        raise UserError(f"{rev}: not a git revision here; {fix}")
+    return found.stdout.strip()
+
+
+def read_at(root: Path, rev: str | None, path: str) -> str:
+    """The text of ``path`` (relative to ``root``) at git revision ``rev``, or in the workspace when
+    ``rev`` is None. Raises UserError if it is absent there."""
+    if rev is None:
+        try:
+            return (root / path).read_text()
+        except FileNotFoundError:
+            raise UserError(f"{path}: not in the workspace; run `dvc repro` first") from None
+    shown = _git(root, "show", f"{rev}:{path}")
+    if shown.returncode != 0:
+        raise UserError(f"{rev}:{path}: not in that revision; commit the metrics/ folder after `dvc repro`")
+    return shown.stdout
+
+
+@dataclass(frozen=True)
+class ModelDiff:
+    """One model's headline metrics at both sides (key → (old, new); a key absent on one side is
+    None there) and its Dice change (:class:`~pipeline.evaluate.compare.DiceChange`)."""
+
+    model: str
+    metrics: dict[str, tuple[float | None, float | None]]
+    dice: "DiceChange"
+
+
+def _json(text: str, where: str) -> dict:
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{where}: not valid JSON ({err}); rerun its evaluate stage") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{where}: not a JSON object; rerun its evaluate stage")
+    return values
+
+
+def _table(text: str, where: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(io.StringIO(text), dtype={"stem": str}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise UserError(f"{where}: not a CSV ({first_line(err)}); rerun its evaluate stage") from None
+
+
+def compare(root: Path, rev: str, resamples: int, seed: int, level: float) -> tuple[list[ModelDiff], Sources]:
+    """Every model's :class:`ModelDiff`, workspace against ``rev``, and the sources read. Raises
+    UserError as :func:`read_sources`, :func:`check_revision` and :func:`read_at`, or when the two
+    sides scored different test images."""
+    from pipeline.evaluate.compare import paired_bootstrap
+
+    sources = read_sources(root)
+    check_revision(root, rev)
+    diffs = []
+    for evaluated in sources.models:
+        old = _json(read_at(root, rev, evaluated.metrics), f"{rev}:{evaluated.metrics}")
+        new = _json(read_at(root, None, evaluated.metrics), evaluated.metrics)
+        numbers = [k for k in {**old, **new} if isinstance(old.get(k, new.get(k)), int | float)]
+        metrics = {k: (old.get(k), new.get(k)) for k in numbers}
+        tables = [
+            _table(read_at(root, side, evaluated.per_image), f"{side + ':' if side else ''}{evaluated.per_image}")
+            for side in (rev, None)
+        ]
+        dice = paired_bootstrap(*tables, resamples, seed, level, where=f"{evaluated.per_image} at {rev} and now")
+        diffs.append(ModelDiff(evaluated.model, metrics, dice))
+    return diffs, sources
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
+
+
+def _change(old: float | None, new: float | None) -> str:
+    if old is None or new is None:
+        return "-"
+    change = new - old
+    return f"{change:+d}" if isinstance(change, int) else f"{change:+.4f}"
+
+
+def _summary(diff: ModelDiff) -> str:
+    d = diff.dice
+    return (
+        f"Dice {d.change:+.4f}, {100 * d.level:g} % CI [{d.low:+.4f}, {d.high:+.4f}] over {d.images} test "
+        f"{plural(d.images, 'image')}: {d.better} better, {d.worse} worse"
+    )
+
+
+def render_text(diffs: list[ModelDiff], rev: str, resamples: int) -> str:
+    """A plain-text report: per model its verdict, the Dice interval, then its metrics old → new."""
+    lines = [f"petseg diff: workspace against {rev} (paired bootstrap, {resamples:,} resamples of the test images)"]
+    for diff in diffs:
+        lines += ["", f"{diff.model}: {diff.dice.verdict} ({_summary(diff)})"]
+        width = max(len(k) for k in diff.metrics)
+        lines.append(f"  {'metric':<{width}}  {rev:>10}  {'workspace':>10}  {'change':>8}")
+        for key, (old, new) in diff.metrics.items():
+            lines.append(f"  {key:<{width}}  {_number(old):>10}  {_number(new):>10}  {_change(old, new):>8}")
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(diffs: list[ModelDiff], rev: str, resamples: int, figures: dict[str, str]) -> str:
+    """The same as a Markdown table, for a pull-request comment, with links to the review figures."""
+    lines = [
+        f"**petseg diff**: workspace against `{rev}` (paired bootstrap, {resamples:,} resamples of the test images)",
+        "",
+        f"| model | verdict | metric | {rev} | workspace | change |",
+        "| --- | --- | --- | ---: | ---: | ---: |",
+    ]
+    for diff in diffs:
+        for i, (key, (old, new)) in enumerate(diff.metrics.items()):
+            model, verdict = (f"**{diff.model}**", f"**{diff.dice.verdict}**") if i == 0 else ("", "")
+            lines.append(f"| {model} | {verdict} | {key} | {_number(old)} | {_number(new)} | {_change(old, new)} |")
+    lines.append("")
+    lines += [f"- {diff.model}: {_summary(diff)}" for diff in diffs]
+    if figures:
+        lines += ["", " · ".join(f"[{label}]({path})" for label, path in figures.items())]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,133 @@
+"""`petseg diff`: metrics old → new read through git, and a paired bootstrap whose answer is known."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.evaluate.compare import BETTER, WITHIN_NOISE, WORSE, paired_bootstrap
+from pipeline.serve.cli import main
+from tests.support import REPO
+
+IMAGES = 60
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def per_image(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> pd.DataFrame:
+    """A per-image table as the evaluate stage writes it (the columns `petseg diff` reads)."""
+    dice = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0)
+    return pd.DataFrame({"stem": [f"pet_{i}" for i in range(len(tp))], "dice": dice, "tp": tp, "fp": fp, "fn": fn})
+
+
+def counts(seed: int, quality: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image TP/FP/FN of IMAGES pets of 900-1100 pixels, a share ``quality`` of each found."""
+    rng = np.random.default_rng(seed)
+    pet = rng.integers(900, 1100, IMAGES)
+    tp = (pet * quality).astype(np.int64)
+    return tp, rng.integers(0, 2 * (pet - tp) + 1), pet - tp
+
+
+def write(repo: Path, model: str, table: pd.DataFrame) -> None:
+    """The model's metrics file and per-image CSV of ``table`` in repo/metrics/."""
+    dice = 2 * table.tp.sum() / (2 * table.tp.sum() + table.fp.sum() + table.fn.sum()) if "tp" in table else 0.5
+    metrics = {"dice": dice, "iou": dice / (2 - dice), "dice_per_image": table.dice.mean(), "best_epoch": 3}
+    (repo / "metrics").mkdir(exist_ok=True)
+    (repo / "metrics" / f"{model}.json").write_text(json.dumps(metrics))
+    table.to_csv(repo / "metrics" / f"{model}_per_image.csv", index=False)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git + DVC repository with the project's dvc.yaml and hand-made evaluate outputs committed:
+    unet and resnet34_unet each found 80 % of every pet."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "ci@petseg.invalid")
+    _git(repo, "config", "user.name", "petseg CI")
+    subprocess.run([Path(sys.executable).parent / "dvc", "init", "-q"], cwd=repo, check=True)
+    for model in ("unet", "resnet34_unet"):
+        write(repo, model, per_image(*counts(0, 0.8)))
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "baseline")
+    return repo
+
+
+def run(repo: Path, capsys, *args: str) -> tuple[int, str, str]:
+    cwd = Path.cwd()
+    os.chdir(repo)
+    try:
+        code = main(["diff", *args])
+    finally:
+        os.chdir(cwd)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_a_clear_gain_and_a_change_inside_the_noise(repo, capsys):
+    # unet: every pet found at 95 % instead of 80 %; resnet34_unet: a third of the pets up, a third down.
+    write(repo, "unet", per_image(*counts(0, 0.95)))
+    tp, fp, fn = counts(0, 0.8)
+    shift = np.resize([30, -30, 0], IMAGES)
+    write(repo, "resnet34_unet", per_image(tp + shift, fp, fn - shift))
+    code, out, err = run(repo, capsys)
+    assert code == 0 and err == ""
+    verdicts = {
+        line.split(":")[0]: line.split(":")[1].split("(")[0].strip()
+        for line in out.splitlines()[2:]
+        if ": " in line and not line.startswith(" ")
+    }
+    assert verdicts == {"unet": BETTER, "resnet34_unet": WITHIN_NOISE}
+    assert f"over {IMAGES} test images: 20 better, 20 worse" in out  # the shift moved 20 up, 20 down
+    assert f"over {IMAGES} test images: {IMAGES} better, 0 worse" in out
+    assert "best_epoch" in out and "+0" in out  # an integer metric's change is an integer
+
+
+def test_a_clear_loss_is_worse_and_markdown_links_the_figures(repo, capsys):
+    write(repo, "unet", per_image(*counts(0, 0.6)))
+    code, out, _ = run(repo, capsys, "HEAD", "--md")
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.startswith("| **unet**")]
+    assert rows and f"**{WORSE}**" in rows[0] and "| dice |" in rows[0]
+    assert "[worst images](plots/worst.png)" in out and "[learning curves](plots/learning_curves.png)" in out
+
+
+def test_bootstrap_interval_matches_its_definition_on_known_counts():
+    # Identical tables: every resample's difference is 0, so the interval is exactly [0, 0].
+    table = per_image(*counts(1, 0.7))
+    same = paired_bootstrap(table, table, 200, 0, 0.95)
+    assert (same.low, same.high, same.better, same.worse, same.verdict) == (0.0, 0.0, 0, 0, WITHIN_NOISE)
+    # Every image better by the same counts: every resample's difference is positive.
+    tp, fp, fn = counts(1, 0.7)
+    gain = paired_bootstrap(table, per_image(tp + 50, fp, fn - 50), 200, 0, 0.95)
+    assert gain.low > 0 and gain.verdict == BETTER and gain.change == pytest.approx(gain.new - gain.old)
+    assert gain.low <= gain.change <= gain.high
+
+
+def test_other_test_images_or_an_old_table_are_one_line_errors(repo, capsys):
+    table = per_image(*counts(0, 0.9)).iloc[:-1]  # one test image fewer
+    write(repo, "unet", table)
+    code, _, err = run(repo, capsys)
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1 and "different test images" in err
+    write(repo, "unet", per_image(*counts(0, 0.9)).drop(columns=["tp"]))
+    code, _, err = run(repo, capsys)
+    assert code == 1 and "lacks tp" in err and err.count("\n") == 1
+
+
+def test_an_unknown_revision_or_uncommitted_metrics_are_one_line_errors(repo, capsys):
+    code, _, err = run(repo, capsys, "no-such-branch")
+    assert code == 1 and err == "error: no-such-branch: not a git revision here; give a branch, tag or commit\n"
+    _git(repo, "rm", "-rq", "--cached", "metrics")
+    _git(repo, "commit", "-qm", "metrics untracked")
+    code, _, err = run(repo, capsys)
+    assert code == 1 and "HEAD:metrics/unet.json: not in that revision" in err and err.count("\n") == 1
