@@ -1,40 +1,63 @@
-"""Benchmark: can the training loader keep up? Loader samples/s per worker count vs training samples/s.
+"""Benchmark: can the training loader feed a GPU? Loader samples/s per worker against the rate a GPU job needs.
 
 Usage: python bench/loader.py [--pets ../shared/data/oxford-iiit-pet-mini] [--images 200] [--size 256]
-       [--batch-size 16] [--workers 0 2 4] [--seconds 5]
+       [--batch-size 16] [--workers 0 2] [--seconds 5] [--gpu-tflops 300]
 
-Prints, from one run on this machine (numbers vary with load; ratios are the point):
-- which images were used: real photos from the mini set resized to --size, or random uint8 arrays;
-- samples/s of the seeded training loader (pipeline.data.loader.make_train_loader, "full" augmentation)
-  at each worker count, after a warm-up batch (worker start-up is not counted), and the GPU
-  training steps/s at --batch-size that rate could feed (samples/s / batch size);
-- samples/s of one training step (forward + backward + AdamW) of UNet (base_channels 64) and
-  ResNet34-UNet on this CPU, after one warm-up step at batch 2, and the ratio loader / step per worker count.
-The loader is timed alone; during CPU training it shares the cores with the step.
+The loader (:func:`pipeline.data.loader.make_train_loader`, augmentation "full") ships uint8 samples
+after the geometric ops (flips, crop) and each sample's colour-jitter factors; the jitter and the
+normalisation run batch-wise on the device (:func:`pipeline.data.colour.model_input`). For contrast it
+also times the same loader doing all of it per sample on the worker, as torchvision's ``ColorJitter``
+and a float32 normalisation (the path before the split), on the same images.
+
+The rate a GPU job needs is its achieved FLOP rate (``--gpu-tflops``, default 300: an H100 or H200 at
+about 40 % of its ~790 TFLOP/s dense bf16 peak) over the FLOPs of one training image (forward and
+backward, torch's FlopCounterMode) of each model at ``--size``. The output says how many workers at
+the measured per-worker rate that takes, and whether the 8 an ``auto`` CUDA run starts keep up.
+
+Not a test: numbers vary with load; the ratios measured in one run are the point.
 """
 
 import argparse
+import math
 import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data.dataset import SegmentationDataset, train_transform  # noqa: E402
+from bench.report import machine, table  # noqa: E402
+from pipeline.data.colour import draw_jitter, model_input, normalize  # noqa: E402
+from pipeline.data.dataset import SegmentationDataset, jitter_strength, train_transform  # noqa: E402
 from pipeline.data.decode import load_pair  # noqa: E402
-from pipeline.data.loader import make_train_loader  # noqa: E402
+from pipeline.data.loader import MAX_AUTO_WORKERS, make_train_loader  # noqa: E402
 from pipeline.data.split import make_split  # noqa: E402
 from pipeline.models.registry import build_model  # noqa: E402
 from pipeline.train.losses import bce_dice_loss  # noqa: E402
 
-WARMUP_BATCH = 2
-MODELS = (("unet", {"base_channels": 64}), ("resnet34_unet", {}))
+MODELS = {"UNet base 64": ("unet", {"base_channels": 64}), "ResNet34-UNet": ("resnet34_unet", {})}
+
+
+class PerSampleColour(Dataset):
+    """The loader's items with the colour jitter and normalisation done per sample on the worker (float32)."""
+
+    def __init__(self, base: SegmentationDataset, strength: float):
+        self.base = base
+        self.jitter = v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        image, mask, _ = self.base[i]
+        return normalize(self.jitter(image).float() / 255.0), mask.float(), torch.zeros(6)
 
 
 def build_images(pets: Path, n: int, size: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -42,57 +65,45 @@ def build_images(pets: Path, n: int, size: int) -> tuple[np.ndarray, np.ndarray,
     if (pets / "annotations" / "trimaps").is_dir():
         stems = make_split(pets, 0.1, 0).train[:n]
         pairs = [load_pair(pets, s, size, "pet") for s in stems]
-        images, masks = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
-        return images, masks, f"{len(stems)} real photos from {pets} resized to {size} px"
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), f"{len(stems)} photos of {pets}"
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    masks = rng.integers(0, 2, (n, size, size), dtype=np.uint8)
-    return images, masks, f"{n} random uint8 images of {size} px ({pets} not found)"
+    return images, rng.integers(0, 2, (n, size, size), dtype=np.uint8), f"{n} random images ({pets} not found)"
 
 
-def endless(loader) -> Iterator[torch.Tensor]:
-    while True:
-        for images, _ in loader:
-            yield images
-
-
-def loader_rate(ds: SegmentationDataset, batch: int, workers: int, seconds: float) -> float:
-    """Samples/s of the training loader over whole epochs (epoch turnovers included)."""
+def loader_rate(ds: Dataset, batch: int, workers: int, seconds: float) -> float:
+    """Samples/s of the training loader over whole epochs, after a first batch (worker start-up)."""
     loader = make_train_loader(ds, batch, seed=0, num_workers=workers, device_type="cpu")
-    batches = endless(loader)
-    next(batches)  # warm-up: worker start-up and the first batch
+    count, start, first = 0, 0.0, True
+    while first or time.perf_counter() - start < seconds:
+        for images, _, _ in loader:
+            if first:
+                first, start = False, time.perf_counter()
+                continue
+            count += len(images)
+            if time.perf_counter() - start >= seconds:
+                break
+    return count / (time.perf_counter() - start)
+
+
+def device_rate(images: torch.Tensor, strength: float, seconds: float) -> float:
+    """Samples/s of the batch-wise colour jitter and normalisation, here on the CPU (a GPU does it far faster)."""
+    jitter = torch.stack([draw_jitter(strength) for _ in images])
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        count += len(next(batches))
-    rate = count / (time.perf_counter() - start)
-    batches.close()
-    del loader  # stop its workers before the next measurement
-    return rate
+        model_input(images, jitter)
+        count += len(images)
+    return count / (time.perf_counter() - start)
 
 
-def step_rate(name: str, options: dict, batch: int, size: int, seconds: float) -> tuple[float, int]:
-    """Training samples/s of ``name`` on this CPU and how many steps were timed (at least one)."""
-    torch.manual_seed(0)
-    model = build_model(name, **options).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, 3, size, size)
-    y = (torch.rand(batch, 1, size, size) > 0.5).float()
-
-    def step(n: int) -> None:
-        loss = bce_dice_loss(model(x[:n]), y[:n])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    # The one-time costs (thread pool, lazy init, AdamW state; ~5 s for ResNet34-UNet here) do not
-    # depend on the batch, and a full-batch UNet warm-up would add over a minute. Any remaining
-    # first-at-this-size cost falls in the timed steps, so the rate errs low, not high.
-    step(WARMUP_BATCH)
-    steps, start = 0, time.perf_counter()
-    while steps == 0 or time.perf_counter() - start < seconds:
-        step(batch)
-        steps += 1
-    return steps * batch / (time.perf_counter() - start), steps
+def train_flops(name: str, options: dict, size: int) -> float:
+    """FLOPs of one training image of the model (forward and backward)."""
+    model = build_model(name, **options)
+    counter = FlopCounterMode(display=False)
+    x, y = torch.randn(1, 3, size, size), torch.ones(1, 1, size, size)
+    with counter:
+        bce_dice_loss(model(x), y).backward()
+    return counter.get_total_flops()
 
 
 def main() -> None:
@@ -101,52 +112,45 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200, help="images in the benchmark dataset")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4], help="worker counts to time")
-    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (at least one step)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="worker counts to time")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--gpu-tflops", type=float, default=300.0, help="the GPU job's achieved TFLOP/s")
     args = parser.parse_args()
-    # DataLoader warns when workers exceed the cores; the oversubscription is reported below instead.
-    warnings.filterwarnings("ignore", message="This DataLoader will create")
-
-    cores = len(os.sched_getaffinity(0))
-    over = [w for w in args.workers if w > cores]
-    note = f"; {', '.join(map(str, over))} workers oversubscribe it" if over else ""
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"machine: {cores} CPU cores, torch uses {torch.get_num_threads()} threads{note}; load average {load}")
+    warnings.filterwarnings("ignore", message="This DataLoader will create")  # more workers than cores
+    torch.set_num_threads(1)  # as in each worker; the main process's threads would compete with them
     images, masks, source = build_images(Path(args.pets), args.images, args.size)
-    print(f"images: {source}")
-    ds = SegmentationDataset(images, masks, train_transform(args.size, "full"))
-
-    b = args.batch_size
-    print(f'\nloader, augmentation "full", {args.size} px, batch {b} ({args.seconds:g} s each):')
-    threads = torch.get_num_threads()
-    settings = [(w, threads) for w in args.workers]
-    if 0 in args.workers and threads > 1:
-        # Contrast: the same main-process loading without intra-op threads.
-        settings.insert(args.workers.index(0) + 1, (0, 1))
-    loaders = {}
-    for workers, main_threads in settings:
-        torch.set_num_threads(main_threads)
-        where = f"main process, {main_threads} thread{'s' * (main_threads > 1)}" if workers == 0 else "1 thread each"
-        label = f"{workers} workers ({where})"
-        loaders[label] = rate = loader_rate(ds, b, workers, args.seconds)
-        print(f"  {label:35s} {rate:7.1f} samples/s -> could feed {rate / b:5.2f} GPU steps/s at batch {b}")
-    torch.set_num_threads(threads)
-
+    strength = jitter_strength("full")
+    shipped = SegmentationDataset(images, masks, train_transform(args.size, "full"), strength)
+    paths = {
+        "uint8 + jitter factors (now)": shipped,
+        "float32, colour on the worker": PerSampleColour(shipped, strength),
+    }
+    print(f"{machine()}; {source}; {args.size} px, batch {args.batch_size}, {args.seconds:g} s per measurement")
+    rows, per_worker = [], {}
+    for label, ds in paths.items():
+        for workers in args.workers:
+            rate = loader_rate(ds, args.batch_size, workers, args.seconds)
+            rows.append({"loader": label, "workers": workers or "0 (main process)", "samples/s": f"{rate:.0f}"})
+            if workers:
+                per_worker[label] = rate / workers
+    print(table(rows))
+    batch = torch.from_numpy(images[: args.batch_size]).permute(0, 3, 1, 2).contiguous()
     print(
-        f"\ntraining step on this CPU (forward + backward + AdamW, batch {b}, {args.size} px,"
-        f" after a warm-up step at batch {WARMUP_BATCH}):"
+        f"batch-wise jitter + normalisation, 1 CPU thread: {device_rate(batch, strength, args.seconds):.0f} samples/s"
     )
-    steps = {}
-    for name, options in MODELS:
-        label = name + "".join(f" {k}={v}" for k, v in options.items())
-        steps[label], timed = step_rate(name, options, b, args.size, args.seconds)
-        print(f"  {label:26s} {steps[label]:6.2f} samples/s ({b / steps[label]:5.1f} s/step, {timed} timed)")
-
-    print("\nratio loader samples/s / step samples/s (> 1: the loader outpaces this CPU's training):")
-    print("  " + " " * 35 + "".join(f"{label:>26s}" for label in steps))
-    for label, rate in loaders.items():
-        print(f"  {label:35s}" + "".join(f"{rate / s:25.1f}x" for s in steps.values()))
-    print(f"\nload average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    cores = os.cpu_count() or 1
+    rows = []
+    for label, (name, options) in MODELS.items():
+        flops = train_flops(name, options, args.size)
+        needed = args.gpu_tflops * 1e12 / flops
+        row = {"model": label, "GFLOP per image": f"{flops / 1e9:.1f}", "needed samples/s": f"{needed:.0f}"}
+        for path, rate in per_worker.items():
+            workers = math.ceil(needed / rate)
+            verdict = "keeps up" if workers <= MAX_AUTO_WORKERS else "does not keep up"
+            row[f"workers needed, {path}"] = f"{workers} ({verdict} with {MAX_AUTO_WORKERS})"
+        rows.append(row)
+    print(f"the GPU job at {args.gpu_tflops:g} TFLOP/s achieved; per-worker rates measured here ({cores} cores):")
+    print(table(rows))
 
 
 if __name__ == "__main__":

@@ -1,39 +1,34 @@
-"""Benchmark: our UNet and ResNet34-UNet against outside implementations at equal widths, on CPU.
+"""Benchmark: our models' training step and inference per precision and memory format, against today's
+fp32 NCHW path, against outside implementations, and against the CPU's peak FLOP rate.
 
-Usage: python bench/models.py [--sizes 128 256] [--batch 8] [--repeats 3] [--threads 1]
-                              [--models unet16 unet64 resnet34_unet] [--unet64-sizes 128] [--no-memory]
+Usage: python bench/models.py [--size 128] [--batch 8] [--repeats 5] [--threads 2] [--models unet16 resnet34_unet]
 
-Needs the references: ``pip install -e .[bench]`` (segmentation-models-pytorch, MONAI). Pairs:
+Needs the references: ``pip install -e .[bench]`` (segmentation-models-pytorch, MONAI). Pairs at equal widths:
 
-- ``unet16`` / ``unet64``: ``build_model("unet", base_channels=c)`` vs MONAI ``BasicUNet(spatial_dims=2,
-  features=(c, 2c, 4c, 8c, 16c, c), norm="batch", act=ReLU(inplace), bias=False, dropout=None)``, the
-  same widths, norm, activation and bias-free convs before BatchNorm as ours;
+- ``unet16``: ``build_model("unet", base_channels=16)`` vs MONAI ``BasicUNet(spatial_dims=2,
+  features=(16, 32, 64, 128, 256, 16), norm="batch", act=ReLU(inplace), bias=False, dropout=None)``;
 - ``resnet34_unet``: ``build_model("resnet34_unet", decoder_channels=[256, 128, 64, 32, 16])`` vs
   ``segmentation_models_pytorch.Unet("resnet34", encoder_weights=None, decoder_channels=(256, 128, 64, 32, 16))``.
 
-For every size, one process times, per pair, a train step (forward, BCE + Dice loss, backward, AdamW
-step; train mode) and an inference forward (eval mode, ``torch.inference_mode``) at batch ``--batch`` on
-random data. The machine is shared and noisy, so the two models of a pair alternate: each repetition
-times ours then the reference (the order flips every repetition), and the table shows the medians of
-images/s and the median of the per-repetition ratios ours/reference (with their range): > 1 means
-ours is faster. The ratio is also given from process CPU time (all threads), which a busy machine
-disturbs less than wall-clock time. One intra-op thread by default (``--threads``). The base-64 UNet
-pair runs only at ``--unet64-sizes`` (128 px by default: at 256 px a train step takes about a minute
-here per model). Peak memory is measured afterwards, one fresh subprocess per (model, size): the growth
-of the peak RSS (VmHWM) over a first inference forward, then over a first train step (which
-also allocates gradients and AdamW state), above the RSS with the model and batch built. torch's CPU
-allocator returns freed blocks to malloc, so this is what the step needs, not a cache.
+Variants: ours in fp32 and bf16 autocast, each in NCHW and channels_last, and each reference in fp32 NCHW
+and in the variant the pipeline chooses on this device (:func:`pipeline.core.device.choose_precision`
+and :func:`~pipeline.core.device.memory_format`). A train step is forward, BCE + Dice loss, backward and
+an AdamW step, in train mode; inference is a forward in eval mode under ``torch.inference_mode``, on
+random data at batch ``--batch``. All variants of a model run in one process, interleaved: each
+repetition times every variant once, in an order that rotates, so a change of load hits them alike;
+the table gives median images/s and the median of the per-repetition ratios.
+
+FLOPs per image come from torch's ``FlopCounterMode`` (forward and backward for a train step; a
+multiply-add counts 2). The peak is cores x clock x FLOPs per cycle, stated in the output: on AMD Zen 4
+(its AVX-512 issues as two 256-bit halves) two FMA pipes x 8 fp32 lanes x 2 = 32 fp32 FLOPs per cycle
+and core, and VDPBF16PS doubles that for bf16 (AMD's Zen 4 software optimisation guide); the clock is
+the CPU's maximum from /sys (or /proc/cpuinfo's current MHz).
 
 Not a test: numbers vary with load; the ratios measured in one run are the point.
 """
 
 import argparse
-import gc
-import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -41,29 +36,26 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import machine, table  # noqa: E402
+from pipeline.core.device import autocast, choose_precision, memory_format, precision_name, probe  # noqa: E402
 from pipeline.models.registry import build_model  # noqa: E402
 from pipeline.train.losses import bce_dice_loss  # noqa: E402
 
 DECODER = (256, 128, 64, 32, 16)
+# fp32 FLOPs per cycle and core: two 256-bit FMA pipes (Zen 4 splits AVX-512 into two halves), 8 lanes, 2 FLOPs.
+FP32_FLOPS_PER_CYCLE = 32
+BF16_SPEED_UP = 2  # VDPBF16PS: a 256-bit half does 16 bf16 multiply-adds into 8 fp32 sums
 
 
-def monai_unet(base: int) -> nn.Module:
+def monai_unet() -> nn.Module:
     from monai.networks.nets import BasicUNet
 
-    c = base
-    return BasicUNet(
-        spatial_dims=2,
-        in_channels=3,
-        out_channels=1,
-        features=(c, 2 * c, 4 * c, 8 * c, 16 * c, c),
-        norm="batch",
-        act=("relu", {"inplace": True}),
-        bias=False,
-        dropout=None,
-    )
+    features = (16, 32, 64, 128, 256, 16)
+    return BasicUNet(2, 3, 1, features, act=("relu", {"inplace": True}), norm="batch", bias=False, dropout=None)
 
 
 def smp_unet() -> nn.Module:
@@ -72,229 +64,138 @@ def smp_unet() -> nn.Module:
     return smp.Unet("resnet34", encoder_weights=None, decoder_channels=DECODER, classes=1)
 
 
-# pair name → (our label, our builder, reference label, reference builder)
-PAIRS: dict[str, tuple[str, Callable[[], nn.Module], str, Callable[[], nn.Module]]] = {
-    "unet16": (
-        "UNet b16",
-        lambda: build_model("unet", base_channels=16),
-        "MONAI BasicUNet",
-        lambda: monai_unet(16),
-    ),
-    "unet64": (
-        "UNet b64",
-        lambda: build_model("unet", base_channels=64),
-        "MONAI BasicUNet",
-        lambda: monai_unet(64),
-    ),
-    "resnet34_unet": (
-        "ResNet34-UNet",
-        lambda: build_model("resnet34_unet", decoder_channels=list(DECODER)),
-        "smp Unet r34",
-        smp_unet,
-    ),
+# model → (our builder, reference label, reference builder)
+PAIRS: dict[str, tuple[Callable[[], nn.Module], str, Callable[[], nn.Module]]] = {
+    "unet16": (lambda: build_model("unet", base_channels=16), "MONAI BasicUNet", monai_unet),
+    "resnet34_unet": (lambda: build_model("resnet34_unet", decoder_channels=list(DECODER)), "smp Unet", smp_unet),
 }
 
 
-def build(pair: str, side: str) -> nn.Module:
-    _, ours, _, ref = PAIRS[pair]
-    return (ours if side == "ours" else ref)()
+class Variant:
+    """A model at one precision (autocast dtype or None) and memory format, with its AdamW optimiser."""
 
-
-def batch(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.randn(n, 3, size, size)
-    y = (torch.rand(n, 1, size, size) > 0.5).float()
-    return x, y
-
-
-class Runner:
-    """One model with its AdamW optimizer; times a train step or an inference forward on a fixed batch."""
-
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.model, self.x, self.y = model, x, y
+    def __init__(self, model: nn.Module, dtype: torch.dtype | None, fmt: torch.memory_format, x, y):
+        self.model = model.to(memory_format=fmt)
+        self.dtype, self.x, self.y = dtype, x.contiguous(memory_format=fmt), y
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def train_step(self) -> None:
         self.model.train()
-        loss = bce_dice_loss(self.model(self.x), self.y)
+        with autocast("cpu", self.dtype):
+            logits = self.model(self.x)
+        loss = bce_dice_loss(logits.float(), self.y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
 
     def infer(self) -> None:
         self.model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast("cpu", self.dtype):
             self.model(self.x)
 
-    def seconds(self, what: str) -> tuple[float, float]:
-        """Wall-clock and process CPU seconds (all threads) of one train step or inference forward."""
+    def seconds(self, what: str) -> float:
         fn = self.train_step if what == "train" else self.infer
-        wall, cpu = time.perf_counter(), time.process_time()
+        start = time.perf_counter()
         fn()
-        return time.perf_counter() - wall, time.process_time() - cpu
+        return time.perf_counter() - start
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+def flops_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor, what: str) -> float:
+    """FLOPs of one image's train step (forward + backward) or inference forward, by FlopCounterMode."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        if what == "train":
+            bce_dice_loss(model(x), y).backward()
+        else:
+            with torch.no_grad():
+                model(x)
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(x)
 
 
-def params_m(model: nn.Module) -> float:
-    return sum(p.numel() for p in model.parameters()) / 1e6
+def clock_ghz() -> tuple[float, str]:
+    """The CPU's maximum clock in GHz and where it was read."""
+    limit = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+    if limit.exists():
+        return int(limit.read_text()) / 1e6, "cpufreq max"
+    mhz = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines() if "cpu MHz" in line]
+    return max(mhz) / 1e3, "/proc/cpuinfo cpu MHz"
 
 
-def measure_speed(pairs: list[str], size: int, n: int, repeats: int) -> dict[str, dict]:
-    """Interleaved timings at one size.
-
-    Returns {pair: {"params": {"ours"|"ref": M}, "ours"|"ref": {"train"|"infer": [(wall s, CPU s), ...]}}}.
-    """
-    torch.manual_seed(0)
-    x, y = batch(n, size)
-    runners = {p: {side: Runner(build(p, side), x, y) for side in ("ours", "ref")} for p in pairs}
-    out = {
-        p: {
-            "params": {side: params_m(r.model) for side, r in sides.items()},
-            **{side: {"train": [], "infer": []} for side in sides},
-        }
-        for p, sides in runners.items()
-    }
-    for sides in runners.values():  # warm-up: one train step (allocates AdamW state) and one forward each
-        for r in sides.values():
-            r.train_step()
-            r.infer()
-    for rep in range(repeats):
-        order = ("ours", "ref") if rep % 2 == 0 else ("ref", "ours")
-        for p, sides in runners.items():
-            for what in ("train", "infer"):
-                for side in order:
-                    out[p][side][what].append(sides[side].seconds(what))
-        print(f"  {size} px: repetition {rep + 1}/{repeats} done", file=sys.stderr, flush=True)
-    return out
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def memory_child(pair: str, side: str, size: int, n: int) -> None:
-    """Subprocess body: print JSON {"infer": MB, "train": MB} of peak RSS growth (see the module doc).
-
-    The peak is the process's VmHWM (Linux), reset to the current RSS first through
-    /proc/self/clear_refs where allowed. Not ``ru_maxrss``: Linux carries it over from the parent
-    across fork and exec, so a child of the benchmark would start at the parent's peak.
-    """
-    torch.manual_seed(0)
-    x, y = batch(n, size)
-    runner = Runner(build(pair, side), x, y)
-    gc.collect()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to VmRSS
-    except OSError:
-        pass
-    base = _status_kib("VmRSS")
-    runner.infer()
-    after_infer = _status_kib("VmHWM")
-    runner.train_step()
-    after_train = _status_kib("VmHWM")
-    print(json.dumps({"infer": (after_infer - base) / 1024, "train": (after_train - base) / 1024}))
-
-
-def measure_memory(pair: str, side: str, size: int, n: int, threads: int) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--_memory", pair, side, str(size), "--batch", str(n), "--threads", str(threads)]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def median_ratio(ours: list[float], ref: list[float]) -> tuple[float, float, float]:
-    """Median, min and max over repetitions of ours/ref throughput (= ref seconds / our seconds);
-    each repetition's two timings were taken back to back."""
-    ratios = [r / o for o, r in zip(ours, ref, strict=True)]
-    return statistics.median(ratios), min(ratios), max(ratios)
-
-
-def row(size: int, pair: str, res: dict, n: int) -> str:
-    ours_label, _, ref_label, _ = PAIRS[pair]
-    params = f"{res['params']['ours']:.2f}/{res['params']['ref']:.2f}"
-    cells = [f"{ours_label:13s} {ref_label:15s} {size:4d} {params:>11s}"]
-    for what in ("train", "infer"):
-        (o_wall, o_cpu), (r_wall, r_cpu) = (zip(*res[side][what], strict=True) for side in ("ours", "ref"))
-        mid, lo, hi = median_ratio(o_wall, r_wall)
-        speed = f"{n / statistics.median(o_wall):.2f}/{n / statistics.median(r_wall):.2f}"
-        cells.append(f"{speed:>11s} {mid:5.2f}x ({lo:.2f}-{hi:.2f}) {median_ratio(o_cpu, r_cpu)[0]:5.2f}x")
-    if "mem" in res["ours"]:
-        mo, mr = res["ours"]["mem"], res["ref"]["mem"]
-        cells += [f"{mo['train']:.0f}/{mr['train']:.0f}".rjust(9), f"{mo['infer']:.0f}/{mr['infer']:.0f}".rjust(9)]
-    return "  ".join(cells)
+def label(dtype: torch.dtype | None, fmt: torch.memory_format) -> str:
+    return f"{precision_name(dtype)} {'NHWC' if fmt == torch.channels_last else 'NCHW'}"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per model (after one warm-up)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (default 1: on a shared machine two OpenMP threads that spin-wait for each "
-        "other run several times slower and far noisier; see docs/bench-models.md)",
-    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per variant (after a warm-up)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--models", nargs="+", choices=list(PAIRS), default=list(PAIRS))
-    parser.add_argument(
-        "--unet64-sizes",
-        type=int,
-        nargs="+",
-        default=[128],
-        help="sizes at which the base-64 UNet pair runs (on 2 cores a train step at 256 px takes ~1 min; "
-        "pass e.g. 128 256 for the full matrix)",
-    )
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--_memory", nargs=3, metavar=("PAIR", "SIDE", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-
-    if args._memory:
-        pair, side, size = args._memory
-        memory_child(pair, side, int(size), args.batch)
-        return
-
-    load = Path("/proc/loadavg").read_text().split()[:3]
+    caps = probe(torch.device("cpu"))
+    chosen = (choose_precision("auto", caps).value, memory_format("cpu"))
+    ghz, where = clock_ghz()
+    peak = {None: args.threads * ghz * FP32_FLOPS_PER_CYCLE}
+    peak[torch.bfloat16] = peak[None] * BF16_SPEED_UP
+    print(f"{machine()}; torch {torch.__version__}; {args.threads} threads; batch {args.batch} at {args.size} px")
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads "
-        f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), {cpu_name()}, batch {args.batch}, "
-        f"{args.repeats} repetitions (medians); load average at start {' '.join(load)}"
+        f"peak: {args.threads} cores x {ghz:.2f} GHz ({where}) x {FP32_FLOPS_PER_CYCLE} fp32 FLOPs/cycle = "
+        f"{peak[None]:.0f} GFLOP/s fp32, {peak[torch.bfloat16]:.0f} bf16; chosen here: {label(*chosen)}"
     )
-    results: list[tuple[int, str, dict]] = []
-    start = time.perf_counter()
-    for size in args.sizes:
-        pairs = [p for p in args.models if p != "unet64" or size in args.unet64_sizes]
-        if pairs:
-            speed = measure_speed(pairs, size, args.batch, args.repeats)
-            results += [(size, p, speed[p]) for p in pairs]
-    if not args.no_memory:
-        for size, pair, res in results:
-            for side in ("ours", "ref"):
-                res[side]["mem"] = measure_memory(pair, side, size, args.batch, args.threads)
-
-    header = (
-        f"{'model':13s} {'reference':15s} {'px':>4s} {'params M':>11s}  "
-        + "  ".join(f"{w + ' img/s':>11s} {'wall ratio (range)':>18s} {'CPU r.':>6s}" for w in ("train", "infer"))
-        + f"  {'train MB':>9s}  {'infer MB':>9s}"
-    )
-    print(header)
-    print("-" * len(header))
-    for size, pair, res in results:
-        print(row(size, pair, res, args.batch))
-    took = time.perf_counter() - start
-    print(
-        "pairs are ours/reference; ratio = ours/reference images/s, median over repetitions (> 1: ours faster), "
-        "from wall-clock time and from process CPU time; MB = peak RSS growth over a first train step / inference "
-        f"forward; took {took:.0f} s"
-    )
+    rows = []
+    for name in args.models:
+        ours, ref_label, ref = PAIRS[name]
+        torch.manual_seed(0)
+        x, y = torch.randn(args.batch, 3, args.size, args.size), (torch.rand(args.batch, 1, args.size, args.size) > 0.5)
+        y = y.float()
+        flops = {what: flops_per_image(ours(), x[:1], y[:1], what) for what in ("train", "infer")}
+        variants = {}
+        for dtype in (None, torch.bfloat16):
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                variants[("ours", label(dtype, fmt))] = Variant(ours(), dtype, fmt, x, y)
+        nchw = torch.contiguous_format
+        variants[(ref_label, label(None, nchw))] = Variant(ref(), None, nchw, x, y)
+        variants[(ref_label, label(*chosen))] = Variant(ref(), *chosen, x, y)
+        times = {key: {"train": [], "infer": []} for key in variants}
+        for variant in variants.values():  # warm-up: AdamW state, oneDNN's kernels for each shape and format
+            variant.train_step()
+            variant.infer()
+        keys = list(variants)
+        for rep in range(args.repeats):
+            for key in keys[rep % len(keys) :] + keys[: rep % len(keys)]:
+                for what in ("train", "infer"):
+                    times[key][what].append(variants[key].seconds(what))
+            print(f"  {name}: repetition {rep + 1}/{args.repeats}", file=sys.stderr, flush=True)
+        base = ("ours", label(None, torch.contiguous_format))
+        for key, variant in variants.items():
+            for what in ("train", "infer"):
+                secs = times[key][what]
+                ratio = statistics.median(b / s for b, s in zip(times[base][what], secs, strict=True))
+                same = (ref_label if key[0] == "ours" else "ours", key[1])
+                vs_ref = ""
+                if same in times:
+                    r = statistics.median(o / s for o, s in zip(times[same][what], secs, strict=True))
+                    vs_ref = f"{r:.2f}x" if key[0] == "ours" else ""
+                gflops = flops[what] * args.batch / statistics.median(secs) / 1e9
+                share = 100 * gflops / peak[variant.dtype]
+                rows.append(
+                    {
+                        "model": name if key[0] == "ours" else f"{name}: {key[0]}",
+                        "step": what,
+                        "variant": key[1],
+                        "images/s": f"{args.batch / statistics.median(secs):.1f}",
+                        "vs ours fp32 NCHW": f"{ratio:.2f}x",
+                        "ours vs reference, same variant": vs_ref,
+                        "GFLOP/s": f"{gflops:.0f}",
+                        "share of peak": f"{share:.0f} %",
+                    }
+                )
+        per_image = f"{flops['train'] / 1e9:.2f} GFLOP per training image, {flops['infer'] / 1e9:.2f} per inference"
+        print(f"  {name}: {per_image}")
+    print(table(rows))
 
 
 if __name__ == "__main__":

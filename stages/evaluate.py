@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.device import select_device
+from pipeline.core.device import decide
 from pipeline.core.errors import UserError
 from pipeline.core.io import atomic_path, write_csv, write_json
 from pipeline.core.messages import plural
@@ -39,9 +39,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--predictions", required=True, help="output predicted native-size masks (.npz)")
     parser.add_argument("--record", required=True, help="output .json beside the weights: threshold and tta used")
     args = parser.parse_args(argv)
-    params = load_params(args.params).evaluate
-    threshold, tta, batch_size = params.threshold, params.tta, params.batch_size
-    device = select_device()
+    params = load_params(args.params)
+    threshold, tta, batch_size = params.evaluate.threshold, params.evaluate.tta, params.evaluate.batch_size
+    compute, said = decide(params.device, params.precision, params.threads)
+    device = compute.device
+    print(f"evaluate: {'; '.join(said)}")
     model = load_model(Path(args.checkpoint), device)
     _, onnx_meta = onnx_forward(Path(args.onnx))
     try:

@@ -18,7 +18,7 @@ from typing import Any
 
 from dvclive import Live
 
-from pipeline.core.device import select_device
+from pipeline.core.device import choose_device, decide
 from pipeline.core.errors import UserError
 from pipeline.core.messages import plural
 from pipeline.core.params import Params, load_params
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
     cfg, arch = train_config(params, args.model)
     check_options(args.model, arch)  # before dvclive creates its folder
-    nproc, device = params.train.nproc, select_device()
+    nproc, device = params.train.nproc, choose_device(params.device).value
     # Checked before any rank starts, so that a bad setting fails in one line, once.
     distributed.per_rank_batch(cfg.batch_size, nproc)
     distributed.check_sync_batchnorm(params.train.sync_batchnorm, nproc, device.type)
@@ -66,9 +66,11 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
             f"params.yaml: train.nproc is {params.train.nproc} but torchrun started {distributed.world_size()} "
             "processes; run `python -m stages.train` without torchrun, it starts them itself"
         )
+    compute, said = decide(params.device, params.precision, params.threads)
     train, valid = load_cache(args.train), load_cache(args.valid)
     caches = [Path(args.train), Path(args.valid)]
-    settings = {**cfg.fingerprint_inputs(), "train": params.train.model_dump()}
+    # The precision is what ran, not the param: `auto` means bf16 on one machine and fp32 on another.
+    settings = {**cfg.fingerprint_inputs(), "train": params.train.model_dump(), "precision": compute.precision}
     inputs = training_inputs(args.model, arch, settings, caches, cfg.encoder_weights)
     store = ResumeStore(Path(args.resume), inputs, Path(args.live))
     rank0 = distributed.rank() == 0
@@ -76,12 +78,14 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
     state = store.load() if rank0 else load_state(store.path, inputs)[0]
     data = (train.images, train.masks), (valid.images, valid.masks)
     sync = params.train.sync_batchnorm
-    train_model = partial(fit, args.model, arch, cfg, *data, Path(args.checkpoint), state=state, sync_batchnorm=sync)
+    train_model = partial(
+        fit, args.model, arch, cfg, *data, Path(args.checkpoint), state=state, sync_batchnorm=sync, compute=compute
+    )
     if not rank0:
         train_model(lambda epoch, record: None)  # fit() writes and prints nothing on this rank
         return
     images = plural(len(valid.stems), "image")
-    print(f"train {args.model}: {len(train.stems)} train / {len(valid.stems)} valid {images} on {select_device()}")
+    print(f"train {args.model}: {len(train.stems)} train / {len(valid.stems)} valid {images}; {'; '.join(said)}")
     # dvcyaml=False: the plots are declared in dvc.yaml, which dvclive must not rewrite.
     with Live(args.live, dvcyaml=False, save_dvc_exp=False, report=None, resume=state is not None) as live:
 

@@ -1,7 +1,7 @@
 """Values several packages need, each defined once and importable without torch.
 
 The names a param may choose among (models, losses, optimisers, schedules, augmentation levels,
-init schemes, TTA modes, boundary policies) are spelt here, and both the params schema
+init schemes, TTA modes, boundary policies, devices, precisions) are spelt here, and both the params schema
 (:mod:`pipeline.core.params`) and the registries that implement them (``MODELS`` in
 :mod:`pipeline.models.registry`, ``LOSSES`` in :mod:`pipeline.train.losses`, ...) are built from
 these tuples, so a name cannot be valid in one and unknown to the other.
@@ -15,6 +15,8 @@ SCHEDULERS = ("cosine", "constant", "onecycle", "plateau")
 AUGMENT_LEVELS = ("none", "flip", "full")
 INIT_SCHEMES = ("default", "kaiming")
 TTA_MODES = ("none", "hflip")
+DEVICES = ("auto", "cuda", "cpu")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # What the trimap's boundary band (value 3, dataset README) counts as.
 BOUNDARY_POLICIES = ("pet", "background", "ignore")
 

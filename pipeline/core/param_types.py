@@ -55,7 +55,7 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def decode_workers(value: Any) -> int | str:
+def auto_or_count(value: Any) -> int | str:
     """ "auto" or a process count >= 1. Raises ValueError otherwise."""
     # bool is an int subclass, but `workers: yes` in YAML is a mistake, not one process.
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):

@@ -28,7 +28,7 @@ from pipeline.core.param_types import (
     Section,
     Seed,
     auto_or,
-    decode_workers,
+    auto_or_count,
     loader_workers,
     probability,
 )
@@ -56,7 +56,7 @@ class Preprocess(Section):
     (``workers``: "auto" = one per CPU, or a count >= 1; the cache is the same for any count)."""
 
     boundary: Literal[constants.BOUNDARY_POLICIES]
-    workers: Annotated[int | str, BeforeValidator(decode_workers)] = "auto"
+    workers: Annotated[int | str, BeforeValidator(auto_or_count)] = "auto"
 
 
 class AugmentOptions(Section):
@@ -175,7 +175,19 @@ class Train(Section):
     sync_batchnorm: Flag = False
 
 
-class Params(TrainKeys):
+class ComputeKeys(Section):
+    """Where and how the training and evaluate stages compute (top level, so ``dvc exp run -S
+    precision=fp32`` works): ``device`` auto | cuda | cpu (auto = CUDA when usable); ``precision`` auto
+    | fp32 | bf16 | fp16 (auto = bf16 where the device runs it natively, fp16 on older GPUs, else fp32;
+    :func:`pipeline.core.device.choose_precision`); ``threads`` the CPU's intra-op threads, "auto" or
+    a count >= 1 (:func:`pipeline.core.device.choose_threads`)."""
+
+    device: Literal[constants.DEVICES] = "auto"
+    precision: Literal[constants.PRECISIONS] = "auto"
+    threads: Annotated[int | str, BeforeValidator(auto_or_count)] = "auto"
+
+
+class Params(TrainKeys, ComputeKeys):
     """The whole params.yaml."""
 
     data: Data

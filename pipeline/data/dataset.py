@@ -1,4 +1,10 @@
-"""PyTorch view of a cached split, with joint image/mask augmentation (torchvision.transforms.v2)."""
+"""PyTorch view of a cached split: the geometric augmentation of image and mask (torchvision.transforms.v2)
+on the loader's workers, and the colour jitter's random factors, which :mod:`pipeline.data.colour`
+applies to whole batches on the training device.
+
+Samples stay uint8 until they reach the device: a quarter of float32's bytes through the workers'
+queues and the host-to-device copy, and the colour work runs batch-wise where the model runs.
+"""
 
 import numpy as np
 import torch
@@ -8,12 +14,8 @@ from torchvision.transforms import v2
 
 from pipeline.core.constants import AUGMENT_LEVELS
 from pipeline.core.params import AugmentOptions
+from pipeline.data.colour import draw_jitter
 from pipeline.data.masks import IGNORE
-
-# ImageNet channel statistics (torchvision model docs); the usual normalisation for natural photos.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
 
 DEFAULT_OPTIONS = AugmentOptions()  # the original "full"
 
@@ -22,11 +24,11 @@ def train_transform(size: int, level: str, options: AugmentOptions = DEFAULT_OPT
     """The train-time augmentation named ``level`` for ``size``-pixel square images.
 
     "none": no augmentation (returns None). "flip": random horizontal flip. "full", in this order:
-    the flips, rotation, a random resized crop back to ``size`` pixels, and colour jitter that
-    ``options`` switches on. v2 applies the geometric ops to image and mask alike
-    (nearest-neighbour for the ``tv_tensors.Mask``) and the colour jitter to the image only. Outside
-    a rotated image the image is 0 and the mask :data:`IGNORE`, so those pixels count in no loss.
-    Raises ValueError for another level.
+    the flips, rotation, and a random resized crop back to ``size`` pixels that ``options`` switches
+    on; its colour jitter is drawn by :class:`SegmentationDataset` and applied on the device
+    (:func:`jitter_strength`). v2 applies the geometric ops to image and mask alike
+    (nearest-neighbour for the ``tv_tensors.Mask``). Outside a rotated image the image is 0 and the
+    mask :data:`IGNORE`, so those pixels count in no loss. Raises ValueError for another level.
     """
     if level == "none":
         return None
@@ -45,42 +47,42 @@ def train_transform(size: int, level: str, options: AugmentOptions = DEFAULT_OPT
         fill = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}
         ops.append(v2.RandomRotation(options.degrees, interpolation=v2.InterpolationMode.BILINEAR, fill=fill))
     ops.append(v2.RandomResizedCrop(size, scale=options.crop_scale, antialias=True))
-    if options.jitter:
-        ops.append(v2.ColorJitter(brightness=options.jitter, contrast=options.jitter, saturation=options.jitter))
     return v2.Compose(ops)
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, H, W) or (3, H, W) in [0, 255] → float32 of the same shape, ImageNet-normalised."""
-    mean = torch.tensor(MEAN, device=images.device).view(3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+def jitter_strength(level: str, options: AugmentOptions = DEFAULT_OPTIONS) -> float:
+    """The colour jitter strength of augmentation ``level``: ``options.jitter`` for "full", else 0 (none)."""
+    return options.jitter if level == "full" else 0.0
 
 
 class SegmentationDataset(Dataset):
-    """Items are (image float32 (3, S, S) normalised, mask float32 (1, S, S) in {0., 1., 255.}).
+    """Items are (image uint8 (3, S, S), mask uint8 (1, S, S) in {0, 1, 255}, jitter float32 (6,)).
 
     ``images``: uint8 (N, S, S, 3); ``masks``: uint8 (N, S, S) in {0, 1, 255}, 255 =
-    :data:`IGNORE`, kept as 255. Either may be a read-only memory map (:func:`pipeline.data.cache.load_cache`):
-    it is kept as is, so DataLoader workers forked from this process share its pages, and each item
-    is copied out of it alone. ``transform`` (optional) is a v2 transform applied jointly to
-    ``(tv_tensors.Image, tv_tensors.Mask)``. Raises ValueError if the lengths differ.
+    :data:`IGNORE`. Either may be a read-only memory map (:func:`pipeline.data.cache.load_cache`): it
+    is kept as is, so DataLoader workers forked from this process share its pages, and each item is
+    copied out of it alone. ``transform`` (optional) is a v2 transform applied jointly to
+    ``(tv_tensors.Image, tv_tensors.Mask)``. ``jitter`` > 0 draws, after the transform and from the
+    same RNG, the item's colour jitter (:func:`pipeline.data.colour.draw_jitter`); 0 gives the
+    identity. Raises ValueError if the lengths differ.
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, transform: v2.Transform | None = None):
+    def __init__(
+        self, images: np.ndarray, masks: np.ndarray, transform: v2.Transform | None = None, jitter: float = 0.0
+    ):
         if len(images) != len(masks):
             raise ValueError(f"{len(images)} images but {len(masks)} masks")
         self.images, self.masks = images, masks
-        self.transform = transform
+        self.transform, self.jitter = transform, jitter
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # A copy of item i: torch cannot wrap a read-only mapping safely (a write would crash the process).
         image = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1)
         mask = torch.from_numpy(np.array(self.masks[i])).unsqueeze(0)
         image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
-        return normalize(image.as_subclass(torch.Tensor)), mask.as_subclass(torch.Tensor).float()
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor), draw_jitter(self.jitter)

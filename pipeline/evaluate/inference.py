@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from pipeline.core.constants import TTA_MODES
 from pipeline.core.errors import UserError, first_line
-from pipeline.data.dataset import normalize
+from pipeline.data.colour import model_input
 from pipeline.models.checkpoint import load_checkpoint
 
 Forward = Callable[[np.ndarray], np.ndarray]
@@ -88,9 +88,9 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
 
 
 def prepare(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, S, S, 3) → float32 (N, 3, S, S) normalised as in training (:func:`pipeline.data.dataset.normalize`)."""
+    """uint8 (N, S, S, 3) → float32 (N, 3, S, S) as training sees it (:func:`pipeline.data.colour.model_input`)."""
     # A copy of the batch: the cache is a read-only memory map, which torch tensors must not wrap.
-    return normalize(torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)).contiguous().numpy()
+    return model_input(torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)).contiguous().numpy()
 
 
 def tta_forward(forward: Forward, x: np.ndarray, tta: str) -> np.ndarray:

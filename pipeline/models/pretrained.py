@@ -79,7 +79,7 @@ def load_encoder_weights(model: nn.Module, spec: str) -> None:
     is dropped; every other tensor must match the encoder's key and shape. Missing BatchNorm
     ``num_batches_tracked`` counters (files older than PyTorch 0.4.1) keep the encoder's
     values, as BatchNorm does for such files. The weights expect ImageNet-normalised input
-    (:func:`pipeline.data.dataset.normalize`).
+    (:func:`pipeline.data.colour.normalize`).
 
     Raises UserError (a ValueError) if the model has no ResNet-34 encoder (only resnet34_unet has
     one), if the download fails, if the file is missing or not a state dict, or if its keys or

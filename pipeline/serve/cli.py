@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.core.constants import TTA_MODES
+from pipeline.core.constants import DEVICES, TTA_MODES
 from pipeline.core.errors import UserError
 from pipeline.serve import options
 
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"images per forward pass (default: {options.DEFAULT_BATCH_SIZE})",
     )
-    predict.add_argument("--device", choices=options.DEVICES, default="auto", help="auto: cuda if available, else cpu")
+    predict.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda if available, else cpu")
     diff = commands.add_parser(
         "diff",
         help="compare each model's test metrics with a git revision, with a confidence interval",

@@ -4,7 +4,6 @@ built from them before any model code loads, so ``petseg --help`` and a usage er
 # File extensions `petseg predict` takes from a folder (case-insensitive); a file named on the command
 # line is taken whatever its extension, as images are decoded by content.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_TTA = "none"
 DEFAULT_BATCH_SIZE = 8  # images per forward pass of `petseg predict`
 

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from pipeline.core.constants import DEFAULT_THRESHOLD
-from pipeline.core.device import select_device
+from pipeline.core.device import choose_device
 from pipeline.core.errors import UserError, first_line
 from pipeline.core.io import atomic_path
 from pipeline.core.messages import hide_bar, plural
@@ -128,19 +127,6 @@ def read_image(path: Path) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         detail = first_line(err)
         raise UserError(f"{path}: cannot decode as an image ({detail}); replace or remove the file") from None
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` (:func:`pipeline.core.device.select_device`: CUDA if available, else CPU), ``"cpu"``
-    or ``"cuda"`` (one of :data:`~pipeline.serve.options.DEVICES`, which the command line enforces) → a torch device.
-
-    Raises UserError for ``"cuda"`` without a usable GPU.
-    """
-    if name == "auto":
-        return select_device()
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available to PyTorch; use --device cpu or auto")
-    return torch.device(name)
 
 
 def resolve_settings(weights: Path, model: LoadedModel, threshold: float | None, tta: str | None) -> Settings:
@@ -263,7 +249,7 @@ def run(
     if not files:
         return problems
     n_missing = len(problems)
-    model = load_model(Path(weights), resolve_device(device))
+    model = load_model(Path(weights), choose_device(device, "--device").value)
     settings = resolve_settings(Path(weights), model, threshold, tta)
     count = f"{len(files)} {plural(len(files), 'image')}"
     print(f"predict: {model.name} at {model.image_size} px, {settings.note}, {count} into {out}")

@@ -7,6 +7,7 @@ identity, so single-process training runs exactly the code and numbers it always
 (:func:`process_group`), trains on its share of every global batch, and rank 0 alone writes files.
 """
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -127,6 +128,15 @@ def wrap(model: nn.Module) -> nn.Module:
     the ranks in every backward pass, so every rank steps identical weights.
     """
     return DistributedDataParallel(model) if world_size() > 1 else model
+
+
+def gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """For a backward pass under ``model``: DDP's ``no_sync()`` when not ``sync`` (the gradients
+    accumulate on each rank, as in the first micro-batches of an accumulation group), else nothing,
+    so the pass all-reduces as DDP does by default. A plain model always gets nothing."""
+    if isinstance(model, DistributedDataParallel) and not sync:
+        return model.no_sync()
+    return contextlib.nullcontext()
 
 
 def sum_over_ranks(*tensors: torch.Tensor) -> None:

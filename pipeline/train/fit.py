@@ -15,17 +15,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from pipeline.core.device import (
-    configure_backends,
-    device_amp_dtype,
-    memory_format,
-    needs_grad_scaler,
-    peak_memory_mib,
-    select_device,
-)
+from pipeline.core.device import Compute, configure_backends, memory_format, needs_grad_scaler, peak_memory_mib
 from pipeline.core.errors import UserError
 from pipeline.core.messages import hide_bar
-from pipeline.data.dataset import SegmentationDataset, train_transform
+from pipeline.data.dataset import SegmentationDataset, jitter_strength, train_transform
 from pipeline.data.loader import make_eval_loader, make_train_loader, resolve_num_workers
 from pipeline.models.checkpoint import save_checkpoint
 from pipeline.models.init import init_weights
@@ -39,6 +32,7 @@ from pipeline.train.resume import capture, restore
 from pipeline.train.schedules import LrSchedule, make_optimizer
 
 Log = Callable[[int, dict[str, float]], None]
+CPU_FP32 = Compute()  # fit's default: the CPU, no autocast
 
 
 def seed_everything(seed: int) -> None:
@@ -104,15 +98,15 @@ def set_up(
     valid: tuple[np.ndarray, np.ndarray],
     progress: bool,
     sync_batchnorm: bool,
+    compute: Compute,
 ) -> Run:
     """Seed every RNG with ``cfg.seed`` and build, in this order (each draws from the seeded RNGs, so
     the order is part of the result), the model and its initial weights, the loaders, the optimiser,
-    the schedule and the grad scaler, on the device :func:`~pipeline.core.device.select_device`
-    picks. Arguments as :func:`fit`; raises UserError as it does for a bad setting."""
+    the schedule and the grad scaler, on ``compute.device``. Arguments as :func:`fit`; raises
+    UserError as it does for a bad setting."""
     seed_everything(cfg.seed)
-    device = select_device()
-    configure_backends(device.type)
-    dtype = device_amp_dtype(device)
+    device, dtype = compute.device, compute.dtype
+    configure_backends(device.type, fixed_size=True)  # every training batch is size x size pixels
     rank, world = distributed.rank(), distributed.world_size()
     batch = distributed.per_rank_batch(cfg.batch_size, world)
     distributed.check_sync_batchnorm(sync_batchnorm, world, device.type)
@@ -124,18 +118,21 @@ def set_up(
     size = train[0].shape[1]
     workers = resolve_num_workers(cfg.num_workers, device.type, nproc=world)
     augment = train_transform(size, cfg.augment, cfg.augmentation)
+    jitter = jitter_strength(cfg.augment, cfg.augmentation)
     train_loader = make_train_loader(
-        SegmentationDataset(*train, transform=augment), cfg.batch_size, cfg.seed, workers, device.type, rank, world
+        SegmentationDataset(*train, augment, jitter), cfg.batch_size, cfg.seed, workers, device.type, rank, world
     )
     shard = Subset(SegmentationDataset(*valid), range(rank, len(valid[0]), world))
-    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum)
+    optimizer = make_optimizer(
+        cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum, fused=device.type == "cuda"
+    )
     steps_per_epoch = len(accumulation_groups(len(train_loader), cfg.accumulate_steps))
     return Run(
         model=model,
         net=torch.compile(model) if cfg.compile else model,
         device=device,
         dtype=dtype,
-        move=Batch(device, device.type == "cuda", memory_format(device.type)),
+        move=Batch(device, device.type == "cuda", memory_format(device.type), jitter=jitter > 0),
         train_loader=train_loader,
         valid_loader=make_eval_loader(shard, batch, workers, device.type),
         loss_fn=LOSSES[cfg.loss],
@@ -160,6 +157,7 @@ def fit(
     state: dict[str, Any] | None = None,
     save_state: Callable[[dict[str, Any]], None] | None = None,
     sync_batchnorm: bool = False,
+    compute: Compute = CPU_FP32,
 ) -> FitResult:
     """Train ``model_name`` and save the weights of the epoch with the best valid Dice.
 
@@ -176,9 +174,11 @@ def fit(
     ``cfg.batch_size`` is the global batch, each rank trains its share under DDP (SyncBatchNorm if
     ``sync_batchnorm``) and validates its shard; all get the same logged values and decisions.
     Only rank 0 writes the checkpoint, calls ``log`` and ``save_state`` and shows progress.
-    Raises UserError if the rank count does not divide ``batch_size`` or sync_batchnorm is off CUDA.
+    ``compute`` is the device and autocast dtype (:func:`pipeline.core.device.decide`; the CPU in
+    fp32 by default). Raises UserError if the rank count does not divide ``batch_size`` or
+    sync_batchnorm is off CUDA.
     """
-    run = set_up(model_name, arch, cfg, train, valid, progress, sync_batchnorm)
+    run = set_up(model_name, arch, cfg, train, valid, progress, sync_batchnorm, compute)
 
     def keep(weights: dict[str, torch.Tensor], epoch: int, dice: float) -> None:
         if run.main:  # every rank holds the same weights

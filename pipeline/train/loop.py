@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.core.constants import DEFAULT_THRESHOLD
 from pipeline.core.device import autocast
+from pipeline.data.colour import model_input
 from pipeline.evaluate.metrics import confusion_counts, dice_from_counts
 from pipeline.train import distributed
 from pipeline.train.losses import LossFn
@@ -29,15 +30,24 @@ def accumulation_groups(batches: int, steps: int) -> list[int]:
 
 @dataclass
 class Batch:
-    """How to move a batch to the device: pinned-memory copies run asynchronously (``non_blocking``)."""
+    """How a loader's batch becomes the model's input on the device: uint8 images and masks are copied
+    there (asynchronously from pinned memory when ``non_blocking``), then the images get their colour
+    jitter (when ``jitter``) and normalisation batch-wise (:func:`pipeline.data.colour.model_input`)
+    in ``memory_format``."""
 
     device: torch.device
     non_blocking: bool
     memory_format: torch.memory_format
+    jitter: bool = False
 
-    def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = images.to(self.device, non_blocking=self.non_blocking, memory_format=self.memory_format)
-        return images, masks.to(self.device, non_blocking=self.non_blocking)
+    def __call__(
+        self, images: torch.Tensor, masks: torch.Tensor, jitter: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images uint8 (N, 3, S, S), masks uint8 (N, 1, S, S), jitter (N, 6)) → (images float32
+        normalised, masks float32 in {0, 1, 255}), both on the device."""
+        images = images.to(self.device, non_blocking=self.non_blocking)
+        images = model_input(images, jitter if self.jitter else None).contiguous(memory_format=self.memory_format)
+        return images, masks.to(self.device, non_blocking=self.non_blocking).float()
 
 
 @torch.inference_mode()
@@ -56,8 +66,8 @@ def validate(
     loss_sum = torch.zeros((), dtype=torch.float32, device=move.device)
     counts = torch.zeros(4, dtype=torch.int64, device=move.device)
     images_seen = 0
-    for images, masks in loader:
-        images, masks = move(images, masks)
+    for batch in loader:
+        images, masks = move(*batch)
         with autocast(move.device.type, dtype):
             logits = model(images)
         logits = logits.float()
@@ -110,15 +120,17 @@ def train_epoch(
     optimizer.zero_grad(set_to_none=True)
     step = 0
     for size in groups:
-        for _ in range(size):
+        for micro in range(size):
             wait = time.perf_counter()
             images, masks = move(*next(batches))
             data_seconds += time.perf_counter() - wait
             step += 1
-            with autocast(move.device.type, dtype):
-                logits = model(images)
-            loss = loss_fn(logits.float(), masks)
-            scaler.scale(loss / size).backward()
+            # Under DDP only the group's last backward all-reduces: the others accumulate locally.
+            with distributed.gradient_sync(model, micro == size - 1):
+                with autocast(move.device.type, dtype):
+                    logits = model(images)
+                loss = loss_fn(logits.float(), masks)
+                scaler.scale(loss / size).backward()
             loss = loss.detach()
             loss_sum += loss * len(images)
             bad_step = torch.where((bad_step == 0) & ~torch.isfinite(loss), step, bad_step)

@@ -33,6 +33,7 @@ def make_optimizer(
     lr: float,
     weight_decay: float,
     momentum: float = 0.9,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """The optimiser ``name`` (:data:`~pipeline.core.constants.OPTIMIZERS`) over ``params`` with learning rate ``lr``.
 
@@ -42,10 +43,11 @@ def make_optimizer(
     - "sgd": SGD with heavy-ball momentum, not Nesterov: ``v = momentum * v + g; w -= lr * v``,
       where ``g`` includes the L2 term ``weight_decay * w`` (coupled, unlike AdamW's).
 
-    Raises UserError for any other name.
+    ``fused``: AdamW's fused kernel, one launch for every parameter's update (CUDA; the same
+    arithmetic as the per-tensor loop). Raises UserError for any other name.
     """
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False)
     raise UserError(f"params.yaml: optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
