@@ -134,7 +134,7 @@ def choose_precision(requested: str, caps: Capabilities) -> Choice:
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
-    """"bf16", "fp16" or "fp32" for an autocast dtype (None = fp32), as the ``precision`` param spells it."""
+    """ "bf16", "fp16" or "fp32" for an autocast dtype (None = fp32), as the ``precision`` param spells it."""
     return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[dtype]
 
 

@@ -74,3 +74,42 @@ def make_synthetic(root: Path, num_images: int, seed: int) -> None:
     (root / "annotations" / "list.txt").write_text(LIST_HEADER + "".join(lines))
     (root / "annotations" / "trainval.txt").write_text("".join(lines[0::2]))
     (root / "annotations" / "test.txt").write_text("".join(lines[1::2]))
+
+
+def _part_labels(rng: np.random.Generator, h: int, w: int, classes: int) -> np.ndarray:
+    """A pet drawn in parts, each a class: body 1, head 2, ears 3, the part indices wrapping round to
+    fit ``classes`` (so 2 classes give a one-class pet); background 0. uint8 (h, w)."""
+    labels = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(labels)
+    part = [1 + i % (classes - 1) for i in range(3)]
+    cx, cy = rng.uniform(0.35, 0.65) * w, rng.uniform(0.45, 0.7) * h
+    bw, bh = rng.uniform(0.18, 0.3) * w, rng.uniform(0.15, 0.25) * h
+    draw.ellipse([cx - bw, cy - bh, cx + bw, cy + bh], fill=part[0])
+    hx, hy, r = cx + rng.uniform(-0.6, 0.6) * bw, cy - bh * rng.uniform(0.8, 1.2), rng.uniform(0.35, 0.5) * bh
+    for side in (-1, 1):
+        ex = hx + side * 0.6 * r
+        draw.polygon([(ex - 0.5 * r, hy - 0.4 * r), (ex + 0.5 * r, hy - 0.4 * r), (ex, hy - 1.8 * r)], fill=part[2])
+    draw.ellipse([hx - r, hy - r, hx + r, hy + r], fill=part[1])
+    return np.asarray(labels)
+
+
+def make_synthetic_folder(root: Path, num_images: int, seed: int, classes: int) -> None:
+    """Write ``num_images`` (>= 4) pets drawn in parts as a folder dataset under ``root``: images/<stem>.jpg,
+    masks/<stem>.png (class indices, mode L) and classes.yaml with ``classes`` (>= 2) names; each
+    class has its own texture. Deterministic in ``seed``. Raises ValueError for fewer than 4 images or
+    2 classes."""
+    if num_images < 4 or classes < 2:
+        raise ValueError(f"a synthetic folder needs >= 4 images and >= 2 classes, got {num_images} and {classes}")
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(num_images):
+        h, w = (int(v) for v in rng.integers(96, 161, 2))
+        labels = _part_labels(rng, h, w, classes)
+        textures = np.stack([_texture(rng, h, w) for _ in range(classes)])
+        pixels = np.take_along_axis(textures, labels[None, ..., None].astype(np.int64), 0)[0].astype(np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"shape_{i}.jpg", quality=90)
+        Image.fromarray(labels).save(root / "masks" / f"shape_{i}.png")
+    names = ["background"] + [f"part{k}" for k in range(1, classes)]
+    (root / "classes.yaml").write_text(f"classes: [{', '.join(names)}]\nignore_index: 255\n")
