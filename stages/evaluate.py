@@ -1,8 +1,8 @@
 """Stages `evaluate-unet`, `evaluate-resnet34unet`: test metrics at native resolution, breakdowns, masks.
 
-Two JSON files: the headline a reviewer compares (``--metrics``, a DVC metrics file: deterministic
-scores only), and the details beside it (``--details``: breakdowns, throughput, device, ONNX parity),
-git-tracked but not a metric, so `dvc metrics diff` and `dvc exp show` stay about the scores.
+``--metrics`` is everything measured, git-tracked: the headline scores first (those the plot stage
+gathers into the DVC metrics file of the test results), then the breakdowns, the threshold and TTA,
+throughput, device and ONNX parity.
 """
 
 import argparse
@@ -32,8 +32,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--onnx", required=True, help="the export stage's .onnx (for its parity metadata)")
     parser.add_argument("--valid", required=True, help="valid split cache folder, for threshold: auto")
     parser.add_argument("--test", required=True, help="test split cache folder")
-    parser.add_argument("--metrics", required=True, help="output .json of the headline scores (a DVC metrics file)")
-    parser.add_argument("--details", required=True, help="output .json of everything else measured")
+    parser.add_argument("--metrics", required=True, help="output .json of what was measured")
     parser.add_argument("--per-image", required=True, help="output per-image .csv")
     parser.add_argument("--per-breed", required=True, help="output per-breed .csv")
     parser.add_argument("--predictions", required=True, help="output predicted native-size masks (.npz)")
@@ -44,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     compute, said = decide(params.device, params.precision, params.threads)
     device = compute.device
     print(f"evaluate: {'; '.join(said)}")
-    model = load_model(Path(args.checkpoint), device)
+    model = load_model(Path(args.checkpoint), device, compute.dtype)
     _, onnx_meta = onnx_forward(Path(args.onnx))
     try:
         onnx_diff = float(onnx_meta["onnx_max_abs_diff"])
@@ -73,8 +72,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         seconds += spent
     scored = scorer.result()
     per_image = per_image_table(scored, test.stems, test.breeds, test.species, test.native)
-    metrics = {**headline(scored), "best_valid_dice": model.info["valid_dice"], "best_epoch": model.info["epoch"]}
-    measured = {
+    metrics = {
+        **headline(scored),
+        "best_valid_dice": model.info["valid_dice"],
+        "best_epoch": model.info["epoch"],
         **details(scored, test.species),
         "threshold": threshold,
         "tta": tta,
@@ -88,7 +89,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_csv(args.per_image, per_image)
     write_csv(args.per_breed, per_breed_table(scored, per_image))
     write_eval_record(Path(args.record), model.name, model.image_size, threshold, tta)
-    write_json(args.details, measured)
     write_json(args.metrics, metrics)
     print(
         f"evaluate {model.name}: test Dice {metrics['dice']:.4f} at native size "

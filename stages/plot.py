@@ -1,4 +1,5 @@
-"""Stage `plot`: learning curves, mask overlays, worst images, Dice distribution, per-breed and test Dice figures."""
+"""Stage `plot`: learning curves, mask overlays, worst images, Dice distribution, per-breed and test Dice
+figures, and the models' test scores side by side (the DVC metrics file a reviewer compares)."""
 
 import argparse
 import sys
@@ -9,14 +10,16 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import UserError
+from pipeline.core.io import write_json
 from pipeline.core.params import load_params
 from pipeline.core.runner import run_stage
 from pipeline.data.cache import load_cache
 from pipeline.report.inputs import REDO_EVALUATE, load_predictions, read_curves, read_metrics, read_table
 from pipeline.report.mask_figures import overlay_grid, worst_grid
 from pipeline.report.plots import dice_bars, dice_distribution, learning_curves, per_breed_bars, save_figure
+from pipeline.report.table import side_by_side
 
-PER_MODEL = ("live", "metrics", "details", "per_image", "per_breed", "predictions")
+PER_MODEL = ("live", "metrics", "per_image", "per_breed", "predictions")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -30,11 +33,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", required=True, help="model names, in display order")
     parser.add_argument("--live", nargs="+", required=True, help="dvclive folder per model")
     parser.add_argument("--metrics", nargs="+", required=True, help="metrics .json per model")
-    parser.add_argument("--details", nargs="+", required=True, help="the evaluate stage's details .json per model")
     parser.add_argument("--per-image", nargs="+", required=True, help="per-image .csv per model")
     parser.add_argument("--per-breed", nargs="+", required=True, help="per-breed .csv per model")
     parser.add_argument("--predictions", nargs="+", required=True, help="predictions .npz per model")
     parser.add_argument("--test", required=True, help="test split cache folder")
+    parser.add_argument("--summary", required=True, help="output .json: the models' test scores side by side")
     for name in ("curves", "overlays", "worst", "distribution", "breeds", "dice"):
         parser.add_argument(f"--{name}-png", required=True)
     args = parser.parse_args(argv)
@@ -50,14 +53,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     curves, metrics, per_image, per_breed, predictions = {}, {}, {}, {}, {}
     for i, model in enumerate(args.models):
         curves[model] = read_curves(Path(args.live[i]))
-        metrics[model] = read_metrics(Path(args.metrics[i]), Path(args.details[i]))
+        metrics[model] = read_metrics(Path(args.metrics[i]))
         per_image[model] = read_table(Path(args.per_image[i]), ("stem",), ("dice",))
         per_breed[model] = read_table(Path(args.per_breed[i]), ("breed", "species"), ("images", "dice"))
         predictions[model], stems = load_predictions(Path(args.predictions[i]))
         breeds = per_breed[model].groupby("breed")["images"].sum().to_dict()
         same_masks = stems == test.stems and np.array_equal(predictions[model].shapes, test.native.shapes)
         for path, same in (
-            (args.details[i], metrics[model]["images"] == len(test.stems)),
+            (args.metrics[i], metrics[model]["images"] == len(test.stems)),
             (args.per_image[i], per_image[model]["stem"].tolist() == test.stems),
             (args.per_breed[i], breeds == Counter(test.breeds)),
             (args.predictions[i], same_masks),
@@ -77,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     for path, fig in figures.items():
         save_figure(fig, Path(path))
-    print(f"plot: wrote {', '.join(figures)}")
+    write_json(args.summary, side_by_side(metrics))
+    print(f"plot: wrote {', '.join(figures)} and {args.summary}")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def trained(synthetic_root, tmp_path_factory) -> Path:
     import stages.evaluate
     import stages.export
     import stages.train
-    from pipeline.core.errors import run_stage
+    from pipeline.core.runner import run_stage
     from pipeline.data.build import build_cache
     from pipeline.data.cache import save_cache
     from pipeline.data.split import make_split

@@ -57,6 +57,12 @@ def data_params(
     )
 
 
+def preprocess_reports(report: Path) -> list[str]:
+    """The preprocess stage's two report arguments: ``report`` (what was skipped and why) and, beside it,
+    skipped.json (the count a DVC metric holds)."""
+    return ["--metrics", str(Path(report).with_name("skipped.json")), "--report", str(report)]
+
+
 # --- the dvc command line -----------------------------------------------------------------------
 
 BIN = Path(sys.executable).absolute().parent
@@ -130,7 +136,7 @@ def copy_repo(src: Path, dst: Path) -> Path:
 def new_project(repo: Path, params: dict) -> Path:
     """A git + DVC repository at ``repo`` holding the project's code and pipeline, the shipped params with
     ``params`` merged in, and one commit (dvclive fails in a repository without one)."""
-    for name in ("pipeline", "stages"):
+    for name in ("pipeline", "stages", "vendor"):
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(REPO / name, repo / name)

@@ -20,6 +20,11 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # What the trimap's boundary band (value 3, dataset README) counts as.
 BOUNDARY_POLICIES = ("pet", "background", "ignore")
 
+# The test scores a reviewer compares between experiments, per model, in this order: the evaluate stage
+# writes them first in metrics/<model>.json, and the plot stage gathers them, both models side by side
+# key by key, into the one DVC metrics file of the test results (`dvc exp show`, `dvc metrics diff`).
+HEADLINE_METRICS = ("dice", "iou", "dice_per_image", "dice_at_image_size", "best_valid_dice", "best_epoch")
+
 # Both architectures downsample five times (2**5), so image height and width in pixels must divide by it.
 SIZE_MULTIPLE = 32
 # A pixel is pet when sigmoid(logit) > this probability, unless evaluate.threshold or --threshold says otherwise:

@@ -6,7 +6,6 @@ the record; the stages only call :func:`probe` and these functions.
 """
 
 import contextlib
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +24,11 @@ BF16_CUDA_CAPABILITY = (8, 0)
 @dataclass(frozen=True)
 class Capabilities:
     """What the decisions depend on: ``type`` "cuda" or "cpu"; ``cuda_capability`` (major, minor) of
-    the GPU (None on a CPU); ``cpu_flags``, the instruction-set flags of the CPU; ``cpus``, its
-    logical CPUs (``os.cpu_count()``)."""
+    the GPU (None on a CPU); ``cpu_flags``, the instruction-set flags of the CPU."""
 
     type: str
     cuda_capability: tuple[int, int] | None = None
     cpu_flags: frozenset[str] = frozenset()
-    cpus: int = 1
 
     @property
     def native_bf16(self) -> bool:
@@ -102,7 +99,7 @@ def cuda_problem() -> str | None:
 def probe(device: torch.device) -> Capabilities:
     """The :class:`Capabilities` of ``device`` on this machine."""
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    return Capabilities(device.type, capability, cpu_flags(), os.cpu_count() or 1)
+    return Capabilities(device.type, capability, cpu_flags())
 
 
 def choose_precision(requested: str, caps: Capabilities) -> Choice:
@@ -138,12 +135,16 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[dtype]
 
 
-def choose_threads(requested: int | str, caps: Capabilities) -> int:
-    """The intra-op thread count for the ``threads`` param on a CPU: a count as asked, or for "auto"
-    one per logical CPU (``caps.cpus``). Measured on a 2-core machine (docs/performance.md): 2 threads
-    train faster than 1 on quiet cores, and with ``OMP_WAIT_POLICY=PASSIVE`` they keep most of that
-    when another job shares the cores."""
-    return caps.cpus if requested == "auto" else int(requested)
+def choose_threads(requested: int | str) -> int | None:
+    """The intra-op thread count to set for the ``threads`` param on a CPU: the count asked, or None for
+    "auto", which keeps torch's own default (one per physical core, or ``OMP_NUM_THREADS`` when set).
+
+    Measured on 2 cores (bench/threads.py, docs/performance.md): 2 threads train 1.6x as fast as 1 on
+    quiet cores, but at half the speed of 1 when another job keeps a core busy, its OpenMP threads
+    waiting for each other. Where several trainings share the cores (a DVC queue with ``-j``), set
+    ``threads`` to the cores each one has.
+    """
+    return None if requested == "auto" else int(requested)
 
 
 @dataclass(frozen=True)
@@ -168,9 +169,11 @@ def decide(device: str, precision: str, threads: int | str) -> tuple[Compute, li
     how = choose_precision(precision, caps)
     said = [where.why, how.why]
     if caps.type == "cpu":
-        count = choose_threads(threads, caps)
-        torch.set_num_threads(count)
-        said.append(f"threads: {count} ({'asked' if threads != 'auto' else 'auto: one per CPU'})")
+        count = choose_threads(threads)
+        if count is not None:
+            torch.set_num_threads(count)
+        source = "asked" if count is not None else "auto: torch's default"
+        said.append(f"threads: {torch.get_num_threads()} ({source})")
     return Compute(where.value, how.value), said
 
 

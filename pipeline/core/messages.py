@@ -31,15 +31,13 @@ def describe(error: dict[str, Any], root: type[BaseModel]) -> str:
 
 def _hint(loc: list[str], root: type[BaseModel]) -> str:
     parent, key = loc[:-1], loc[-1]
-    found = nearest_key(key, _keys_of(parent, root))
-    if found:
-        return f"; did you mean {'.'.join(parent + [found])}?"
-    if not parent:  # a section's key written at the top level, e.g. `threshold: 0.4`
+    if not parent:  # a section's key written at the top level, e.g. `threshold: 0.4`: its exact name wins
         for name, field in root.model_fields.items():
             if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
                 if key in field.annotation.model_fields:
                     return f"; did you mean {name}.{key}?"
-    return ""
+    found = nearest_key(key, _keys_of(parent, root))
+    return f"; did you mean {'.'.join(parent + [found])}?" if found else ""
 
 
 def _keys_of(path: list[str], root: type[BaseModel]) -> list[str]:

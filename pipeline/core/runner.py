@@ -71,7 +71,9 @@ def run_stage(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] 
     The stage's name is its module's last part (``stages.train`` → "train"). Any other exception is
     a bug in petseg and propagates with its traceback.
     """
-    stage = main.__module__.rpartition(".")[2]
+    # `python -m stages.train` runs the module as __main__; its spec keeps the name it was run by.
+    spec = getattr(sys.modules.get(main.__module__), "__spec__", None)
+    stage = (spec.name if spec else main.__module__).rpartition(".")[2]
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         main(argv)

@@ -2,7 +2,7 @@
 
 The split stage skips list-file entries (:data:`MISSING_FILE`, :data:`DUPLICATE`,
 :data:`GARBAGE_LINE`) and records them in its ``summary.json``; the preprocess stage adds the pairs
-it cannot decode and writes :func:`build_report`'s dict (``metrics/data_details.json``, git-tracked)::
+it cannot decode and writes :func:`build_report`'s dict (``metrics/data.json``, git-tracked)::
 
     {"total": {"listed": N, "used": U, "skipped": S, "skipped_fraction": S / N},
      "skipped_by_reason": {<reason>: count, ...},       # every reason, zeros included
@@ -12,7 +12,7 @@ it cannot decode and writes :func:`build_report`'s dict (``metrics/data_details.
      "details": ["<file>: <what is wrong>; <the fix>", ...]}
 
 N = U + S: an entry is a non-comment, non-blank line of trainval.txt or test.txt. Of all this only
-S is a DVC metric (``metrics/data.json``, :func:`skipped_metric`): one column in `dvc exp show`,
+S is a DVC metric (``metrics/skipped.json``, :func:`skipped_metric`): one column in `dvc exp show`,
 and a change in the data shows in `dvc metrics diff`.
 """
 

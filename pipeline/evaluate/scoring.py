@@ -218,9 +218,9 @@ def per_breed_table(scored: Scored, per_image: pd.DataFrame) -> pd.DataFrame:
 
 
 def headline(scored: Scored) -> dict[str, float]:
-    """The scores a reviewer compares, for ``metrics/<model>.json`` (a DVC metrics file): ``dice``,
-    ``iou`` and ``dice_per_image`` at each photo's own size, and ``dice_at_image_size`` (the Dice at
-    the cache's square size, against the resized masks)."""
+    """The test scores a reviewer compares (:data:`~pipeline.core.constants.HEADLINE_METRICS`, with the
+    training's best valid Dice and epoch): ``dice``, ``iou`` and ``dice_per_image`` at each photo's own
+    size, and ``dice_at_image_size`` (the Dice at the cache's square size, against the resized masks)."""
     native = _scores(scored.native)
     return {
         "dice": native["dice"],
@@ -231,7 +231,7 @@ def headline(scored: Scored) -> dict[str, float]:
 
 
 def details(scored: Scored, species: list[str]) -> dict:
-    """What else the counts say, for ``metrics/<model>_details.json`` (git-tracked, not a DVC metric):
+    """What else the counts say, after the headline in ``metrics/<model>.json``:
     ``dice_per_image_median`` and ``pixel_accuracy`` (native), ``at_image_size`` {iou,
     dice_per_image}, ``species`` {name: {dice, dice_per_image, images}} and ``images``."""
     at_size = _scores(scored.at_size)

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.core.constants import HEADLINE_METRICS
 from pipeline.core.errors import UserError
 from pipeline.data.masks import PackedMasks
 
 # dvclive writes one TSV per metric under <live>/plots/metrics/, with columns step (0-based epoch) and <name>.
 CURVES = {"train/loss": "train loss", "valid/loss": "valid loss", "valid/dice": "valid Dice"}
-# Numbers the figures need from metrics/<model>.json and from its details file beside it.
-METRIC_KEYS = ("dice", "dice_per_image", "iou", "dice_at_image_size")
+# Numbers the figures need from metrics/<model>.json besides its headline.
 DETAIL_KEYS = ("images", "threshold", "image_size")
 REDO_EVALUATE = "run dvc repro -f for its evaluate stage"
 
@@ -40,29 +40,25 @@ def read_curves(live_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(columns).rename_axis("epoch")
 
 
-def read_metrics(path: Path, details: Path) -> dict:
-    """What an evaluate stage wrote about a model: its metrics file (a number for each of METRIC_KEYS)
-    and its details file (a number for each of DETAIL_KEYS, and a ``tta``), as one dict.
+def read_metrics(path: Path) -> dict:
+    """What an evaluate stage measured about a model (``metrics/<model>.json``), with a number for every
+    key of :data:`~pipeline.core.constants.HEADLINE_METRICS` and of DETAIL_KEYS, and a ``tta``.
 
-    Raises UserError if a file is missing, not JSON, or lacks one of those keys.
+    Raises UserError if the file is missing, not JSON, or lacks one of those keys.
     """
-    merged = {}
-    for file, keys in ((path, METRIC_KEYS), (details, DETAIL_KEYS)):
-        try:
-            values = json.loads(Path(file).read_text())
-        except FileNotFoundError:
-            raise UserError(f"{file}: not found; run the evaluate stages (dvc repro)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserError(f"{file}: not valid JSON ({err}); {REDO_EVALUATE}") from None
-        if not isinstance(values, dict):
-            raise UserError(f"{file}: not a JSON object; {REDO_EVALUATE}")
-        missing = [key for key in keys if not _is_number(values.get(key))]
-        if file == details and not isinstance(values.get("tta"), str):
-            missing.append("tta")
-        if missing:
-            raise UserError(f"{file}: missing or malformed {', '.join(missing)}; {REDO_EVALUATE}")
-        merged |= values
-    return merged
+    try:
+        metrics = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run the evaluate stages (dvc repro)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err}); {REDO_EVALUATE}") from None
+    if not isinstance(metrics, dict):
+        raise UserError(f"{path}: not a JSON object; {REDO_EVALUATE}")
+    missing = [key for key in (*HEADLINE_METRICS, *DETAIL_KEYS) if not _is_number(metrics.get(key))]
+    missing += [] if isinstance(metrics.get("tta"), str) else ["tta"]
+    if missing:
+        raise UserError(f"{path}: missing or malformed {', '.join(missing)}; {REDO_EVALUATE}")
+    return metrics
 
 
 def _is_number(value: object) -> bool:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.core.constants import DEVICES, TTA_MODES
+from pipeline.core.constants import DEVICES, PRECISIONS, TTA_MODES
 from pipeline.core.errors import UserError
 from pipeline.serve import options
 
@@ -73,7 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"images per forward pass (default: {options.DEFAULT_BATCH_SIZE})",
     )
-    predict.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda if available, else cpu")
+    predict.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda if usable, else cpu")
+    predict.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="a .pt's inference precision (auto: bf16 where the device runs it natively, fp16 on older GPUs)",
+    )
     diff = commands.add_parser(
         "diff",
         help="compare each model's test metrics with a git revision, with a confidence interval",
@@ -110,6 +116,7 @@ def _predict(args: argparse.Namespace) -> int:
         tta=args.tta,
         batch_size=args.batch_size,
         device=args.device,
+        precision=args.precision,
     )
     return 1 if problems else 0
 

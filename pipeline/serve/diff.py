@@ -1,4 +1,4 @@
-"""`petseg diff [REV]`: each model's headline metrics in the workspace against a git revision, and
+"""`petseg diff [REV]`: each model's headline test scores in the workspace against a git revision, and
 whether its test Dice changed by more than the noise (:mod:`pipeline.evaluate.compare`).
 
 Like `dvc metrics diff`, the old side is read through git (``git show REV:<path>``: the metrics files
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from pipeline.core.constants import HEADLINE_METRICS
 from pipeline.core.errors import UserError, first_line
 from pipeline.core.messages import plural
 
@@ -123,6 +124,11 @@ def _json(text: str, where: str) -> dict:
     return values
 
 
+def _headline(values: dict, key: str) -> float | None:
+    value = values.get(key)
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def _table(text: str, where: str) -> pd.DataFrame:
     try:
         return pd.read_csv(io.StringIO(text), dtype={"stem": str}, keep_default_na=False)
@@ -142,8 +148,7 @@ def compare(root: Path, rev: str, resamples: int, seed: int, level: float) -> tu
     for evaluated in sources.models:
         old = _json(read_at(root, rev, evaluated.metrics), f"{rev}:{evaluated.metrics}")
         new = _json(read_at(root, None, evaluated.metrics), evaluated.metrics)
-        numbers = [k for k in {**old, **new} if isinstance(old.get(k, new.get(k)), int | float)]
-        metrics = {k: (old.get(k), new.get(k)) for k in numbers}
+        metrics = {k: (_headline(old, k), _headline(new, k)) for k in HEADLINE_METRICS}
         tables = [
             _table(read_at(root, side, evaluated.per_image), f"{side + ':' if side else ''}{evaluated.per_image}")
             for side in (rev, None)

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from pipeline.core.constants import DEFAULT_THRESHOLD
-from pipeline.core.device import choose_device
+from pipeline.core.device import choose_device, choose_precision, probe
 from pipeline.core.errors import UserError, first_line
 from pipeline.core.io import atomic_path
 from pipeline.core.messages import hide_bar, plural
@@ -222,11 +222,13 @@ def run(
     tta: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "auto",
+    precision: str = "auto",
     progress: bool = True,
 ) -> list[Problem]:
     """Predict a mask and an overlay for every image in ``inputs`` (files or folders) into folder ``out``.
 
-    ``weights``: a petseg checkpoint (.pt) or ONNX export (.onnx). ``threshold`` (probability,
+    ``weights``: a petseg checkpoint (.pt) or ONNX export (.onnx); a checkpoint runs on ``device`` at
+    ``precision`` (:func:`pipeline.core.device.choose_precision`), an export in fp32. ``threshold`` (probability,
     strictly between 0 and 1) and ``tta`` (:data:`~pipeline.evaluate.inference.TTA_MODES`) default to the
     weights' evaluate record, else 0.5 and "none" (:func:`resolve_settings`); one info line on stdout
     says which. Photos are decoded ``batch_size`` at a time, so memory does not grow with the number
@@ -249,7 +251,8 @@ def run(
     if not files:
         return problems
     n_missing = len(problems)
-    model = load_model(Path(weights), choose_device(device, "--device").value)
+    where = choose_device(device, "--device").value
+    model = load_model(Path(weights), where, choose_precision(precision, probe(where)).value)
     settings = resolve_settings(Path(weights), model, threshold, tta)
     count = f"{len(files)} {plural(len(files), 'image')}"
     print(f"predict: {model.name} at {model.image_size} px, {settings.note}, {count} into {out}")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import stages.validate
-from pipeline.core.errors import UserError, run_stage
+from pipeline.core.errors import UserError
 from pipeline.core.messages import nearest_key
 from pipeline.core.params import (
     MODEL_SECTIONS,
@@ -17,6 +17,7 @@ from pipeline.core.params import (
     parse_params,
     read_download_inputs,
 )
+from pipeline.core.runner import run_stage
 from pipeline.train.config import train_config
 from tests.support import REPO, shipped_params
 
@@ -126,7 +127,7 @@ def test_nearest_key_prefers_initials_then_spelling():
 def test_missing_key_is_named():
     params = params_with()
     del params["seed"]
-    with pytest.raises(UserError, match="^params.yaml: missing key seed; see the README"):
+    with pytest.raises(UserError, match="^params.yaml: missing key seed; see the shipped params.yaml"):
         parse_params(params)
     params["seed"] = 0
     del params["plot"]

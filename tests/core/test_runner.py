@@ -1,4 +1,5 @@
-"""The stage scripts' entry point: one line for a user error or an interruption, with the exit status a shell expects."""
+"""The stage scripts' entry point: one line for a user error or an interruption, and the exit status a
+shell expects."""
 
 import os
 import signal

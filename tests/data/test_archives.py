@@ -14,10 +14,11 @@ import pytest
 import pipeline.data.archives
 import stages.preprocess
 import stages.split
-from pipeline.core.errors import UserError, run_stage
+from pipeline.core.errors import UserError
+from pipeline.core.runner import run_stage
 from pipeline.data.archives import ARCHIVES, check_archives, extract, is_packed, opened, pack, place
 from pipeline.data.layout import LIST_FILES, check_layout
-from tests.support import write_params
+from tests.support import preprocess_reports, write_params
 
 PACKED = sorted(ARCHIVES.values())
 
@@ -302,7 +303,13 @@ def _run_stages(raw: Path, out: Path) -> None:
     splits, cache, report = out / "splits", out / "cache", out / "data.json"
     assert run_stage(stages.split.main, ["--params", str(params), "--raw", str(raw), "--out", str(splits)]) == 0
     argv = ["--params", str(params), "--raw", str(raw), "--splits", str(splits), "--out", str(cache)]
-    assert run_stage(stages.preprocess.main, [*argv, "--report", str(report)]) == 0
+    assert (
+        run_stage(
+            stages.preprocess.main,
+            [*argv, *preprocess_reports(report)],
+        )
+        == 0
+    )
 
 
 def test_split_and_preprocess_give_the_same_outputs_from_the_archives_as_from_the_folder(synthetic_root, raw, tmp_path):

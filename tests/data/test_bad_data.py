@@ -12,7 +12,8 @@ from PIL import Image
 
 import stages.preprocess
 import stages.split
-from pipeline.core.errors import UserError, run_stage
+from pipeline.core.errors import UserError
+from pipeline.core.runner import run_stage
 from pipeline.data.build import build_cache, write_cache
 from pipeline.data.cache import load_cache, save_cache
 from pipeline.data.layout import image_path, read_stems, trimap_path
@@ -71,7 +72,16 @@ def _stage_scripts(raw: Path, tmp_path: Path, max_bad_fraction: float) -> tuple[
     assert split.returncode == 0, split.stderr
     report = tmp_path / "metrics" / "data.json"
     args = ["--params", str(params), "--raw", str(raw), "--splits", str(tmp_path / "splits")]
-    return _python("stages.preprocess", *args, "--out", str(tmp_path / "cache"), "--report", str(report)), report
+    return _python(
+        "stages.preprocess",
+        *args,
+        "--out",
+        str(tmp_path / "cache"),
+        "--metrics",
+        str(Path(report).with_name("skipped.json")),
+        "--report",
+        str(report),
+    ), report
 
 
 def _lines(path: Path) -> list[str]:
@@ -146,7 +156,18 @@ def _preprocess(raw: Path, tmp_path: Path, max_bad_fraction: float = 1.0) -> tup
     params = data_params(tmp_path, image_size=32, max_bad_fraction=max_bad_fraction)
     report = tmp_path / "data.json"
     args = ["--params", str(params), "--raw", str(raw), "--splits", str(tmp_path / "splits")]
-    code = run_stage(stages.preprocess.main, [*args, "--out", str(tmp_path / "cache"), "--report", str(report)])
+    code = run_stage(
+        stages.preprocess.main,
+        [
+            *args,
+            "--out",
+            str(tmp_path / "cache"),
+            "--metrics",
+            str(Path(report).with_name("skipped.json")),
+            "--report",
+            str(report),
+        ],
+    )
     return code, json.loads(report.read_text()) if report.exists() else {}
 
 

@@ -20,8 +20,9 @@ import torch
 import stages.preprocess
 import stages.split
 from pipeline.core import orphans
-from pipeline.core.errors import UserError, run_stage
+from pipeline.core.errors import UserError
 from pipeline.core.params import parse_params
+from pipeline.core.runner import run_stage
 from pipeline.data import build as data
 from pipeline.data.build import build_cache, resolve_workers, write_cache
 from pipeline.data.cache import HEADER_BYTES, CachedSplit, CacheRow, CacheWriter, load_cache, save_cache
@@ -119,7 +120,19 @@ def test_the_stage_writes_the_same_cache_with_1_and_2_workers(synthetic_root, tm
         params = write_params(tmp_path / "params.yaml", image_size=32, preprocess={"workers": workers})
         out = tmp_path / f"cache{workers}"
         args = ["--params", str(params), "--raw", str(synthetic_root), "--splits", str(splits), "--out", str(out)]
-        assert run_stage(stages.preprocess.main, [*args, "--report", str(tmp_path / "data.json")]) == 0
+        assert (
+            run_stage(
+                stages.preprocess.main,
+                [
+                    *args,
+                    "--metrics",
+                    str(Path(tmp_path / "data.json").with_name("skipped.json")),
+                    "--report",
+                    str(tmp_path / "data.json"),
+                ],
+            )
+            == 0
+        )
         caches[workers] = {name: digests(out / name) for name in ("train", "valid", "test")}
     assert caches[1] == caches[2]
 
@@ -152,8 +165,8 @@ def test_the_dataset_copies_items_out_of_the_map_without_warnings(mapped):
         warnings.simplefilter("error")  # torch warns when it wraps a read-only array
         on_map = SegmentationDataset(split.images, split.masks)
         for i in range(len(on_map)):
-            image, mask = on_map[i]
-            expected_image, expected_mask = in_ram[i]
+            image, mask, _ = on_map[i]
+            expected_image, expected_mask, _ = in_ram[i]
             assert torch.equal(image, expected_image) and torch.equal(mask, expected_mask)
 
 
@@ -161,7 +174,7 @@ class _Probe(SegmentationDataset):
     """Items plus, from the process that made them, its pid and whether the images are still the mapping."""
 
     def __getitem__(self, i: int):
-        image, mask = super().__getitem__(i)
+        image, mask, _ = super().__getitem__(i)
         return image, mask, os.getpid(), isinstance(self.images.base, mmap.mmap)
 
 

@@ -1,5 +1,6 @@
 """SegmentationDataset and the training augmentation (pipeline/data/dataset.py): image and mask move
-together, ignored pixels stay 255, and AugmentOptions decide flips, rotation, crop and jitter."""
+together as uint8, ignored pixels stay 255, each item carries its colour jitter, and AugmentOptions
+decide flips, rotation, crop and the jitter's strength."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from pipeline.data.dataset import MEAN, STD, AugmentOptions, SegmentationDataset, normalize, train_transform
+from pipeline.data.colour import IDENTITY
+from pipeline.data.dataset import AugmentOptions, SegmentationDataset, jitter_strength, train_transform
 from pipeline.data.masks import IGNORE
 
 
@@ -26,25 +28,42 @@ def test_augmentation_moves_image_and_mask_together(level):
     torch.manual_seed(0)
     changed = 0
     for _ in range(20):
-        image, mask = ds[0]
+        image, mask, _ = ds[0]
         assert image.shape == (3, 64, 64) and mask.shape == (1, 64, 64)
-        assert set(mask.unique().tolist()) <= {0.0, 1.0}
-        bright = (image.mean(0, keepdim=True) > normalize(torch.full((3, 1, 1), 128, dtype=torch.uint8)).mean()).float()
+        assert image.dtype == mask.dtype == torch.uint8
+        assert set(mask.unique().tolist()) <= {0, 1}
+        bright = (image.float().mean(0, keepdim=True) > 128).to(torch.uint8)
         # Bilinear image vs nearest-neighbour mask may disagree only along the square's edges.
         assert (bright != mask).float().mean() < 0.03
-        changed += not torch.equal(mask, torch.from_numpy(masks).float())
+        changed += not torch.equal(mask, torch.from_numpy(masks))
     assert changed > 0  # the transform is random, not the identity
 
 
-def test_no_augmentation_returns_the_cached_pixels_normalised():
+def test_no_augmentation_returns_the_cached_pixels_and_the_identity_jitter():
     images, masks = _aligned_pair()
     assert train_transform(64, "none") is None
-    image, mask = SegmentationDataset(images, masks)[0]
-    expected = (torch.from_numpy(images[0]).permute(2, 0, 1) / 255 - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(
-        STD
-    ).view(3, 1, 1)
-    assert torch.allclose(image, expected)
-    assert torch.equal(mask, torch.from_numpy(masks).float())
+    image, mask, jitter = SegmentationDataset(images, masks)[0]
+    assert torch.equal(image, torch.from_numpy(images[0]).permute(2, 0, 1))
+    assert torch.equal(mask, torch.from_numpy(masks))
+    assert jitter.tolist() == list(IDENTITY)
+
+
+def test_each_item_draws_its_jitter_after_its_geometry_from_the_same_seed():
+    images, masks = _aligned_pair()
+    ds = SegmentationDataset(images, masks, train_transform(64, "full"), jitter_strength("full"))
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        draws.append(ds[0])
+    assert all(torch.equal(a, b) for a, b in zip(*draws, strict=True))  # the item is a function of the seed
+    factors, order = draws[0][2][:3], draws[0][2][3:]
+    assert ((factors >= 0.8) & (factors <= 1.2)).all() and sorted(order.tolist()) == [0, 1, 2]
+    torch.manual_seed(5)
+    geometry = train_transform(64, "full")(
+        tv_tensors.Image(torch.from_numpy(images[0]).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(masks))
+    )
+    assert torch.equal(draws[0][0], geometry[0]) and torch.equal(draws[0][1], geometry[1])
+    assert jitter_strength("flip") == jitter_strength("none") == 0.0
 
 
 def test_unknown_augmentation_level_and_mismatched_lengths():
@@ -59,14 +78,9 @@ def test_unknown_augmentation_level_and_mismatched_lengths():
 
 
 def _original_full(size):
-    """The "full" transform as it was before AugmentOptions, copied: the defaults must replay it."""
-    return v2.Compose(
-        [
-            v2.RandomHorizontalFlip(),
-            v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-        ]
-    )
+    """The geometric ops of the "full" transform as it was before AugmentOptions, copied: the defaults
+    must replay them (its colour jitter, drawn after them, is now drawn by the dataset)."""
+    return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True)])
 
 
 def _draws(transform, image, mask, n, seed=0):
@@ -76,7 +90,7 @@ def _draws(transform, image, mask, n, seed=0):
     return [transform(tv_tensors.Image(image), tv_tensors.Mask(mask)) for _ in range(n)]
 
 
-def test_default_options_replay_the_original_full_transform_exactly():
+def test_default_options_replay_the_original_full_geometry_exactly():
     images, masks = _aligned_pair()
     image, mask = torch.from_numpy(images[0]).permute(2, 0, 1), torch.from_numpy(masks)
     expected = _draws(_original_full(64), image, mask, 6, seed=3)
@@ -136,19 +150,19 @@ def test_rotation_flips_and_crop_keep_mask_and_image_aligned_and_pad_with_ignore
     assert padded > 0
 
 
-def test_dataset_returns_ignore_as_255_float_through_augmentation():
+def test_dataset_returns_ignore_as_255_through_augmentation():
     image, mask = _three_class_pair()
     images, masks = image.permute(1, 2, 0)[None].numpy(), mask.numpy()
     plain = SegmentationDataset(images, masks)[0][1]
-    assert plain.dtype == torch.float32 and torch.equal(plain, mask.float())
+    assert plain.dtype == torch.uint8 and torch.equal(plain, mask)
     ds = SegmentationDataset(images, masks, train_transform(64, "full", AugmentOptions(degrees=20)))
     torch.manual_seed(1)
     kept = 0
     for _ in range(10):
-        _, out = ds[0]
-        assert out.dtype == torch.float32 and out.shape == (1, 64, 64)
-        assert set(out.unique().tolist()) <= {0.0, 1.0, 255.0}
-        kept += bool((out == 255.0).any())
+        _, out, _ = ds[0]
+        assert out.dtype == torch.uint8 and out.shape == (1, 64, 64)
+        assert set(out.unique().tolist()) <= {0, 1, 255}
+        kept += bool((out == 255).any())
     assert kept > 0  # a crop may leave out the 255 block and the padding, but not every time
 
 

@@ -15,7 +15,8 @@ import pytest
 
 import pipeline.data.download
 import stages.download
-from pipeline.core.errors import UserError, run_stage
+from pipeline.core.errors import UserError
+from pipeline.core.runner import run_stage
 from pipeline.data.archives import ARCHIVES, extract, members, opened
 from pipeline.data.download import Archive, download, from_url, prepare_dataset
 from pipeline.data.layout import check_layout

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.core.errors import UserError
-from pipeline.data.dataset import SegmentationDataset, train_transform
+from pipeline.data.dataset import SegmentationDataset, jitter_strength, train_transform
 from pipeline.data.loader import (
     SeededSampler,
     loader_kwargs,
@@ -28,11 +28,12 @@ def arrays(n: int = N) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def train_ds() -> SegmentationDataset:
-    return SegmentationDataset(*arrays(), transform=train_transform(SIZE, "full"))
+    return SegmentationDataset(*arrays(), transform=train_transform(SIZE, "full"), jitter=jitter_strength("full"))
 
 
-def epochs(loader, n: int = 2) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-    return [[(images, masks) for images, masks in loader] for _ in range(n)]
+def epochs(loader, n: int = 2) -> list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """``n`` epochs of (images, masks, colour jitter) batches."""
+    return [[tuple(batch) for batch in loader] for _ in range(n)]
 
 
 def same(a, b) -> bool:
@@ -54,8 +55,12 @@ def test_epochs_shuffle_augment_and_keep_shapes(reference):
     assert first[0][0].shape == (BATCH, 3, SIZE, SIZE) and first[0][1].shape == (BATCH, 1, SIZE, SIZE)
     assert not same(first, second)
     plain = SegmentationDataset(*arrays())
-    # "full" crops and jitters, so no sample equals an unaugmented image.
-    assert not any(torch.equal(images[i], plain[j][0]) for images, _ in first for i in range(BATCH) for j in range(N))
+    # "full" crops, so no sample equals an unaugmented image, and each sample has its own colour jitter.
+    assert not any(
+        torch.equal(images[i], plain[j][0]) for images, _, _ in first for i in range(BATCH) for j in range(N)
+    )
+    jitters = torch.cat([jitter for _, _, jitter in first])
+    assert jitters.shape == (N, 6) and len(jitters.unique(dim=0)) == N
 
 
 def test_two_workers_give_bit_identical_batches(reference, train_ds):
@@ -109,7 +114,7 @@ def test_sampler_yields_a_permutation_with_63_bit_seeds():
 @pytest.mark.parametrize(("n", "batches", "last"), [(12, 3, 4), (10, 2, 4), (3, 1, 3), (4, 1, 4)])
 def test_drop_last_only_when_more_samples_than_a_batch(n, batches, last):
     loader = make_train_loader(SegmentationDataset(*arrays(n)), BATCH, seed=0, num_workers=0, device_type="cpu")
-    sizes = [len(images) for images, _ in loader]
+    sizes = [len(images) for images, _, _ in loader]
     assert len(sizes) == batches and sizes[-1] == last
 
 
@@ -131,7 +136,7 @@ def test_eval_loader_is_in_order_and_workers_use_one_thread():
 
 def test_eval_loader_returns_the_plain_items():
     ds = SegmentationDataset(*arrays(5))
-    images, masks = next(iter(make_eval_loader(ds, 5, num_workers=0, device_type="cpu")))
+    images, masks, _ = next(iter(make_eval_loader(ds, 5, num_workers=0, device_type="cpu")))
     assert torch.equal(images, torch.stack([ds[i][0] for i in range(5)]))
     assert torch.equal(masks, torch.stack([ds[i][1] for i in range(5)]))
 

@@ -16,12 +16,18 @@ from pipeline.evaluate.scoring import (
     Scorer,
     ThresholdSearch,
     choose_threshold,
+    details,
+    headline,
     per_breed_table,
     per_image_table,
     score,
-    summary,
 )
 from pipeline.report.overlays import FP, TP, error_overlay
+
+
+def _summary(scored, species):
+    """The metrics file and its details file of one evaluation, as one dict."""
+    return {**headline(scored), **details(scored, species)}
 
 
 def _logits_for(probabilities) -> np.ndarray:
@@ -40,12 +46,12 @@ def test_native_dice_on_a_hand_built_3x5_trimap():
     at_size = np.array([[[1, 0], [1, 0]]], np.uint8)
     scored = score(logits, at_size, PackedMasks.pack([truth]), 0.5)
     np.testing.assert_array_equal(scored.native[0], [4, 2, 1, 8])
-    assert summary(scored, ["cat"])["dice"] == pytest.approx(8 / 11)
-    assert summary(scored, ["cat"])["iou"] == pytest.approx(4 / 7)
-    assert summary(scored, ["cat"])["pixel_accuracy"] == pytest.approx(12 / 15)
+    assert _summary(scored, ["cat"])["dice"] == pytest.approx(8 / 11)
+    assert _summary(scored, ["cat"])["iou"] == pytest.approx(4 / 7)
+    assert _summary(scored, ["cat"])["pixel_accuracy"] == pytest.approx(12 / 15)
     np.testing.assert_array_equal(scored.predictions[0], np.repeat([[1, 1, 0, 0, 0]], 3, axis=0))
     # At image size the same logits are perfect against the 2x2 mask.
-    assert summary(scored, ["cat"])["at_image_size"]["dice"] == 1.0
+    assert _summary(scored, ["cat"])["dice_at_image_size"] == 1.0
 
 
 def test_native_scores_leave_the_ignored_band_out():
@@ -59,7 +65,7 @@ def test_native_scores_leave_the_ignored_band_out():
     scored = score(logits, at_size, native, 0.5, ignore)
     np.testing.assert_array_equal(scored.native[0], [3, 2, 0, 8])
     np.testing.assert_array_equal(scored.at_size[0], [2, 0, 0, 1])
-    s = summary(scored, ["cat"])
+    s = _summary(scored, ["cat"])
     assert s["dice"] == pytest.approx(6 / 8) and s["iou"] == pytest.approx(3 / 5)
     assert s["pixel_accuracy"] == pytest.approx(11 / 13)
     table = per_image_table(scored, ["a_1"], ["a"], ["cat"], native)
@@ -94,8 +100,8 @@ def test_native_equals_at_size_when_the_photo_is_already_image_size():
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (5, 32, 32)).astype(np.float32)
     masks = (rng.random((5, 32, 32)) > 0.6).astype(np.uint8)
-    s = summary(score(logits, masks, PackedMasks.pack(list(masks)), 0.4), ["cat"] * 5)
-    assert s["dice"] == s["at_image_size"]["dice"]
+    s = _summary(score(logits, masks, PackedMasks.pack(list(masks)), 0.4), ["cat"] * 5)
+    assert s["dice"] == s["dice_at_image_size"]
     assert s["iou"] == s["at_image_size"]["iou"]
     assert s["dice_per_image"] == s["at_image_size"]["dice_per_image"]
     assert 0.3 < s["dice"] < 0.7  # a real, non-trivial score
@@ -110,7 +116,7 @@ def test_both_empty_scores_one_and_one_empty_scores_zero():
     assert table["dice"].tolist() == [1.0, 0.0, 0.0]
     assert table["iou"].tolist() == [1.0, 0.0, 0.0]
     assert table["pet_fraction"].tolist() == [0.0, 0.0, 1.0]
-    s = summary(scored, ["cat", "dog", "dog"])
+    s = _summary(scored, ["cat", "dog", "dog"])
     assert s["dice_per_image"] == pytest.approx(1 / 3) and s["dice_per_image_median"] == 0.0
     assert s["dice"] == 0.0  # dataset level: no TP anywhere
 
@@ -131,7 +137,7 @@ def test_species_and_breed_scores_sum_counts_within_the_group():
     # Summed counts for x: TP 1 + 2, FP 0, FN 0 + 2 → Dice 6/8, not the mean of 1 and 2/3.
     assert x["dice"] == pytest.approx(6 / 8) and x["dice_per_image"] == pytest.approx((1 + 2 / 3) / 2)
     assert x["images"] == 2 and x["species"] == "cat"
-    s = summary(scored, species)
+    s = _summary(scored, species)
     assert set(s["species"]) == {"cat", "unknown"}
     assert s["species"]["cat"] == {"dice": pytest.approx(6 / 8), "dice_per_image": pytest.approx(5 / 6), "images": 2}
     assert s["species"]["unknown"]["dice"] == 0.0 and s["images"] == 3
@@ -142,8 +148,11 @@ def test_per_image_table_columns_and_sizes():
     logits = np.zeros((2, 4, 4), np.float32) + 1
     scored = score(logits, np.ones((2, 4, 4), np.uint8), native, 0.5)
     table = per_image_table(scored, ["A_1", "b_2"], ["A", "b"], ["cat", "dog"], native)
-    assert list(table.columns) == ["stem", "breed", "species", "width", "height", "pet_fraction", "dice", "iou"]
+    columns = ["stem", "breed", "species", "width", "height", "pet_fraction", "dice", "iou", "tp", "fp", "fn"]
+    assert list(table.columns) == columns
     assert table[["width", "height"]].values.tolist() == [[5, 3], [2, 7]]
+    # Every pixel predicted pet: image 1's 15 pet pixels are true positives, image 2's 14 false ones.
+    assert table[["tp", "fp", "fn"]].values.tolist() == [[15, 0, 0], [0, 14, 0]]
 
 
 def test_choose_threshold_follows_the_split_it_is_given():

@@ -56,8 +56,19 @@ def test_load_checkpoint_names_host_memory_exhaustion(tmp_path, monkeypatch):
 
 def test_an_empty_checkpoint_file_is_named_as_not_a_checkpoint(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
-    with pytest.raises(UserError, match=r"empty.pt: not a petseg checkpoint \(.+\); retrain it"):
+    with pytest.raises(UserError, match=r"empty.pt: not a petseg checkpoint \(.+\); give the \.pt a training stage"):
         load_checkpoint(tmp_path / "empty.pt", torch.device("cpu"))
+
+
+def test_a_file_that_is_no_checkpoint_says_so_without_torchs_advice_on_trusting_it(tmp_path):
+    (tmp_path / "params.yaml").write_text("lr: 0.001\n")
+    with pytest.raises(UserError) as err:
+        load_checkpoint(tmp_path / "params.yaml", torch.device("cpu"))
+    message = str(err.value)
+    assert message == (
+        f"{tmp_path / 'params.yaml'}: not a petseg checkpoint (UnpicklingError); "
+        "give the .pt a training stage wrote (models/<model>.pt), or retrain it"
+    )
 
 
 @pytest.mark.parametrize(

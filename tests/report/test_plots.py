@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 
 import stages.plot
-from pipeline.core.errors import UserError, run_stage
+from pipeline.core.constants import HEADLINE_METRICS
+from pipeline.core.errors import UserError
+from pipeline.core.runner import run_stage
 from pipeline.data.cache import CachedSplit, load_cache, save_cache
 from pipeline.data.layout import breed_of
 from pipeline.data.masks import PackedMasks
@@ -16,6 +18,7 @@ from pipeline.report.inputs import load_predictions, read_metrics, read_table
 from pipeline.report.mask_figures import native_photo, overlay_grid, worst_stems
 from pipeline.report.overlays import FN, FP, TP, error_overlay
 from pipeline.report.plots import breed_order, ecdf, per_breed_bars
+from pipeline.report.table import side_by_side
 from tests.support import write_params
 
 MODELS = ("unet", "resnet34_unet")
@@ -55,8 +58,9 @@ def inputs(tmp_path):
             images=("stem", "size"), dice=("dice", "mean")
         )
         per_breed.assign(dice_per_image=per_breed["dice"]).to_csv(tmp_path / f"{model}_per_breed.csv", index=False)
-        metrics = {"dice": 0.9 - m / 10, "dice_per_image": 0.85, "iou": 0.8, "images": len(STEMS), "threshold": 0.5}
-        metrics |= {"tta": "none", "image_size": 16, "at_image_size": {"dice": 0.95, "iou": 0.9, "dice_per_image": 0.9}}
+        metrics = {"dice": 0.9 - m / 10, "iou": 0.8, "dice_per_image": 0.85, "dice_at_image_size": 0.95}
+        metrics |= {"best_valid_dice": 0.9, "best_epoch": 3 + m, "images": len(STEMS), "threshold": 0.5}
+        metrics |= {"tta": "none", "image_size": 16}
         (tmp_path / f"{model}.json").write_text(json.dumps(metrics))
         live = tmp_path / "live" / model / "plots" / "metrics"
         for metric, column in (("train/loss", "loss"), ("valid/loss", "loss"), ("valid/dice", "dice")):
@@ -82,7 +86,7 @@ def plot_args(root, models=MODELS, **replace) -> list[str]:
         args += [f"--{option.replace('_', '-')}", *map(str, paths)]
     for name in FIGURES:
         args += [f"--{name}-png", str(root / "figs" / f"{name}.png")]
-    return args
+    return [*args, "--summary", str(root / "figs" / "test.json")]
 
 
 def _error(capsys) -> str:
@@ -158,11 +162,12 @@ def test_overlay_grid_draws_at_native_size_with_each_stems_dice(inputs):
     assert "photo shown at 16 px, upsampled" in fig.get_suptitle()
 
 
-def test_plot_stage_writes_exactly_the_six_pngs(inputs):
+def test_plot_stage_writes_exactly_the_six_pngs_and_the_test_scores(inputs):
     assert run_stage(stages.plot.main, plot_args(inputs)) == 0
     written = sorted((inputs / "figs").iterdir())
-    assert [p.name for p in written] == sorted(f"{name}.png" for name in FIGURES)
-    assert all(p.read_bytes()[:8] == PNG for p in written)
+    assert [p.name for p in written] == sorted([*(f"{name}.png" for name in FIGURES), "test.json"])
+    assert all(p.read_bytes()[:8] == PNG for p in written if p.suffix == ".png")
+    assert json.loads((inputs / "figs" / "test.json").read_text())["dice"] == {"unet": 0.9, "resnet34_unet": 0.8}
 
 
 def test_plot_stage_rejects_predictions_for_other_stems_and_writes_nothing(inputs, capsys):
@@ -186,8 +191,9 @@ def _bad_live(folder: Path) -> None:
 @pytest.mark.parametrize(
     "option, write, message",
     [
-        ("metrics", lambda p: p.write_text('{"dice": 0.5}'), "missing or malformed dice_per_image, iou"),
+        ("metrics", lambda p: p.write_text('{"dice": 0.5}'), "missing or malformed iou, dice_per_image"),
         ("metrics", lambda p: p.write_text("{not json"), "not valid JSON"),
+        ("metrics", lambda p: p.write_text("[1]"), "not a JSON object"),
         ("per_image", lambda p: p.write_text("stem,dice\nBengal_1,0.5\n"), "not about the 6 test images"),
         ("per_image", lambda p: p.write_text("stem,iou\nBengal_1,0.5\n"), "lacks column dice"),
         ("per_breed", lambda p: p.write_text("breed,species,images,dice\nBengal,cat,x,0.5\n"), "images holds a non"),
@@ -225,9 +231,17 @@ def test_load_predictions_rejects_offsets_that_do_not_fit_the_shapes(inputs):
         load_predictions(inputs / "cut.npz")
 
 
-def test_read_metrics_wants_the_at_image_size_dice(inputs):
+def test_read_metrics_wants_every_headline_score_and_a_tta(inputs):
     metrics = json.loads((inputs / "unet.json").read_text())
-    del metrics["at_image_size"]["dice"]
+    del metrics["dice_at_image_size"], metrics["tta"]
     (inputs / "m.json").write_text(json.dumps(metrics))
-    with pytest.raises(UserError, match=r"malformed at_image_size\.dice;"):
+    with pytest.raises(UserError, match=r"malformed dice_at_image_size, tta;"):
         read_metrics(inputs / "m.json")
+
+
+def test_the_test_scores_sit_side_by_side_each_score_for_every_model_first(inputs):
+    metrics = {m: read_metrics(inputs / f"{m}.json") for m in MODELS}
+    table = side_by_side(metrics)
+    assert list(table) == list(HEADLINE_METRICS)  # dice first: the first columns of `dvc exp show`
+    assert table["dice"] == {"unet": 0.9, "resnet34_unet": 0.8} and list(table["dice"]) == list(MODELS)
+    assert table["best_epoch"] == {"unet": 3, "resnet34_unet": 4}

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import pipeline.serve.predict
-from pipeline.data.dataset import normalize
+from pipeline.data.colour import model_input
 from pipeline.data.decode import load_pair, resize_image, resize_pair
 from pipeline.data.layout import image_path
 from pipeline.data.split import make_split
@@ -57,7 +57,7 @@ def model_dir(tmp_path_factory) -> Path:
     model.train()
     for _ in range(40):
         images, masks = zip(*(scene(rng, SIZE, SIZE) for _ in range(4)), strict=True)
-        x = normalize(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))
+        x = model_input(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))
         loss = LOSSES["bce_dice"](model(x), torch.from_numpy(np.stack(masks)).float()[:, None])
         optimizer.zero_grad()
         loss.backward()
@@ -82,7 +82,7 @@ def onnx_weights(model_dir, tmp_path_factory) -> Path:
     model.load_state_dict(torch.load(model_dir / "unet.pt", weights_only=True)["state_dict"])
     rng = np.random.default_rng(1)
     images = np.stack([scene(rng, SIZE, SIZE)[0] for _ in range(2)])
-    x = normalize(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+    x = model_input(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
     path = tmp_path_factory.mktemp("onnx") / "unet.onnx"
     export_checked(model.eval(), path, {"model": "unet", "image_size": str(SIZE)}, x, opset=18, tolerance=1e-3)
     return path

@@ -18,8 +18,9 @@ from tests.support import REPO
 # Imported by every stage, but they only word error messages: listing them on a training stage would
 # retrain both models for a reworded message.
 MESSAGES_ONLY = {"pipeline/core/errors.py", "pipeline/core/messages.py"}
-# Decides how long child processes live (they die with a killed stage), never what they compute.
-PROCESS_LIFETIME = {"pipeline/core/orphans.py"}
+# Decide how long processes live (children die with a killed stage; an interrupted stage ends in one
+# line), never what they compute.
+PROCESS_LIFETIME = {"pipeline/core/orphans.py", "pipeline/core/runner.py"}
 # Imported, but never run for that stage's model: the registry imports both architectures.
 OTHER_ARCHITECTURE = {"unet": "pipeline/models/resnet34_unet.py", "resnet34_unet": "pipeline/models/unet.py"}
 

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.core.constants import HEADLINE_METRICS
 from pipeline.evaluate.record import eval_record_path
 from tests.support import ALL_STAGES, DVC, dvc_env, edit_params, run, shipped_params, stages_run
 
 pytestmark = pytest.mark.e2e
 
 PNGS = ("learning_curves", "overlays", "worst", "dice_distribution", "per_breed", "test_dice")
+PER_IMAGE_CHART = "Test Dice per image vs pet fraction (native resolution)"
 BASELINE_LR = shipped_params()["lr"]  # the finished pipeline's (TINY leaves lr alone)
 EVALUATION = {"validate", "evaluate-unet", "evaluate-resnet34unet"}
 EXPORTS = {"export-unet", "export-resnet34unet"}
@@ -95,6 +97,32 @@ def _queue(repo: Path) -> dict:
     }
 
 
+def _exp_show(repo: Path, *args: str, columns: int) -> str:
+    """`dvc exp show --no-pager` as a terminal ``columns`` characters wide would show it."""
+    env = dvc_env() | {"COLUMNS": str(columns)}
+    return subprocess.run([str(DVC), "exp", "show", "--no-pager", *args], cwd=repo, env=env, capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+
+
+def _review(repo: Path) -> dict:
+    """Two experiments at other thresholds (so both models' scores change, and nothing retrains), then how
+    `dvc exp show` lays them out."""
+    for threshold in ("0.05", "0.1"):
+        run(repo, "dvc", "exp", "run", "-S", f"evaluate.threshold={threshold}")
+    return {
+        "wide": _exp_show(repo, columns=2000),
+        "narrow_changed": _exp_show(repo, "--only-changed", columns=160),
+    }
+
+
+def _reevaluate(repo: Path) -> dict:
+    """The same models evaluated again (new throughput, same scores), what follows from it, then `dvc
+    metrics diff`."""
+    ran = stages_run(run(repo, "dvc", "repro", "-f", "evaluate-unet", "evaluate-resnet34unet"))
+    ran |= stages_run(run(repo, "dvc", "repro"))
+    return {"ran": ran, "diff": json.loads(run(repo, "dvc", "metrics", "diff", "--json"))}
+
+
 def _fails(*args: str, edit: dict | None = None):
     """A dvc command expected to fail (after ``edit`` to params.yaml): its exit code, stdout and stderr."""
 
@@ -124,6 +152,8 @@ DVC_JOBS = {
     "lr": _lr_and_back,
     "export.check_images=3": _experiment("export.check_images=3"),
     "queue": _queue,
+    "review": _review,
+    "reevaluate": _reevaluate,
     "unet.base_channels=6": _experiment("unet.base_channels=6"),
     **{change: _experiment(change) for change in ("data.max_bad_fraction=0.2", "plot.num_images=3")},
     "data.url=http://127.0.0.1:9/pets": _experiment("data.url=http://127.0.0.1:9/pets"),
@@ -153,11 +183,16 @@ def test_repro_writes_metrics_models_and_plots_for_both_models(dvc_repo):
         assert (repo / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     shown = json.loads(run(repo, "dvc", "metrics", "show", "--json"))
     files = next(iter(shown.values()))["data"]
-    assert {"metrics/unet.json", "metrics/resnet34_unet.json"} <= set(files)
+    assert set(files) == {"metrics/test.json", "metrics/skipped.json"}  # what a reviewer compares, only
+    test = files["metrics/test.json"]["data"]
+    assert list(test) == list(HEADLINE_METRICS) and set(test["dice"]) == {"unet", "resnet34_unet"}
+    assert files["metrics/skipped.json"]["data"] == {"skipped": 0}
     plots = json.loads(run(repo, "dvc", "plots", "show", "--json"))
-    assert {"Valid Dice", "Train loss", "Valid loss"} <= set(plots["data"])
+    # One chart per quantity, both models in it, and the figures: nothing drawn twice.
+    charts = {"Train loss", "Valid loss", "Valid Dice", "Learning rate", PER_IMAGE_CHART}
+    assert set(plots["data"]) == charts | {f"plots/{png}.png" for png in PNGS}
     assert {f"plots/{png}.png" for png in PNGS} <= set(plots["data"])
-    per_image = plots["data"]["Test Dice per image vs pet fraction (native resolution)"][0]["content"]
+    per_image = plots["data"][PER_IMAGE_CHART][0]["content"]
     assert "pet_fraction" in json.dumps(per_image)  # the CSV is drawn, with its columns
     # The models are declared artifacts: once a version is registered with a GTO-style git tag,
     # `dvc artifacts get` fetches the file by name, as it was at that commit.
@@ -239,8 +274,8 @@ def test_queued_experiments_run_side_by_side_and_show_their_dice(dvc_jobs):
             params = params[part]
         assert params == yaml.safe_load(value), change  # each ran with its own change
         for model in ("unet", "resnet34_unet"):
-            assert 0.0 <= data["metrics"][f"metrics/{model}.json"]["data"]["dice"] <= 1.0
-    assert "metrics/unet.json:dice" in queue["csv"]
+            assert 0.0 <= data["metrics"]["metrics/test.json"]["data"]["dice"][model] <= 1.0
+    assert "dice.unet,dice.resnet34_unet" in queue["csv"]
 
 
 @pytest.mark.parametrize("change", _with_its_job(RERUNS))
@@ -254,15 +289,15 @@ def test_experiments_rerun_exactly_the_affected_stages(dvc_jobs, change):
 def test_an_experiment_records_its_params_in_the_metrics(dvc_jobs):
     _, metrics = dvc_jobs["image_size=64"]
     assert metrics["image_size"] == 64
-    tta = dvc_jobs["queue"]["experiments"][dvc_jobs["queue"]["names"]["evaluate.tta=hflip"]]
-    assert tta["metrics"]["metrics/unet.json"]["data"]["tta"] == "hflip"
+    log = dvc_jobs["queue"]["logs"]["evaluate.tta=hflip"]
+    assert re.search(r"evaluate unet: .*, tta hflip", log) and re.search(r"evaluate resnet34_unet: .*, tta hflip", log)
 
 
 @pytest.mark.dvc_jobs("lr")
 def test_metrics_diff_shows_the_dice_of_an_lr_experiment_and_the_run_cache_restores_the_baseline(dvc_jobs):
     lr = dvc_jobs["lr"]
-    assert {"metrics/unet.json", "metrics/resnet34_unet.json"} <= set(lr["diff"])
-    assert "dice" in lr["diff"]["metrics/unet.json"] and "dice" in lr["diff"]["metrics/resnet34_unet.json"]
+    assert {"metrics/test.json"} <= set(lr["diff"])
+    assert {"dice.unet", "dice.resnet34_unet"} <= set(lr["diff"]["metrics/test.json"])
     # Back to the baseline lr: the run-cache restores the finished trainings instead of rerunning
     # them (the resume state is kept out of DVC's outputs so that this still works).
     assert not stages_run(lr["back"]) & {"train-unet", "train-resnet34unet"}
@@ -297,3 +332,29 @@ def test_a_bad_or_unknown_param_fails_first_in_one_line(dvc_jobs, change):
 @pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.dvc_jobs(f"bad edit {k}")) for k in BAD_EDITS])
 def test_a_key_misspelt_in_params_yaml_fails_dvc_repro(dvc_jobs, key):
     assert _one_error_from_validate(dvc_jobs[f"bad edit {key}"]) == f"error: params.yaml: {BAD_EDITS[key][1]}"
+
+
+# --- review: what `dvc exp show` and `dvc metrics diff` show --------------------------------------------
+
+
+def _header(table: str) -> list[str]:
+    """The column names of a `dvc exp show` table (its first line of text, between the rules)."""
+    line = next(line for line in table.splitlines() if line.strip() and not line.strip().startswith("─"))
+    return re.split(r"\s{2,}", line.strip())
+
+
+@pytest.mark.dvc_jobs("review")
+def test_exp_show_puts_both_models_dice_first_and_only_changed_fits_160_columns(dvc_jobs):
+    review = dvc_jobs["review"]
+    columns = _header(review["wide"])
+    assert columns[2:4] == ["dice.unet", "dice.resnet34_unet"]  # after Experiment and Created
+    narrow = review["narrow_changed"]
+    assert max(len(line.rstrip()) for line in narrow.splitlines()) <= 160
+    assert {"dice.unet", "dice.resnet34_unet"} <= set(_header(narrow))  # whole, not collapsed to "…"
+
+
+@pytest.mark.dvc_jobs("reevaluate")
+def test_metrics_diff_shows_no_change_when_the_same_models_are_evaluated_again(dvc_jobs):
+    reevaluated = dvc_jobs["reevaluate"]
+    assert {"evaluate-unet", "evaluate-resnet34unet", "plot"} <= reevaluated["ran"]  # the metrics were rewritten
+    assert reevaluated["diff"] == {}

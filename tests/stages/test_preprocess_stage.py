@@ -8,11 +8,11 @@ import numpy as np
 
 import stages.preprocess
 import stages.split
-from pipeline.core.errors import run_stage
+from pipeline.core.runner import run_stage
 from pipeline.data.cache import load_cache
 from pipeline.data.masks import IGNORE
 from pipeline.data.split import make_split
-from tests.support import data_params
+from tests.support import data_params, preprocess_reports
 
 
 def _lines(path: Path) -> list[str]:
@@ -38,7 +38,10 @@ def test_split_and_preprocess_stages_write_their_outputs(synthetic_root, tmp_pat
 
     report = tmp_path / "metrics" / "data.json"
     argv = ["--params", str(params), "--raw", str(synthetic_root), "--splits", str(splits), "--out", str(cache)]
-    code = run_stage(stages.preprocess.main, [*argv, "--report", str(report)])
+    code = run_stage(
+        stages.preprocess.main,
+        [*argv, *preprocess_reports(report)],
+    )
     assert code == 0
     assert sorted(p.name for p in cache.iterdir()) == ["test", "train", "valid"]
     data = json.loads(report.read_text())
@@ -62,7 +65,19 @@ def test_preprocess_stage_with_boundary_ignore(synthetic_root, tmp_path):
         run_stage(stages.split.main, ["--params", str(params), "--raw", str(synthetic_root), "--out", str(splits)]) == 0
     )
     argv = ["--params", str(params), "--raw", str(synthetic_root), "--splits", str(splits), "--out", str(cache)]
-    assert run_stage(stages.preprocess.main, [*argv, "--report", str(tmp_path / "data.json")]) == 0
+    assert (
+        run_stage(
+            stages.preprocess.main,
+            [
+                *argv,
+                "--metrics",
+                str(Path(tmp_path / "data.json").with_name("skipped.json")),
+                "--report",
+                str(tmp_path / "data.json"),
+            ],
+        )
+        == 0
+    )
     loaded = load_cache(cache / "test")
     assert set(np.unique(loaded.masks).tolist()) == {0, 1, IGNORE}
     assert loaded.native_ignore is not None and len(loaded.native_ignore) == len(loaded.stems)
@@ -81,7 +96,16 @@ def test_preprocess_stage_rejects_image_size_not_multiple_of_32(synthetic_root, 
 
     params = data_params(tmp_path, image_size=100)
     argv = ["--params", str(params), "--raw", str(synthetic_root), "--splits", str(splits), "--out", str(cache)]
-    code = run_stage(stages.preprocess.main, [*argv, "--report", str(tmp_path / "data.json")])
+    code = run_stage(
+        stages.preprocess.main,
+        [
+            *argv,
+            "--metrics",
+            str(Path(tmp_path / "data.json").with_name("skipped.json")),
+            "--report",
+            str(tmp_path / "data.json"),
+        ],
+    )
 
     err = capsys.readouterr().err
     assert code == 1

@@ -15,11 +15,11 @@ import stages.preprocess
 import stages.split
 import stages.train
 import stages.validate
-from pipeline.core.errors import run_stage
+from pipeline.core.runner import run_stage
 from pipeline.data.cache import load_cache
 from pipeline.data.decode import load_pair
 from pipeline.data.layout import read_stems
-from tests.support import shipped_params
+from tests.support import preprocess_reports, shipped_params
 
 
 def test_gif_named_jpg_decodes_to_rgb(pets_mini):
@@ -62,7 +62,7 @@ def test_stages_on_a_few_real_pets_for_one_epoch(pets_mini, tmp_path):
     download_args = ["--inputs", str(inputs), "--downloads", str(tmp_path / "downloads"), "--out", str(raw)]
     assert run_stage(stages.download.main, download_args) == 0
     assert run_stage(stages.split.main, [*p, "--raw", str(raw), "--out", str(splits)]) == 0
-    preprocess_args = ["--raw", str(raw), "--splits", str(splits), "--out", str(cache), "--report", str(report)]
+    preprocess_args = ["--raw", str(raw), "--splits", str(splits), "--out", str(cache), *preprocess_reports(report)]
     assert run_stage(stages.preprocess.main, [*p, *preprocess_args]) == 0
     # Real photos in the official layout: none is skipped.
     assert json.loads(report.read_text())["total"]["skipped"] == 0

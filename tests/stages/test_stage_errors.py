@@ -9,7 +9,8 @@ import yaml
 import stages.evaluate
 import stages.plot
 import stages.train
-from pipeline.core.errors import run_stage
+from pipeline.core.constants import HEADLINE_METRICS
+from pipeline.core.runner import run_stage
 from pipeline.data.cache import CachedSplit, save_cache
 from pipeline.data.masks import PackedMasks
 
@@ -29,6 +30,7 @@ def _plot_args(root, out, metrics=None, predictions=None):
         "--metrics", str(metrics or root / "unet.json"), "--per-image", str(root / "unet_per_image.csv"),
         "--per-breed", str(root / "unet_per_breed.csv"), "--predictions", str(predictions or root / "pred.npz"),
         "--test", str(root / "test.npz"), *[a for f in figures for a in (f"--{f}-png", str(out / f"{f}.png"))],
+        "--summary", str(out / "test.json"),
     ]  # fmt: skip
 
 
@@ -36,8 +38,10 @@ def test_plot_stage_writes_six_pngs(trained, tmp_path):
     out, args = _plot_args(trained, out=tmp_path / "figs")
     assert run_stage(stages.plot.main, args) == 0
     names = ["breeds", "curves", "dice", "distribution", "overlays", "worst"]
-    assert sorted(p.name for p in out.iterdir()) == [f"{n}.png" for n in names]
-    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in out.iterdir())
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in names]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in out.glob("*.png"))
+    metrics = json.loads((trained / "unet.json").read_text())
+    assert json.loads((out / "test.json").read_text()) == {key: {"unet": metrics[key]} for key in HEADLINE_METRICS}
 
 
 def test_plot_stage_checks_all_inputs_before_writing(trained, tmp_path, capsys):
@@ -45,7 +49,7 @@ def test_plot_stage_checks_all_inputs_before_writing(trained, tmp_path, capsys):
     metrics.write_text(json.dumps({"dice": 0.5}))
     out, args = _plot_args(trained, out=tmp_path / "figs", metrics=metrics)
     assert run_stage(stages.plot.main, args) == 1
-    assert "missing or malformed dice_per_image, iou, at_image_size.dice, images" in _one_error_line(capsys)
+    assert "missing or malformed iou, dice_per_image, dice_at_image_size" in _one_error_line(capsys)
     assert not out.exists()
 
     broken = tmp_path / "pred.npz"

@@ -18,7 +18,8 @@ from torch import nn
 
 import pipeline.train.fit as training
 import stages.train
-from pipeline.core.errors import UserError, run_stage
+from pipeline.core.errors import UserError
+from pipeline.core.runner import run_stage
 from pipeline.data.build import build_cache
 from pipeline.data.cache import save_cache
 from pipeline.data.loader import SeededSampler, make_train_loader, shard_positions
@@ -277,7 +278,7 @@ def test_two_processes_resume_give_the_valid_dice_of_one_and_write_each_output_o
         assert run_stage(stages.train.main, _args(workdir, 1, "one")) == 0
     finally:
         torch.set_num_threads(threads)
-    assert "train unet: 48 train / 16 valid images on cpu" in capsys.readouterr().out
+    assert "train unet: 48 train / 16 valid images; device: cpu (" in capsys.readouterr().out
     before = set(_files(workdir))
     _kill_after_first_epoch(workdir, "two")
     proc = _stage(workdir, 2, "two", stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -12,7 +12,7 @@ from torch import nn
 import pipeline.train.fit as training
 from pipeline.core.errors import UserError
 from pipeline.core.params import AugmentOptions
-from pipeline.data.dataset import MEAN, STD
+from pipeline.data.colour import MEAN, STD
 from pipeline.evaluate.inference import predict_logits, torch_forward
 from pipeline.evaluate.metrics import SegmentationMeter
 from pipeline.models.checkpoint import load_checkpoint

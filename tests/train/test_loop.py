@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from pipeline.data.colour import IDENTITY
 from pipeline.train.loop import Batch, accumulation_groups, train_epoch
 from pipeline.train.losses import bce_loss
 from pipeline.train.schedules import LrSchedule
@@ -14,26 +15,29 @@ CPU = Batch(torch.device("cpu"), False, torch.contiguous_format)
 
 
 class NoNorm(nn.Module):
-    """A conv net without BatchNorm, so a batch's gradient does not depend on how it is split."""
+    """A conv net without BatchNorm, so a batch's gradient does not depend on how it is split; its input is
+    multiplied by ``scale`` first (large inputs, large gradients)."""
 
-    def __init__(self):
+    def __init__(self, scale: float = 1.0):
         super().__init__()
         torch.manual_seed(0)
         self.net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 1))
+        self.scale = scale
 
     def forward(self, x):
-        return self.net(x)
+        return self.net(x * self.scale)
 
 
 def _one_update(batch_size, accumulate_steps, grad_clip=0.0, scale=1.0):
     """Parameters before and after one epoch of SGD (lr 1, no momentum) over 8 fixed images."""
     g = torch.Generator().manual_seed(1)
-    images = torch.randn(8, 3, 8, 8, generator=g) * scale
-    masks = (torch.rand(8, 1, 8, 8, generator=g) > 0.5).float()
-    model = NoNorm()
+    images = torch.randint(0, 256, (8, 3, 8, 8), generator=g, dtype=torch.uint8)
+    masks = (torch.rand(8, 1, 8, 8, generator=g) > 0.5).to(torch.uint8)
+    jitter = torch.tensor([IDENTITY] * 8)
+    model = NoNorm(scale)
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.0)
-    loader = DataLoader(TensorDataset(images, masks), batch_size=batch_size)
+    loader = DataLoader(TensorDataset(images, masks, jitter), batch_size=batch_size)
     groups = len(accumulation_groups(len(loader), accumulate_steps))
     schedule = LrSchedule("constant", optimizer, groups, 2)
     scaler = torch.amp.GradScaler("cpu", enabled=False)

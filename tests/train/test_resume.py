@@ -1,4 +1,5 @@
-"""Resume after a kill: the state file, and a real training subprocess killed with SIGKILL."""
+"""Resume after a kill: the state file, and a real training subprocess killed with SIGKILL, or stopped
+by Ctrl-C (SIGINT) or SIGTERM, which end it in one line."""
 
 import os
 import random
@@ -134,8 +135,9 @@ def _run(root, run):
     return done.stdout
 
 
-def _run_and_kill_after_epoch(root, run, epoch):
-    """Start training; SIGKILL it as soon as the resume state of ``epoch`` is on disk."""
+def _run_and_kill_after_epoch(root, run, epoch, sig=signal.SIGKILL):
+    """Start training; send it ``sig`` as soon as the resume state of ``epoch`` is on disk. Returns its exit
+    status and what it wrote on stderr."""
     state = root / run / ".resume" / "unet.pt"
     proc = subprocess.Popen(
         _command(root, run), cwd=root, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -150,9 +152,11 @@ def _run_and_kill_after_epoch(root, run, epoch):
         if inode is not None and inode not in seen:
             seen.append(inode)
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait()
-    assert len(seen) == epoch, f"training ended before epoch {epoch}: {proc.stderr.read().decode()[-2000:]}"
+    stderr = proc.stderr.read().decode()
+    assert len(seen) == epoch, f"training ended before epoch {epoch}: {stderr[-2000:]}"
+    return proc.returncode, stderr
 
 
 def _history(run_dir):
@@ -170,21 +174,30 @@ def uninterrupted(workdir):
 
 
 @pytest.mark.e2e
-def test_a_run_killed_after_epoch_2_resumes_at_epoch_3_and_ends_as_an_uninterrupted_one(workdir, uninterrupted):
-    _run_and_kill_after_epoch(workdir, "killed", 2)
-    out = _run(workdir, "killed")
+@pytest.mark.parametrize(
+    ("sig", "status"), [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130), (signal.SIGTERM, 143)]
+)
+def test_a_run_killed_after_epoch_2_resumes_at_epoch_3_and_ends_as_an_uninterrupted_one(
+    workdir, uninterrupted, sig, status
+):
+    run = f"killed-{sig.name}"
+    code, stderr = _run_and_kill_after_epoch(workdir, run, 2, sig)
+    assert code == status
+    if sig != signal.SIGKILL:  # Ctrl-C and SIGTERM: one line saying what stopped and that a rerun resumes
+        assert stderr.splitlines() == ["interrupted: train unet after epoch 2 of 4; `dvc repro` resumes after epoch 2"]
+    out = _run(workdir, run)
     assert "resuming after epoch 2" in out
     trained = [e for e in range(1, EPOCHS + 1) if f"unet epoch {e}: train loss" in out]
     assert trained == [3, 4]
-    history, reference = _history(workdir / "killed"), _history(uninterrupted)
+    history, reference = _history(workdir / run), _history(uninterrupted)
     for name, table in history.items():
         assert table["step"].tolist() == list(range(EPOCHS)), name  # epochs 1-4, once each
         pd.testing.assert_frame_equal(table, reference[name])
-    a = torch.load(workdir / "killed" / "unet.pt", weights_only=True)
+    a = torch.load(workdir / run / "unet.pt", weights_only=True)
     b = torch.load(uninterrupted / "unet.pt", weights_only=True)
     assert (a["epoch"], a["valid_dice"]) == (b["epoch"], b["valid_dice"])
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in b["state_dict"])
-    assert not (workdir / "killed" / ".resume" / "unet.pt").exists()  # a finished run leaves no state
+    assert not (workdir / run / ".resume" / "unet.pt").exists()  # a finished run leaves no state
 
 
 @pytest.mark.e2e
