@@ -1,6 +1,7 @@
 """Stages `export-unet`, `export-resnet34unet`: the trained model as ONNX, checked against PyTorch."""
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     opset, check_images, tolerance = params.opset, params.check_images, params.max_abs_diff
     model, ckpt = load_checkpoint(Path(args.checkpoint), torch.device("cpu"))
     images = prepare(load_cache(Path(args.test)).images[:check_images])
-    metadata = {"model": ckpt["model"], "image_size": str(ckpt["image_size"]), "best_epoch": str(ckpt["epoch"])}
+    metadata = {
+        "model": ckpt["model"],
+        "image_size": str(ckpt["image_size"]),
+        "best_epoch": str(ckpt["epoch"]),
+        "classes": json.dumps(ckpt["classes"]),
+    }
     diff = export_checked(model, Path(args.out), metadata, images, opset, tolerance)
     checked = f"{len(images)} {plural(len(images), 'image')}"
     print(f"export {ckpt['model']}: {args.out}, max |logit difference| vs PyTorch {diff:.2e} on {checked}")

@@ -1,4 +1,4 @@
-"""Stage `preprocess`: decode, resize and binarise every split once into a memory-mappable cache (a
+"""Stage `preprocess`: decode, resize and label every split once into a memory-mappable cache (a
 folder of uint8 .npy arrays per split, see pipeline/data/cache.py), skipping bad pairs, and report what was
 skipped (a DVC metrics file). Pairs are decoded by preprocess.workers processes and written a pair at
 a time, so the stage's RAM does not grow with the dataset."""
@@ -19,7 +19,7 @@ from pipeline.data.report import SPLITS, build_report, check_report, read_split_
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Parse args, read image_size, preprocess.* and data.max_bad_fraction, write one cache folder per
+    """Parse args, read image_size, task, preprocess.* and data.max_bad_fraction, write one cache folder per
     split (``<out>/train``, ``valid``, ``test``) and the data report. Raises UserError (after writing
     the report, and without the cache folder) when more than data.max_bad_fraction of the listed pairs
     were skipped or a split is empty.
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True)
     parser.add_argument(
-        "--raw", required=True, help="the download stage's folder: the two official archives, or the official layout"
+        "--raw", required=True, help="the download stage's folder: the two archives, or the dataset's folder"
     )
     parser.add_argument("--splits", required=True, help="folder with train.txt, valid.txt, test.txt, summary.json")
     parser.add_argument("--out", required=True, help="folder for the train, valid and test cache folders")
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report", required=True, help="output .json: the skipped pairs, their reasons and fixes")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    size, boundary = params.image_size, params.preprocess.boundary
+    size, boundary, task = params.image_size, params.preprocess.boundary, params.task
     workers = resolve_workers(params.preprocess.workers)
     listed, list_skips = read_split_summary(Path(args.splits) / "summary.json")
     used, split_skips = {}, {}
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with opened(Path(args.raw)) as root, atomic_path(args.out) as out:
         for name in SPLITS:
             stems = read_stems(Path(args.splits) / f"{name}.txt")
-            used[name], split_skips[name] = write_cache(root, stems, out / name, size, boundary, workers)
+            used[name], split_skips[name] = write_cache(root, stems, out / name, size, boundary, workers, task=task)
             images, processes = plural(used[name], "image"), plural(workers, "decode process")
             print(f"preprocess: {name}: {used[name]} {images} at {size}x{size} ({workers} {processes})")
         report = build_report(listed, list_skips, used, split_skips)

@@ -1,4 +1,5 @@
-"""Stage `split`: official trainval.txt → train/valid, test.txt → test; writes the stem lists."""
+"""Stage `split`: official trainval.txt → train/valid, test.txt → test (a folder dataset: its splits/ or a
+seeded draw); writes the stem lists."""
 
 import argparse
 import sys
@@ -10,7 +11,7 @@ from pipeline.core.params import load_params
 from pipeline.core.runner import run_stage
 from pipeline.data.archives import opened
 from pipeline.data.report import SPLITS, skipped_to_json
-from pipeline.data.split import make_split
+from pipeline.data.split import split_dataset
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -22,13 +23,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True)
     parser.add_argument(
-        "--raw", required=True, help="the download stage's folder: the two official archives, or the official layout"
+        "--raw", required=True, help="the download stage's folder: the two archives, or the dataset's folder"
     )
     parser.add_argument("--out", required=True, help="folder for train.txt, valid.txt, test.txt, summary.json")
     args = parser.parse_args(argv)
     params = load_params(args.params).split
     with opened(Path(args.raw)) as root:
-        split = make_split(root, params.valid_fraction, params.seed)
+        split = split_dataset(root, params.valid_fraction, params.test_fraction, params.seed)
     counts = {name: len(getattr(split, name)) for name in SPLITS}
     # All four files or none: stem lists from one run must not meet the summary of another.
     with atomic_path(args.out) as out:

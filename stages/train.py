@@ -27,7 +27,7 @@ from pipeline.data.cache import load_cache
 from pipeline.models.registry import check_options
 from pipeline.train import distributed
 from pipeline.train.config import TrainConfig, train_config
-from pipeline.train.fit import fit
+from pipeline.train.fit import METRIC_LABELS, fit
 from pipeline.train.resume import ResumeStore, load_state, training_inputs
 
 
@@ -79,8 +79,9 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
     data = (train.images, train.masks), (valid.images, valid.masks)
     sync = params.train.sync_batchnorm
     train_model = partial(
-        fit, args.model, arch, cfg, *data, Path(args.checkpoint), state=state, sync_batchnorm=sync, compute=compute
-    )
+        fit, args.model, arch, cfg, *data, Path(args.checkpoint), state=state, sync_batchnorm=sync, compute=compute,
+        classes=train.classes,
+    )  # fmt: skip
     if not rank0:
         train_model(lambda epoch, record: None)  # fit() writes and prints nothing on this rank
         return
@@ -106,8 +107,9 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
         result = train_model(log, save_state=save_state)
         live.summary["last_epoch"] = result.last_epoch
     store.clear()
+    label = METRIC_LABELS[result.metric]
     print(
-        f"train {args.model}: best valid Dice {result.best_valid_dice:.4f} at epoch {result.best_epoch}, "
+        f"train {args.model}: best valid {label} {result.best_valid:.4f} at epoch {result.best_epoch}, "
         f"stopped after epoch {result.last_epoch}, in {result.seconds:.0f} s → {args.checkpoint}"
     )
 

@@ -1,15 +1,17 @@
 """Values several packages need, each defined once and importable without torch.
 
 The names a param may choose among (models, losses, optimisers, schedules, augmentation levels,
-init schemes, TTA modes, boundary policies, devices, precisions) are spelt here, and both the params schema
+init schemes, TTA modes, tasks, boundary policies, devices, precisions) are spelt here, and both the params schema
 (:mod:`pipeline.core.params`) and the registries that implement them (``MODELS`` in
-:mod:`pipeline.models.registry`, ``LOSSES`` in :mod:`pipeline.train.losses`, ...) are built from
-these tuples, so a name cannot be valid in one and unknown to the other.
+:mod:`pipeline.models.registry`, ``BINARY_LOSSES`` and ``MULTICLASS_LOSSES`` in :mod:`pipeline.train.losses`,
+...) are built from these tuples, so a name cannot be valid in one and unknown to the other.
 """
 
 # Registry names of the architectures; each has a section of the same name in params.yaml.
 MODELS = ("unet", "resnet34_unet")
-LOSSES = ("bce_dice", "dice", "bce")
+# Cross-entropy + Dice, Dice, cross-entropy: the cross-entropy is the sigmoid (binary) one for a model with
+# one logit and the softmax one for C logits, so one name serves both kinds of task.
+LOSSES = ("ce_dice", "dice", "ce")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "constant", "onecycle", "plateau")
 AUGMENT_LEVELS = ("none", "flip", "full")
@@ -17,6 +19,8 @@ INIT_SCHEMES = ("default", "kaiming")
 TTA_MODES = ("none", "hflip")
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# What the pets are segmented into: pet vs background, or the trimap's three classes.
+TASKS = ("binary", "trimap")
 # What the trimap's boundary band (value 3, dataset README) counts as.
 BOUNDARY_POLICIES = ("pet", "background", "ignore")
 

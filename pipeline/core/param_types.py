@@ -61,3 +61,11 @@ def auto_or_count(value: Any) -> int | str:
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return value
     raise ValueError("must be auto or a whole number >= 1")
+
+
+def class_count(value: Any) -> int:
+    """``data.synthetic_classes``: 0 (the pets, with trimaps) or a class count >= 2 (a folder dataset). Raises
+    ValueError otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool) and (value == 0 or 2 <= value <= 255):
+        return value
+    raise ValueError("must be 0 (synthetic pets) or a number of classes from 2 to 255 (a synthetic folder dataset)")

@@ -29,6 +29,7 @@ from pipeline.core.param_types import (
     Seed,
     auto_or,
     auto_or_count,
+    class_count,
     loader_workers,
     probability,
 )
@@ -41,14 +42,17 @@ class Data(Section):
     url: Name
     synthetic_images: Annotated[int, Field(strict=True, ge=4)] = 200
     synthetic_seed: Seed = 0
+    synthetic_classes: Annotated[int, BeforeValidator(class_count)] = 0
     max_bad_fraction: Fraction = 0.01
 
 
 class Split(Section):
-    """``split``: share of official trainval held out as valid, and the draw's seed."""
+    """``split``: share of official trainval held out as valid, and the draw's seed; for a folder dataset
+    without splits/, ``test_fraction`` of its pairs go to test first."""
 
     valid_fraction: Fraction
     seed: Seed
+    test_fraction: Fraction = 0.2
 
 
 class Preprocess(Section):
@@ -188,10 +192,12 @@ class ComputeKeys(Section):
 
 
 class Params(TrainKeys, ComputeKeys):
-    """The whole params.yaml."""
+    """The whole params.yaml. ``task``: binary (pet vs background) or trimap (the pets' three trimap
+    classes); a folder dataset's classes come from its classes.yaml instead."""
 
     data: Data
     split: Split
+    task: Literal[constants.TASKS] = "binary"
     image_size: Annotated[int, Field(strict=True, ge=SIZE_MULTIPLE)]
     preprocess: Preprocess
     augmentation: AugmentOptions = AugmentOptions()
@@ -265,15 +271,20 @@ class DownloadInputs(Section):
     url: Name | None = None
     synthetic_images: Annotated[int, Field(strict=True, ge=4)] | None = None
     synthetic_seed: Seed | None = None
+    synthetic_classes: Annotated[int, BeforeValidator(class_count)] | None = None
 
 
 def download_inputs(data: Data) -> DownloadInputs:
-    """The keys of ``data`` that change the download stage's output for its source."""
+    """The keys of ``data`` that change the download stage's output for its source (``synthetic_classes``
+    only when not 0, the pets)."""
     if data.source == "oxford-iiit-pet":
         return DownloadInputs(source=data.source, url=data.url)
     if data.source == "synthetic":
         return DownloadInputs(
-            source=data.source, synthetic_images=data.synthetic_images, synthetic_seed=data.synthetic_seed
+            source=data.source,
+            synthetic_images=data.synthetic_images,
+            synthetic_seed=data.synthetic_seed,
+            synthetic_classes=data.synthetic_classes or None,
         )
     return DownloadInputs(source=data.source)  # a local folder: its path is all
 

@@ -12,11 +12,13 @@ import os
 import shutil
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.core.errors import UserError
+from pipeline.data.classes import CLASSES_FILE, is_folder_dataset
+from pipeline.data.folder import check_folder
 from pipeline.data.layout import LIST_FILES, check_layout
 
 # Folder of the official layout → the official archive holding it.
@@ -69,41 +71,59 @@ def members(tarball: Path) -> set[str]:
 
 
 def check_archives(raw: Path) -> None:
-    """Raise UserError unless ``raw``'s two archives are readable, safe to extract, and hold images/,
-    annotations/trimaps/ and the three list files (the official layout)."""
+    """Raise UserError unless ``raw``'s two archives are readable, safe to extract, and hold images/ and
+    either annotations/trimaps/ and the three list files (the official layout) or masks/ and classes.yaml
+    (a folder dataset)."""
     raw = Path(raw)
     images = members(raw / ARCHIVES["images"])
     annotations = members(raw / ARCHIVES["annotations"])
-    missing = [f"annotations/{name}" for name in LIST_FILES if f"annotations/{name}" not in annotations]
+    if CLASSES_FILE in annotations:
+        missing = [] if any(name.startswith("masks/") for name in annotations) else ["masks/"]
+    else:
+        missing = [f"annotations/{name}" for name in LIST_FILES if f"annotations/{name}" not in annotations]
+        if not any(name.startswith("annotations/trimaps/") for name in annotations):
+            missing.append("annotations/trimaps/")
     if not any(name.startswith("images/") for name in images):
         missing.insert(0, "images/")
-    if not any(name.startswith("annotations/trimaps/") for name in annotations):
-        missing.append("annotations/trimaps/")
     if missing:
         raise UserError(
-            f"{raw}: the archives are not the official Oxford-IIIT Pet layout, missing {', '.join(missing)}; "
-            "point data.source at the official tarballs or a folder holding images/ and annotations/"
+            f"{raw}: the archives hold neither the official Oxford-IIIT Pet layout nor a folder dataset, missing "
+            f"{', '.join(missing)}; point data.source at the official tarballs or a dataset folder (docs/data.md)"
         )
 
 
-def pack(folder: Path, sub: str, tarball: Path) -> None:
-    """Write ``folder/sub`` as the .tar.gz ``tarball`` with members ``sub/...``, reproducibly: sorted
-    names, no times, owners or file modes from the disk, gzip level 1 (the photos are JPEGs already
-    compressed), so the same folder always gives the same bytes (and DVC the same hash).
+def check_dataset(root: Path) -> None:
+    """Raise UserError unless ``root`` is a folder dataset (it holds classes.yaml: :func:`check_folder`) or
+    in the official layout (:func:`check_layout`)."""
+    if is_folder_dataset(root):
+        check_folder(root)
+    else:
+        check_layout(root)
+
+
+def pack(folder: Path, subs: Sequence[str], tarball: Path) -> None:
+    """Write ``folder``'s files or sub-folders ``subs`` as the .tar.gz ``tarball`` with members ``<sub>...``,
+    reproducibly: sorted names, no times, owners or file modes from the disk, gzip level 1 (the photos are
+    JPEGs already compressed), so the same folder always gives the same bytes (and DVC the same hash).
 
     Symbolic links are followed, as copying the folder would (``images`` may be a link to another
     disk): a link stored as a link member would point outside the folder, which extraction refuses.
     """
-    top = Path(folder) / sub
-    found = [
-        Path(parent) / name
-        for parent, dirs, files in os.walk(top, onerror=_raise, followlinks=True)
-        for name in dirs + files
-    ]
+    found = []
+    for sub in subs:
+        top = Path(folder) / sub
+        found.append(top)
+        if top.is_file():
+            continue
+        found += [
+            Path(parent) / name
+            for parent, dirs, files in os.walk(top, onerror=_raise, followlinks=True)
+            for name in dirs + files
+        ]
     with open(tarball, "wb") as file, gzip.GzipFile("", "wb", 1, file, mtime=0) as gz:
         # dereference: a member holds what a link points at, and no file becomes a hard-link member.
         with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, dereference=True) as tar:
-            for path in [top, *sorted(found)]:
+            for path in sorted(found):
                 info = tar.gettarinfo(path, arcname=path.relative_to(folder).as_posix())
                 info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
                 info.mode = 0o755 if info.isdir() else 0o644
@@ -133,7 +153,7 @@ def opened(raw: Path) -> Iterator[Path]:
     extracted folders, else its two archives extracted into ``.<raw name>-extracted`` beside it,
     which is removed after the block (and at the start, if a killed run left it). Its name is fixed,
     not random, so the paths in skip reasons (metrics/data.json) are the same from run to run.
-    Raises UserError as :func:`extract` and :func:`~pipeline.data.layout.check_layout`.
+    Raises UserError as :func:`extract` and :func:`check_dataset`.
     """
     raw = Path(raw)
     if not is_packed(raw):
@@ -144,7 +164,7 @@ def opened(raw: Path) -> Iterator[Path]:
     try:
         for name in ARCHIVES.values():
             extract(raw / name, scratch)
-        check_layout(scratch)
+        check_dataset(scratch)
         yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

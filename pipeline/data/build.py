@@ -22,10 +22,10 @@ from pipeline.core.io import atomic_path
 from pipeline.core.messages import hide_bar
 from pipeline.core.orphans import die_with_parent
 from pipeline.data.cache import CachedSplit, CacheRow, CacheWriter
-from pipeline.data.decode import BadPair, decode_pair, resize_pair
-from pipeline.data.layout import UNKNOWN_SPECIES, breed_of, read_species
-from pipeline.data.masks import IGNORE, PackedMasks, pack_mask
+from pipeline.data.decode import BadPair, resize_pair
+from pipeline.data.masks import BINARY, IGNORE, LABELS, PackedMasks, pack_mask
 from pipeline.data.report import Skipped
+from pipeline.data.sources import Source, open_source
 
 # Pairs a worker decodes per task: a few round trips fewer, while a pool's tasks in flight
 # (IN_FLIGHT a worker, about 1 MB a pair at 512 px) stay a small, fixed amount of RAM.
@@ -39,21 +39,25 @@ def resolve_workers(value: int | str) -> int:
     return (os.cpu_count() or 1) if value == "auto" else value
 
 
-def decode_row(root: Path, stem: str, species: str, size: int, boundary: str) -> CacheRow | Skipped:
-    """One pair as the cache stores it (:func:`decode_pair` then :func:`resize_pair`, its native mask
-    packed; ignored pixels packed only when ``boundary`` is "ignore"), or, for a pair
-    :func:`decode_pair` rejects, the :class:`~pipeline.data.report.Skipped` entry with its reason."""
+def decode_row(source: Source, stem: str, size: int) -> CacheRow | Skipped:
+    """One pair as the cache stores it (:meth:`Source.decode` then :func:`resize_pair`, its native mask
+    packed: a binary task's pet pixels, and its ignored pixels when ``source.ignores``; a multi-class task's
+    label map at depth :data:`~pipeline.data.masks.LABELS`), or, for a pair the source rejects, the
+    :class:`~pipeline.data.report.Skipped` entry with its reason."""
     try:
-        image, mask = decode_pair(root, stem, boundary)
+        image, mask = source.decode(stem)
     except BadPair as err:
         return Skipped(stem, err.reason, str(err))
     small_image, small_mask = resize_pair(image, mask, size)
-    ignored = pack_mask(mask == IGNORE) if boundary == "ignore" else None
-    return CacheRow(stem, breed_of(stem), species, small_image, small_mask, mask.shape, pack_mask(mask == 1), ignored)
+    breed, species = source.breed_species(stem)
+    if not source.classes.binary:
+        return CacheRow(stem, breed, species, small_image, small_mask, mask.shape, pack_mask(mask, LABELS))
+    ignored = pack_mask(mask == IGNORE) if source.ignores else None
+    return CacheRow(stem, breed, species, small_image, small_mask, mask.shape, pack_mask(mask == 1), ignored)
 
 
-def _decode_chunk(root: Path, pairs: list[tuple[str, str]], size: int, boundary: str) -> list[CacheRow | Skipped]:
-    return [decode_row(root, stem, species, size, boundary) for stem, species in pairs]
+def _decode_chunk(source: Source, stems: list[str], size: int) -> list[CacheRow | Skipped]:
+    return [decode_row(source, stem, size) for stem in stems]
 
 
 def _init_worker(parent: int) -> None:
@@ -63,21 +67,16 @@ def _init_worker(parent: int) -> None:
     die_with_parent(parent)
 
 
-def decode_rows(
-    root: Path, stems: list[str], size: int, boundary: str, workers: int = 1
-) -> Iterator[CacheRow | Skipped]:
+def decode_rows(source: Source, stems: list[str], size: int, workers: int = 1) -> Iterator[CacheRow | Skipped]:
     """:func:`decode_row` of every stem, in the order of ``stems``, by ``workers`` processes.
 
     With 1 the pairs are decoded here; with more, in a pool of forked processes, CHUNK pairs a task,
     at most IN_FLIGHT tasks a worker submitted ahead, so RAM stays bounded whatever ``len(stems)``.
-    The results are the same for any ``workers``. Raises UserError if annotations/list.txt is missing.
+    The results are the same for any ``workers``.
     """
-    root = Path(root)
-    species = read_species(root / "annotations" / "list.txt")
-    pairs = [(stem, species.get(stem, UNKNOWN_SPECIES)) for stem in stems]
     if workers == 1:
-        for stem, kind in pairs:
-            yield decode_row(root, stem, kind, size, boundary)
+        for stem in stems:
+            yield decode_row(source, stem, size)
         return
     # Forked workers inherit the imported modules; spawned ones would import them again, each pool.
     pool = ProcessPoolExecutor(
@@ -85,8 +84,8 @@ def decode_rows(
     )
     try:
         pending = deque()
-        for start in range(0, len(pairs), CHUNK):
-            pending.append(pool.submit(_decode_chunk, root, pairs[start : start + CHUNK], size, boundary))
+        for start in range(0, len(stems), CHUNK):
+            pending.append(pool.submit(_decode_chunk, source, stems[start : start + CHUNK], size))
             if len(pending) >= workers * IN_FLIGHT:
                 yield from pending.popleft().result()
         while pending:
@@ -96,21 +95,29 @@ def decode_rows(
 
 
 def build_cache(
-    root: Path, stems: list[str], size: int, boundary: str, progress: bool = True, workers: int = 1
+    root: Path,
+    stems: list[str],
+    size: int,
+    boundary: str,
+    progress: bool = True,
+    workers: int = 1,
+    task: str = "binary",
 ) -> CachedSplit:
-    """Decode every stem once, in RAM (tests, benchmarks; the preprocess stage streams with
+    """Decode every stem of the dataset at ``root`` (:func:`~pipeline.data.sources.open_source` with ``task``
+    and ``boundary``) once, in RAM (tests, benchmarks; the preprocess stage streams with
     :func:`write_cache` instead), keep its native-size mask, and resize it; skip the pairs that fail.
 
-    A pair :func:`decode_pair` rejects is left out of the arrays and listed in ``skipped`` with
-    its reason and message, so the split holds the N good pairs of ``stems``, in their order.
-    ``native_ignore`` is filled only when ``boundary`` is "ignore". Raises UserError if
-    annotations/list.txt is missing.
+    A pair the source rejects is left out of the arrays and listed in ``skipped`` with its reason and
+    message, so the split holds the N good pairs of ``stems``, in their order. ``native_ignore`` is
+    filled only for a binary task whose masks may hold ignored pixels. Raises UserError as
+    :func:`~pipeline.data.sources.open_source`.
     """
+    source = open_source(root, task, boundary)
     # Room for every stem, sliced to the good ones at the end: one allocation, no copy.
     images = np.empty((len(stems), size, size, 3), np.uint8)
     masks = np.empty((len(stems), size, size), np.uint8)
     rows, skipped = [], []
-    decoded = decode_rows(root, stems, size, boundary, workers)
+    decoded = decode_rows(source, stems, size, workers)
     # A context, so that an error mid-way ends the bar's line before its message is printed.
     with tqdm(decoded, desc="preprocess", total=len(stems), unit="img", disable=hide_bar(progress)) as bar:
         for row in bar:
@@ -120,32 +127,42 @@ def build_cache(
             n = len(rows)
             images[n], masks[n] = row.image, row.mask
             rows.append(replace(row, image=images[n], mask=masks[n]))  # views: each pixel held once
-    shapes = [row.shape for row in rows]
+    shapes, classes = [row.shape for row in rows], source.classes
+    ignores = classes.binary and source.ignores
     return CachedSplit(
         images[: len(rows)],
         masks[: len(rows)],
         [row.stem for row in rows],
-        PackedMasks.from_packed([row.native_bits for row in rows], shapes),
+        PackedMasks.from_packed([row.native_bits for row in rows], shapes, BINARY if classes.binary else LABELS),
         [row.breed for row in rows],
         [row.species for row in rows],
-        PackedMasks.from_packed([row.ignore_bits for row in rows], shapes) if boundary == "ignore" else None,
+        PackedMasks.from_packed([row.ignore_bits for row in rows], shapes) if ignores else None,
         tuple(skipped),
+        classes,
     )
 
 
 def write_cache(
-    root: Path, stems: list[str], dest: Path, size: int, boundary: str, workers: int = 1, progress: bool = True
+    root: Path,
+    stems: list[str],
+    dest: Path,
+    size: int,
+    boundary: str,
+    workers: int = 1,
+    progress: bool = True,
+    task: str = "binary",
 ) -> tuple[int, tuple[Skipped, ...]]:
     """Decode ``stems`` by ``workers`` processes (:func:`decode_rows`) into a cache folder at ``dest``
     (pipeline/data/cache.py's layout), atomically, a pair at a time: RAM does not grow with ``len(stems)``.
 
     Returns the number of pairs written and the :class:`~pipeline.data.report.Skipped` ones, in the
     order of ``stems``. The folder holds what :func:`build_cache` returns for the same arguments.
-    Raises UserError if annotations/list.txt is missing.
+    Raises UserError as :func:`~pipeline.data.sources.open_source`.
     """
-    skipped = []
-    rows = closing(decode_rows(root, stems, size, boundary, workers))  # shut the pool down on any error
-    with atomic_path(dest) as tmp, CacheWriter(tmp, size, boundary == "ignore") as writer, rows as decoded:
+    skipped, source = [], open_source(root, task, boundary)
+    ignores = source.classes.binary and source.ignores
+    rows = closing(decode_rows(source, stems, size, workers))  # shut the pool down on any error
+    with atomic_path(dest) as tmp, CacheWriter(tmp, size, ignores, source.classes) as writer, rows as decoded:
         # A context, so that an error mid-way ends the bar's line before its message is printed.
         with tqdm(decoded, desc="preprocess", total=len(stems), unit="img", disable=hide_bar(progress)) as bar:
             for row in bar:

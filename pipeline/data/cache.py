@@ -4,17 +4,19 @@ A split of N pairs at ``image_size`` S is a folder holding::
 
     images.npy                  uint8 (N, S, S, 3)
     masks.npy                   uint8 (N, S, S) in {0, 1, 255}
-    native_bits.npy             uint8 (B,)      the masks at each photo's own size, bit-packed
-    native_offsets.npy          int64 (N + 1,)  (pipeline.data.masks.PackedMasks' three arrays)
-    native_shapes.npy           int64 (N, 2)
-    native_ignore_{bits,offsets,shapes}.npy     the same for the ignored pixels (boundary: ignore only)
-    meta.json                   {"stems": [N str], "breeds": [N str], "species": [N str]}
+    native_bits.npy             uint8 (B,)      the masks at each photo's own size, bit-packed (binary
+    native_offsets.npy          int64 (N + 1,)  task) or a byte a pixel (multi-class):
+    native_shapes.npy           int64 (N, 2)    pipeline.data.masks.PackedMasks' three arrays
+    native_ignore_{bits,offsets,shapes}.npy     the same for the ignored pixels (binary tasks whose
+                                                masks may hold some: boundary: ignore, folder datasets)
+    meta.json                   {"stems": [N str], "breeds": [N str], "species": [N str],
+                                 "classes": the task's classes (pipeline.data.classes.Classes)}
 
 :class:`CacheWriter` appends a pair at a time, so writing holds one pair in RAM whatever N.
 :func:`load_cache` maps the arrays read-only (``np.load(mmap_mode="r")``): a stage reads only the
 pages it touches, from the OS page cache, and DataLoader workers forked from it share those pages
-instead of copying the arrays. Masks are uint8 with 0 = background, 1 = pet and
-:data:`~pipeline.data.masks.IGNORE` (255) = counted in no loss or metric. Kept apart from
+instead of copying the arrays. Masks are uint8 class indices (a binary task: 0 = background, 1 = pet or
+the folder's class 1) and :data:`~pipeline.data.masks.IGNORE` (255) = counted in no loss or metric. Kept apart from
 pipeline/data/build.py (decoding, splitting) so the stages that only read the cache do not depend on how
 it is built.
 """
@@ -28,7 +30,8 @@ import numpy as np
 
 from pipeline.core.errors import UserError, first_line
 from pipeline.core.io import atomic_path
-from pipeline.data.masks import PackedMasks
+from pipeline.data.classes import BINARY_PETS, Classes, classes_from_json, classes_to_json
+from pipeline.data.masks import BINARY, LABELS, PackedMasks, target_mask
 
 META = "meta.json"
 # Every .npy header is padded to this length, so the final row count can be written over the first
@@ -50,7 +53,9 @@ class CachedSplit:
     as lists of N strings. ``skipped``: the pairs :func:`pipeline.data.build.build_cache` left out (not
     stored in the cache, so empty after :func:`load_cache`). Raises ValueError if the arrays do not
     have these dtypes and shapes, the counts differ, the native offsets do not fit their bits, or
-    ``native_ignore`` and ``native`` differ in shapes.
+    ``native_ignore`` and ``native`` differ in shapes. ``classes``: the task's classes; a multi-class task's
+    masks hold class indices, its native masks are label maps (depth :data:`~pipeline.data.masks.LABELS`)
+    and it has no ``native_ignore``.
     """
 
     images: np.ndarray
@@ -61,6 +66,7 @@ class CachedSplit:
     species: list[str]
     native_ignore: PackedMasks | None = None
     skipped: tuple = ()  # pipeline.data.report.Skipped entries
+    classes: Classes = BINARY_PETS
 
     def __post_init__(self):
         shape = self.images.shape
@@ -81,6 +87,13 @@ class CachedSplit:
             )
         if self.native_ignore is not None and not np.array_equal(self.native_ignore.shapes, self.native.shapes):
             raise ValueError("native_ignore masks differ in number or size from the native masks")
+        if self.native.depth != (BINARY if self.classes.binary else LABELS):
+            raise ValueError(f"{self.classes.count} classes but native masks of depth {self.native.depth}")
+
+    def truth(self, i: int) -> np.ndarray:
+        """Image ``i``'s ground truth at its photo's own size: uint8 (height, width), class indices and
+        :data:`~pipeline.data.masks.IGNORE` for ignored pixels."""
+        return target_mask(self.native, self.native_ignore, i)
 
 
 @dataclass(frozen=True)
@@ -89,8 +102,9 @@ class CacheRow:
 
     ``image`` uint8 (S, S, 3); ``mask`` uint8 (S, S) in {0, 1, 255}; ``shape`` the photo's own
     (height, width) in pixels; ``native_bits`` its binary mask (1 = pet) at that size and
-    ``ignore_bits`` its ignored pixels (boundary: ignore only, else None), each packed by
-    :func:`pipeline.data.masks.pack_mask`; ``stem``, ``breed``, ``species`` strings.
+    ``ignore_bits`` its ignored pixels (binary tasks with ignored pixels only, else None), each packed by
+    :func:`pipeline.data.masks.pack_mask` (a multi-class task's label map at depth 8); ``stem``,
+    ``breed``, ``species`` strings.
     """
 
     stem: str
@@ -139,15 +153,17 @@ class CacheWriter:
     """Writes one split's folder (the layout in the module docstring) a :class:`CacheRow` at a time.
 
     ``folder`` is created; ``size`` is the image side S in pixels; ``ignore``: also store each row's
-    ``ignore_bits``. Use as a context manager: a clean exit writes the headers and meta.json (last);
-    after an exception the files are incomplete, so write into an :func:`~pipeline.core.io.atomic_path`.
+    ``ignore_bits``; ``classes`` goes into meta.json. Use as a context manager: a clean exit writes the
+    headers and meta.json (last); after an exception the files are incomplete, so write into an
+    :func:`~pipeline.core.io.atomic_path`.
     :meth:`add` raises ValueError for an image or mask of another size or dtype.
     """
 
-    def __init__(self, folder: Path, size: int, ignore: bool):
+    def __init__(self, folder: Path, size: int, ignore: bool, classes: Classes = BINARY_PETS):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.meta: dict[str, list[str]] = {"stems": [], "breeds": [], "species": []}
+        self.classes = classes
         self.files = {
             "images": _RowFile(self.folder / "images.npy", np.uint8, (size, size, 3)),
             "masks": _RowFile(self.folder / "masks.npy", np.uint8, (size, size)),
@@ -182,14 +198,14 @@ class CacheWriter:
             else:
                 file.file.close()
         if kind is None:
-            (self.folder / META).write_text(json.dumps(self.meta) + "\n")
+            (self.folder / META).write_text(json.dumps({**self.meta, "classes": classes_to_json(self.classes)}) + "\n")
 
 
 def save_cache(path: Path, split: CachedSplit) -> None:
     """Write a split held in RAM as a cache folder at ``path``, atomically; ``native_ignore`` (if any)
     as ``native_ignore_*``."""
     native, ignore = split.native, split.native_ignore is not None
-    with atomic_path(path) as tmp, CacheWriter(tmp, split.images.shape[1], ignore) as writer:
+    with atomic_path(path) as tmp, CacheWriter(tmp, split.images.shape[1], ignore, split.classes) as writer:
         for i, stem in enumerate(split.stems):
             writer.add(
                 CacheRow(
@@ -217,14 +233,16 @@ def load_cache(path: Path) -> CachedSplit:
     try:
         meta = json.loads((path / META).read_text())
         arrays = {file.stem: np.load(file, mmap_mode="r", allow_pickle=False) for file in path.glob("*.npy")}
+        classes = classes_from_json(meta["classes"])
         return CachedSplit(
             arrays["images"],
             arrays["masks"],
             meta["stems"],
-            PackedMasks.from_arrays(arrays, "native"),
+            PackedMasks.from_arrays(arrays, "native", BINARY if classes.binary else LABELS),
             meta["breeds"],
             meta["species"],
             PackedMasks.from_arrays(arrays, "native_ignore") if "native_ignore_bits" in arrays else None,
+            classes=classes,
         )
     except KeyError as err:
         raise UserError(f"{path}: not a petseg cache (no {err.args[0]}); run `dvc repro -f preprocess`") from None

@@ -15,10 +15,10 @@ Three kinds of task, one record (:class:`Classes`):
 Two classes make a binary task (one sigmoid logit, Dice of class 1); more, a multi-class task (C
 softmax logits, per-class IoU and mIoU). In the cache every mask holds class indices and
 :data:`~pipeline.data.masks.IGNORE` (255) for ignored pixels, whatever the source's ignore label;
-preprocess writes the record as ``classes.json`` beside the splits, and every later stage reads it there.
+preprocess writes the record into each split's meta.json, training copies it into the checkpoint, and
+export into the ONNX metadata, so every later stage and ``petseg predict`` know the classes.
 """
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +28,6 @@ from pipeline.core.errors import UserError, first_line
 from pipeline.data.masks import IGNORE
 
 CLASSES_FILE = "classes.yaml"  # the file that marks a folder of the user's images and masks
-RECORD = "classes.json"  # the cache's copy, written by preprocess
 PET_CLASSES = {"binary": ("background", "pet"), "trimap": ("background", "pet", "boundary")}
 # Okabe & Ito's colour-blind-safe palette (https://jfly.uni-koeln.de/color/), then grey for more classes.
 OKABE_ITO = ((0, 0, 0), (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0))
@@ -70,6 +69,9 @@ def pet_classes(task: str) -> Classes:
     return Classes(PET_CLASSES[task])
 
 
+BINARY_PETS = pet_classes("binary")
+
+
 def is_folder_dataset(root: Path) -> bool:
     """Whether ``root`` is a folder of the user's images and masks (it holds classes.yaml)."""
     return (Path(root) / CLASSES_FILE).is_file()
@@ -109,22 +111,11 @@ def read_classes_yaml(path: Path) -> Classes:
     return Classes(tuple(names), ignore, tuple(tuple(c) for c in palette))
 
 
-def _byte(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255
+def classes_to_json(classes: Classes) -> dict:
+    """``classes`` as plain JSON data (the cache's meta.json, checkpoints, ONNX metadata)."""
+    return asdict(classes)
 
 
-def write_record(path: Path, classes: Classes) -> None:
-    """Write ``classes`` as JSON (the cache's ``classes.json``)."""
-    Path(path).write_text(json.dumps(asdict(classes)) + "\n")
-
-
-def read_record(path: Path) -> Classes:
-    """The classes preprocess recorded. Raises UserError if the record is missing or malformed."""
-    try:
-        record = json.loads(Path(path).read_text())
-        return Classes(tuple(record["names"]), record["ignore_index"], tuple(tuple(c) for c in record["palette"]))
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found; run `dvc repro -f preprocess` (it writes the classes)") from None
-    except (ValueError, KeyError, TypeError) as err:
-        fix = "run `dvc repro -f preprocess`"
-        raise UserError(f"{path}: not a petseg classes record ({first_line(err)}); {fix}") from None
+def classes_from_json(record: dict) -> Classes:
+    """Inverse of :func:`classes_to_json`. Raises KeyError or TypeError on a malformed record."""
+    return Classes(tuple(record["names"]), record["ignore_index"], tuple(tuple(c) for c in record["palette"]))

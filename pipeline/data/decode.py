@@ -1,7 +1,8 @@
-"""Decoding one image/trimap pair: the photo as RGB, the trimap as a mask, both resized for the cache.
+"""Decoding one image/trimap pair of the pets: the photo as RGB, the trimap as a mask, both resized for the cache.
 
-Trimap values follow the dataset README: 1 = pet, 2 = background, 3 = boundary. Masks are uint8
-with 0 = background, 1 = pet and :data:`~pipeline.data.masks.IGNORE` (255) = counted in no loss or metric.
+Trimap values follow the dataset README: 1 = pet, 2 = background, 3 = boundary. Masks are uint8: for
+``task: binary`` 0 = background, 1 = pet and :data:`~pipeline.data.masks.IGNORE` (255) = counted in no
+loss or metric; for ``task: trimap`` the class indices 0 background, 1 pet, 2 boundary.
 """
 
 from pathlib import Path
@@ -36,15 +37,30 @@ def trimap_to_mask(trimap: np.ndarray, boundary: str = "pet") -> np.ndarray:
     """
     if boundary not in BOUNDARY_POLICIES:
         raise ValueError(f"boundary policy must be one of {', '.join(BOUNDARY_POLICIES)}, got {boundary!r}")
-    bad = np.setdiff1d(np.unique(trimap), [TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY])
-    if bad.size:
-        raise ValueError(f"trimap has values {bad.tolist()}; expected only 1 (pet), 2 (background), 3 (boundary)")
+    check_trimap(trimap)
     mask = (trimap == TRIMAP_PET).astype(np.uint8)
     mask[trimap == TRIMAP_BOUNDARY] = {"pet": 1, "background": 0, "ignore": IGNORE}[boundary]
     return mask
 
 
-def _open(path: Path, mode: str, undecodable: str) -> Image.Image:
+def trimap_to_classes(trimap: np.ndarray) -> np.ndarray:
+    """The trimap's three classes re-indexed for ``task: trimap``: uint8 (H, W) with 0 background, 1 pet,
+    2 boundary (:data:`pipeline.data.classes.PET_CLASSES`' order) from ``trimap`` uint8 (H, W) in
+    {1 pet, 2 background, 3 boundary}. Raises ValueError on any other value."""
+    check_trimap(trimap)
+    return np.array([0, 1, 0, 2], np.uint8)[trimap]
+
+
+def check_trimap(trimap: np.ndarray) -> None:
+    """Raise ValueError if ``trimap`` holds a value other than 1 (pet), 2 (background), 3 (boundary)."""
+    bad = np.setdiff1d(np.unique(trimap), [TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY])
+    if bad.size:
+        raise ValueError(f"trimap has values {bad.tolist()}; expected only 1 (pet), 2 (background), 3 (boundary)")
+
+
+def open_image(path: Path, mode: str, undecodable: str) -> Image.Image:
+    """``path`` decoded fully: converted to ``mode``, except that a label map (mode "L" asked of an L or P
+    file) keeps its raw values. Raises :class:`BadPair` with :data:`MISSING_FILE` or ``undecodable``."""
     try:
         with Image.open(path) as img:
             # A label map keeps its raw values: convert("L") would remap a palette by luminance.
@@ -58,26 +74,33 @@ def _open(path: Path, mode: str, undecodable: str) -> Image.Image:
         raise BadPair(undecodable, f"{path}: cannot decode ({err}); replace the file or delete the pair") from None
 
 
-def decode_pair(root: Path, stem: str, boundary: str) -> tuple[Image.Image, np.ndarray]:
+def same_size(mask: Image.Image, image: Image.Image, path: Path, kind: str) -> np.ndarray:
+    """``mask`` (the ``kind`` of file at ``path``) as uint8 (H, W) if it has ``image``'s size; else raises
+    :class:`BadPair` with :data:`SIZE_MISMATCH`."""
+    if mask.size != image.size:
+        raise BadPair(
+            SIZE_MISMATCH,
+            f"{path}: {kind} is {mask.size[0]}x{mask.size[1]} px but its image is "
+            f"{image.size[0]}x{image.size[1]}; replace the file or delete the pair",
+        )
+    return np.asarray(mask)
+
+
+def decode_pair(root: Path, stem: str, boundary: str, task: str = "binary") -> tuple[Image.Image, np.ndarray]:
     """Decode one image/trimap pair at the photo's own resolution.
 
     The image is opened with PIL whatever its real format (the official set has PNG and GIF files
-    named .jpg) and converted to RGB. Returns the RGB image and the mask uint8 (H, W) in {0, 1} or,
-    under "ignore", {0, 1, 255} (:func:`trimap_to_mask` with ``boundary``). Raises :class:`BadPair`
+    named .jpg) and converted to RGB. Returns the RGB image and the mask uint8 (H, W): for ``task``
+    "binary" in {0, 1} or, under "ignore", {0, 1, 255} (:func:`trimap_to_mask` with ``boundary``); for
+    "trimap" the three classes (:func:`trimap_to_classes`). Raises :class:`BadPair`
     (a UserError) for a missing or undecodable file, bad trimap values, or a trimap whose size
     differs from the image's, with the reason as its ``reason``.
     """
-    image = _open(image_path(root, stem), "RGB", UNDECODABLE_IMAGE)
+    image = open_image(image_path(root, stem), "RGB", UNDECODABLE_IMAGE)
     tpath = trimap_path(root, stem)
-    trimap = _open(tpath, "L", UNDECODABLE_TRIMAP)
-    if trimap.size != image.size:
-        raise BadPair(
-            SIZE_MISMATCH,
-            f"{tpath}: trimap is {trimap.size[0]}x{trimap.size[1]} px but its image is "
-            f"{image.size[0]}x{image.size[1]}; replace the file or delete the pair",
-        )
+    trimap = same_size(open_image(tpath, "L", UNDECODABLE_TRIMAP), image, tpath, "trimap")
     try:
-        mask = trimap_to_mask(np.asarray(trimap), boundary)
+        mask = trimap_to_classes(trimap) if task == "trimap" else trimap_to_mask(trimap, boundary)
     except ValueError as err:
         raise BadPair(BAD_TRIMAP_VALUES, f"{tpath}: {err}; replace the file or delete the pair") from None
     return image, mask

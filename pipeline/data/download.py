@@ -17,8 +17,11 @@ from pipeline.core.errors import UserError, first_line
 from pipeline.core.io import atomic_path
 from pipeline.core.messages import hide_bar
 from pipeline.data.archives import ARCHIVES, check_archives, pack, place
+from pipeline.data.classes import is_folder_dataset
+from pipeline.data.folder import ANNOTATIONS as FOLDER_ANNOTATIONS
+from pipeline.data.folder import check_folder
 from pipeline.data.layout import check_layout
-from pipeline.data.synthetic import make_synthetic
+from pipeline.data.synthetic import make_synthetic, make_synthetic_folder
 
 OFFICIAL_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/data"
 CHUNK = 1 << 20  # bytes per read
@@ -197,12 +200,19 @@ def from_url(base_url: str, dest: Path, workdir: Path, archives: tuple[Archive, 
 
 
 def from_folder(source: Path, dest: Path) -> None:
-    """Pack a dataset in the official layout (images/ and annotations/) as the two archives in ``dest``
-    (:func:`~pipeline.data.archives.pack`). Raises UserError if ``source`` is not in that layout."""
+    """Pack a dataset as the two archives in ``dest`` (:func:`~pipeline.data.archives.pack`): the official
+    layout (images/ and annotations/), or a folder dataset (images/; masks/, classes.yaml and splits/ if
+    present, in annotations.tar.gz). Raises UserError if ``source`` is in neither layout."""
+    source, dest = Path(source), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if is_folder_dataset(source):
+        check_folder(source)
+        pack(source, ["images"], dest / ARCHIVES["images"])
+        pack(source, [name for name in FOLDER_ANNOTATIONS if (source / name).exists()], dest / ARCHIVES["annotations"])
+        return
     check_layout(source)
-    Path(dest).mkdir(parents=True, exist_ok=True)
     for sub, name in ARCHIVES.items():
-        pack(Path(source), sub, Path(dest) / name)
+        pack(source, [sub], dest / name)
 
 
 def prepare_dataset(
@@ -211,15 +221,17 @@ def prepare_dataset(
     url: str = OFFICIAL_URL,
     synthetic_images: int = 0,
     synthetic_seed: int = 0,
+    synthetic_classes: int = 0,
     downloads: Path | None = None,
 ) -> str:
     """Fill ``dest`` with the dataset as the two official archives, images.tar.gz and annotations.tar.gz
     (what DVC tracks: see :mod:`pipeline.data.archives`); ``dest`` appears only when complete.
 
     ``source`` is "oxford-iiit-pet" (the official tarballs from ``url``, see below), "synthetic"
-    (:func:`pipeline.data.synthetic.make_synthetic` with ``synthetic_images`` and ``synthetic_seed``), or
-    a local folder in the official layout (packed) or holding the two official tarballs. Returns a one-line
-    description of what was done. Raises UserError for a missing folder, a bad checksum, an unsafe
+    (:func:`pipeline.data.synthetic.make_synthetic` with ``synthetic_images`` and ``synthetic_seed``, or
+    with ``synthetic_classes`` >= 2 :func:`~pipeline.data.synthetic.make_synthetic_folder`), or a local
+    folder: in the official layout or a folder dataset (packed), or holding the two official tarballs.
+    Returns a one-line description of what was done. Raises UserError for a missing folder, a bad checksum, an unsafe
     or corrupt archive, or no network.
 
     The official tarballs (~800 MB) are fetched into ``downloads``, by default ``downloads`` beside
@@ -237,10 +249,15 @@ def prepare_dataset(
             from_url(url, tmp, downloads, OFFICIAL_ARCHIVES)
             done = f"the verified official tarballs from {url} (kept in {downloads})"
         elif source == "synthetic":
-            make_synthetic(tmp / "synthetic", synthetic_images, synthetic_seed)
+            if synthetic_classes:
+                make_synthetic_folder(tmp / "synthetic", synthetic_images, synthetic_seed, synthetic_classes)
+                what = f"pictures of {synthetic_classes} classes"
+            else:
+                make_synthetic(tmp / "synthetic", synthetic_images, synthetic_seed)
+                what = "pets"
             from_folder(tmp / "synthetic", tmp)
             shutil.rmtree(tmp / "synthetic")
-            done = f"generated {synthetic_images} synthetic pets (seed {synthetic_seed}), packed as the two archives"
+            done = f"generated {synthetic_images} synthetic {what} (seed {synthetic_seed}), packed as the two archives"
         else:
             folder = Path(source).expanduser()
             if not folder.is_dir():

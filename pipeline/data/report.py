@@ -11,7 +11,8 @@ it cannot decode and writes :func:`build_report`'s dict (``metrics/data.json``, 
      "skipped_stems": {<reason>: [stem, ...], ...},     # reasons with skips only
      "details": ["<file>: <what is wrong>; <the fix>", ...]}
 
-N = U + S: an entry is a non-comment, non-blank line of trainval.txt or test.txt. Of all this only
+N = U + S: an entry is a non-comment, non-blank line of trainval.txt or test.txt (a folder dataset's:
+a line of splits/{train,valid,test}.txt, or a mask of masks/ when it has no splits/). Of all this only
 S is a DVC metric (``metrics/skipped.json``, :func:`skipped_metric`): one column in `dvc exp show`,
 and a change in the data shows in `dvc metrics diff`.
 """
@@ -30,11 +31,15 @@ UNDECODABLE_IMAGE = "undecodable_image"
 UNDECODABLE_TRIMAP = "undecodable_trimap"
 SIZE_MISMATCH = "size_mismatch"  # trimap and image of different pixel sizes
 BAD_TRIMAP_VALUES = "bad_trimap_values"  # a trimap value outside {1, 2, 3}
+UNDECODABLE_MASK = "undecodable_mask"  # a folder dataset's label mask
+BAD_MASK_VALUES = "bad_mask_values"  # a label index >= the number of classes, other than ignore_index
 REASONS = (
     UNDECODABLE_IMAGE,
     UNDECODABLE_TRIMAP,
     SIZE_MISMATCH,
     BAD_TRIMAP_VALUES,
+    UNDECODABLE_MASK,
+    BAD_MASK_VALUES,
     MISSING_FILE,
     DUPLICATE,
     GARBAGE_LINE,
@@ -61,13 +66,14 @@ def skipped_to_json(skipped: dict[str, list[Skipped]]) -> dict[str, list[dict[st
 def read_split_summary(path: Path) -> tuple[dict[str, int], dict[str, list[Skipped]]]:
     """From the split stage's summary.json: entries per list file and the skipped ones per list file.
 
-    Returns ``({"trainval": n, "test": n}, {"trainval": [Skipped, ...], "test": [...]})``. Raises
-    UserError if the file is missing or was written by an older split stage or by hand.
+    Returns ``({"trainval": n, "test": n}, {"trainval": [Skipped, ...], "test": [...]})`` for the pets
+    (a folder dataset's lists by their names). Raises UserError if the file is missing or was written by
+    an older split stage or by hand.
     """
     try:
         summary = json.loads(Path(path).read_text())
-        listed = {name: int(summary["listed"][name]) for name in LISTS}
-        skipped = {name: [Skipped(**s) for s in summary["skipped"][name]] for name in LISTS}
+        listed = {name: int(n) for name, n in summary["listed"].items()}
+        skipped = {name: [Skipped(**s) for s in summary["skipped"][name]] for name in listed}
     except FileNotFoundError:
         raise UserError(f"{path}: not found; run `dvc repro split`") from None
     except (ValueError, KeyError, TypeError) as err:
@@ -92,7 +98,7 @@ def build_report(
     return {
         "total": {**total, "skipped_fraction": round(_skipped_fraction(total), 6)},
         "skipped_by_reason": {r: sum(s.reason == r for s in everything) for r in REASONS},
-        "lists": {name: {"listed": listed[name], "skipped": len(list_skips[name])} for name in LISTS},
+        "lists": {name: {"listed": listed[name], "skipped": len(list_skips[name])} for name in listed},
         "splits": {name: {"used": used[name], "skipped": len(split_skips[name])} for name in SPLITS},
         "skipped_stems": {
             r: [s.item for s in everything if s.reason == r] for r in REASONS if any(s.reason == r for s in everything)

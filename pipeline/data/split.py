@@ -1,4 +1,5 @@
-"""The train/valid/test split from the official list files (annotations/trainval.txt, test.txt)."""
+"""The train/valid/test split: the pets' from the official list files (annotations/trainval.txt, test.txt), a
+folder dataset's from its splits/ or a seeded draw."""
 
 import random
 import re
@@ -6,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import UserError
+from pipeline.data import folder
+from pipeline.data.classes import is_folder_dataset
 from pipeline.data.layout import image_path, trimap_path
-from pipeline.data.report import DUPLICATE, GARBAGE_LINE, LISTS, MISSING_FILE, Skipped
+from pipeline.data.report import DUPLICATE, GARBAGE_LINE, LISTS, MISSING_FILE, SPLITS, Skipped
 
 # An official list-file line (dataset README): "<stem> <class-id> <species> <breed-id>".
 LIST_LINE = re.compile(r"(\S+)\s+\d+\s+\d+\s+\d+")
@@ -15,8 +18,9 @@ LIST_LINE = re.compile(r"(\S+)\s+\d+\s+\d+\s+\d+")
 
 @dataclass(frozen=True)
 class Split:
-    """Stem lists of the three splits; per list file ("trainval", "test") its number of entries
-    (``listed``) and the entries left out (``skipped``)."""
+    """Stem lists of the three splits; per list file (the pets' "trainval" and "test"; a folder dataset's
+    "train", "valid", "test" from splits/, or "masks") its number of entries (``listed``) and the entries
+    left out (``skipped``)."""
 
     train: list[str]
     valid: list[str]
@@ -92,3 +96,68 @@ def make_split(root: Path, valid_fraction: float, seed: int) -> Split:
                 "stems with files); check the dataset and split.valid_fraction"
             )
     return split
+
+
+def _listed(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+
+
+def folder_split(root: Path, valid_fraction: float, test_fraction: float, seed: int) -> Split:
+    """The :class:`Split` of a folder dataset (pipeline/data/folder.py's layout).
+
+    With splits/train.txt, valid.txt and test.txt, those lists (one stem a line); a stem listed twice
+    is left out as :data:`DUPLICATE` after its first entry. Without them, every stem of masks/ is one
+    list, "masks", drawn with ``random.Random(seed)`` from its sorted stems: ``round(test_fraction *
+    N)`` to test, then ``round(valid_fraction * rest)`` to valid. A stem whose photo or mask is missing
+    is left out as :data:`MISSING_FILE`. Raises UserError if a split would be empty.
+    """
+    root = Path(root)
+    splits_dir = root / "splits"
+    given = all((splits_dir / f"{name}.txt").is_file() for name in SPLITS)
+    lists = {name: _listed(splits_dir / f"{name}.txt") for name in SPLITS} if given else None
+    if lists is None:
+        lists = {"masks": sorted(p.stem for p in (root / "masks").glob("*.png"))}
+    listed = {name: len(stems) for name, stems in lists.items()}
+    skipped: dict[str, list[Skipped]] = {name: [] for name in lists}
+    usable: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for name, stems in lists.items():
+        usable[name] = []
+        for stem in stems:
+            if stem in seen:
+                detail = f"{splits_dir}/{name}.txt: {stem} is listed twice; delete one"
+                skipped[name].append(Skipped(stem, DUPLICATE, detail))
+                continue
+            seen.add(stem)
+            missing = [p for p in (folder.image_path(root, stem), folder.mask_path(root, stem)) if not p.is_file()]
+            if missing:
+                detail = f"{missing[0]}: file not found; add it or drop {stem}"
+                skipped[name].append(Skipped(stem, MISSING_FILE, detail))
+                continue
+            usable[name].append(stem)
+    if given:
+        split = usable
+    else:
+        stems = usable["masks"]
+        shuffled = stems[:]
+        random.Random(seed).shuffle(shuffled)
+        n_test = round(test_fraction * len(stems))
+        test, rest = sorted(shuffled[:n_test]), shuffled[n_test:]
+        n_valid = round(valid_fraction * len(rest))
+        split = {"train": sorted(rest[n_valid:]), "valid": sorted(rest[:n_valid]), "test": test}
+    for name in SPLITS:
+        if not split[name]:
+            raise UserError(
+                f"{root}: the {name} split is empty ({sum(len(v) for v in split.values())} usable stems); "
+                "check the folder, splits/ or split.valid_fraction and split.test_fraction"
+            )
+    return Split(split["train"], split["valid"], split["test"], listed, skipped)
+
+
+def split_dataset(root: Path, valid_fraction: float, test_fraction: float, seed: int) -> Split:
+    """:func:`folder_split` for a folder dataset (it holds classes.yaml), else :func:`make_split` (the pets;
+    ``test_fraction`` unused: the official test.txt is the test split)."""
+    if is_folder_dataset(root):
+        folder.check_folder(root)
+        return folder_split(root, valid_fraction, test_fraction, seed)
+    return make_split(root, valid_fraction, seed)

@@ -5,6 +5,7 @@ float32 logits (N, 1, S, S) as NumPy arrays, so evaluation, export checks and ``
 share one path whatever runs the network.
 """
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from pipeline.core.constants import TTA_MODES
 from pipeline.core.device import autocast, memory_format
 from pipeline.core.errors import UserError, first_line
+from pipeline.data.classes import Classes, classes_from_json
 from pipeline.data.colour import model_input
 from pipeline.models.checkpoint import load_checkpoint
 
@@ -68,11 +70,14 @@ def onnx_forward(path: Path, device: str = "cpu") -> tuple[Forward, dict[str, st
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A forward function and what is known of the weights: registry ``name``, ``image_size`` (pixels)."""
+    """A forward function and what is known of the weights: registry ``name``, ``image_size`` (pixels),
+    the task's ``classes`` (the forward gives 1 logit channel for a binary task, C otherwise) and the
+    checkpoint's or the ONNX metadata's other ``info``."""
 
     forward: Forward
     name: str
     image_size: int
+    classes: Classes
     info: dict[str, Any]
 
 
@@ -81,17 +86,21 @@ def load_model(path: Path, device: torch.device, dtype: torch.dtype | None = Non
     (.onnx, ONNX Runtime, fp32).
 
     Raises UserError if the file is missing, or is neither a petseg checkpoint nor a petseg ONNX
-    export (whose metadata_props hold ``model`` and ``image_size``).
+    export (whose metadata_props hold ``model``, ``image_size`` and ``classes``, the last as JSON).
     """
     path = Path(path)
     if path.suffix == ".onnx":
         forward, meta = onnx_forward(path, device.type)
         try:
-            return LoadedModel(forward, meta["model"], int(meta["image_size"]), meta)
-        except (KeyError, ValueError):
-            raise UserError(f"{path}: an ONNX model but not a petseg export (no model/image_size metadata)") from None
+            classes = classes_from_json(json.loads(meta["classes"]))
+            return LoadedModel(forward, meta["model"], int(meta["image_size"]), classes, meta)
+        except (KeyError, ValueError, TypeError):
+            raise UserError(
+                f"{path}: an ONNX model but not a petseg export (no model/image_size/classes metadata); export it again"
+            ) from None
     model, ckpt = load_checkpoint(path, device)
-    return LoadedModel(torch_forward(model, device, dtype), ckpt["model"], int(ckpt["image_size"]), ckpt)
+    classes = classes_from_json(ckpt["classes"])
+    return LoadedModel(torch_forward(model, device, dtype), ckpt["model"], int(ckpt["image_size"]), classes, ckpt)
 
 
 def prepare(images: np.ndarray) -> np.ndarray:

@@ -17,8 +17,10 @@ def save_checkpoint(
 ) -> None:
     """Write ``{"model", "arch", "state_dict", **info}`` atomically with ``torch.save``.
 
-    ``info`` holds ``epoch`` (1-based), ``valid_dice`` and ``image_size`` (pixels) for
-    :func:`load_checkpoint`; every value must be loadable with ``weights_only=True``.
+    ``info`` holds ``out_channels`` (logit channels), ``classes`` (the task's classes as JSON data,
+    :func:`pipeline.data.classes.classes_to_json`), ``epoch`` (1-based), ``valid_dice`` and ``image_size``
+    (pixels) for :func:`load_checkpoint` (a multi-class task's also ``valid_miou``); every value must be
+    loadable with ``weights_only=True``.
     """
     with atomic_path(path) as tmp:
         torch.save({"model": model_name, "arch": arch, "state_dict": state_dict, **info}, tmp)
@@ -34,9 +36,9 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict[s
     """
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model = build_model(ckpt["model"], **ckpt["arch"])
+        model = build_model(ckpt["model"], ckpt["out_channels"], **ckpt["arch"])
         model.load_state_dict(ckpt["state_dict"])
-        for key in ("epoch", "valid_dice", "image_size"):
+        for key in ("classes", "epoch", "valid_dice", "image_size"):
             ckpt[key]
     except FileNotFoundError:
         raise UserError(f"{path}: checkpoint not found; run the training stage first (dvc repro)") from None

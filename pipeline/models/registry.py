@@ -38,13 +38,14 @@ def check_options(name: str, options: dict) -> type[nn.Module]:
     return cls
 
 
-def build_model(name: str, **options) -> nn.Module:
-    """Construct the registered model ``name`` with architecture ``options``.
+def build_model(name: str, out_channels: int = 1, **options) -> nn.Module:
+    """Construct the registered model ``name`` with ``out_channels`` logit channels (1 for a binary task,
+    C for C classes) and architecture ``options``.
 
     Raises UserError (a ValueError) as :func:`check_options` does, or when the class rejects a value.
     """
     cls = check_options(name, options)
     try:
-        return cls(**options)
+        return cls(out_channels=out_channels, **options)
     except (TypeError, ValueError) as err:
         raise UserError(f"params.yaml: {name}: {err}") from None

@@ -1,5 +1,5 @@
 """Training a model: the set-up (seeds, device, model, loaders, optimiser, schedule) and the epoch
-loop around :mod:`pipeline.train.loop` (best-valid-Dice checkpointing, early stopping, resume)."""
+loop around :mod:`pipeline.train.loop` (best-valid-score checkpointing, early stopping, resume)."""
 
 import math
 import random
@@ -18,6 +18,7 @@ from tqdm import tqdm
 from pipeline.core.device import Compute, configure_backends, memory_format, needs_grad_scaler, peak_memory_mib
 from pipeline.core.errors import UserError
 from pipeline.core.messages import hide_bar
+from pipeline.data.classes import BINARY_PETS, Classes, classes_to_json
 from pipeline.data.dataset import SegmentationDataset, jitter_strength, train_transform
 from pipeline.data.loader import make_eval_loader, make_train_loader, resolve_num_workers
 from pipeline.models.checkpoint import save_checkpoint
@@ -27,7 +28,7 @@ from pipeline.models.registry import build_model
 from pipeline.train import distributed
 from pipeline.train.config import TrainConfig
 from pipeline.train.loop import Batch, accumulation_groups, train_epoch, validate
-from pipeline.train.losses import LOSSES, LossFn
+from pipeline.train.losses import LossFn, loss_function
 from pipeline.train.resume import capture, restore
 from pipeline.train.schedules import LrSchedule, make_optimizer
 
@@ -42,12 +43,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# How the epoch lines and the train stage name each selection metric.
+METRIC_LABELS = {"dice": "Dice", "miou": "mIoU"}
+
+
+def selection_metric(classes: Classes) -> str:
+    """The valid score that chooses the checkpoint and drives early stopping: "dice" (of class 1) for a
+    binary task, "miou" for a multi-class one, where a mean Dice would let a large class hide a missed
+    small one less visibly than IoU does."""
+    return "dice" if classes.binary else "miou"
+
+
 @dataclass
 class FitResult:
-    """Outcome of :func:`fit`: best valid Dice and its epoch, the last epoch trained (earlier than
-    ``epochs`` after early stopping), the epoch resumed from (0 = fresh) and wall time in seconds."""
+    """Outcome of :func:`fit`: the best valid score (``metric``, :func:`selection_metric`) and its epoch,
+    the last epoch trained (earlier than ``epochs`` after early stopping), the epoch resumed from
+    (0 = fresh) and wall time in seconds."""
 
-    best_valid_dice: float
+    metric: str
+    best_valid: float
     best_epoch: int
     last_epoch: int
     resumed_from: int
@@ -76,6 +90,7 @@ class Run:
     schedule: LrSchedule
     scaler: torch.amp.GradScaler
     image_size: int
+    classes: Classes
     main: bool
     progress: bool
 
@@ -99,6 +114,7 @@ def set_up(
     progress: bool,
     sync_batchnorm: bool,
     compute: Compute,
+    classes: Classes = BINARY_PETS,
 ) -> Run:
     """Seed every RNG with ``cfg.seed`` and build, in this order (each draws from the seeded RNGs, so
     the order is part of the result), the model and its initial weights, the loaders, the optimiser,
@@ -110,7 +126,7 @@ def set_up(
     rank, world = distributed.rank(), distributed.world_size()
     batch = distributed.per_rank_batch(cfg.batch_size, world)
     distributed.check_sync_batchnorm(sync_batchnorm, world, device.type)
-    model = build_model(model_name, **arch)
+    model = build_model(model_name, classes.logits, **arch)
     init_weights(model, cfg.init, cfg.zero_init_residual)
     load_encoder_weights(model, cfg.encoder_weights)
     model = distributed.convert_batchnorm(model, sync_batchnorm)
@@ -135,11 +151,12 @@ def set_up(
         move=Batch(device, device.type == "cuda", memory_format(device.type), jitter=jitter > 0),
         train_loader=train_loader,
         valid_loader=make_eval_loader(shard, batch, workers, device.type),
-        loss_fn=LOSSES[cfg.loss],
+        loss_fn=loss_function(cfg.loss, classes.logits),
         optimizer=optimizer,
         schedule=LrSchedule(cfg.scheduler, optimizer, steps_per_epoch, cfg.epochs, cfg.warmup_epochs),
         scaler=torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(dtype)),
         image_size=size,
+        classes=classes,
         main=rank == 0,
         progress=progress and rank == 0,  # the other ranks write and print nothing
     )
@@ -158,16 +175,20 @@ def fit(
     save_state: Callable[[dict[str, Any]], None] | None = None,
     sync_batchnorm: bool = False,
     compute: Compute = CPU_FP32,
+    classes: Classes = BINARY_PETS,
 ) -> FitResult:
-    """Train ``model_name`` and save the weights of the epoch with the best valid Dice.
+    """Train ``model_name`` for ``classes`` (1 logit for a binary task, C for C classes) and save the
+    weights of the epoch with the best valid score (:func:`selection_metric`).
 
-    ``train`` and ``valid`` are (images uint8 (N, S, S, 3), masks uint8 (N, S, S) in {0, 1, 255}).
-    Each epoch calls ``log(epoch, record)`` with train/loss, valid/loss, valid/dice, lr (the lr of
+    ``train`` and ``valid`` are (images uint8 (N, S, S, 3), masks uint8 (N, S, S): class indices, 255
+    ignored). Each epoch calls ``log(epoch, record)`` with train/loss, valid/loss, valid/dice (a
+    multi-class task's mean class Dice, and valid/miou), lr (the lr of
     the epoch's first step), time/data_wait (share of the epoch's seconds spent waiting for
     batches) and, on CUDA, gpu/peak_memory_mib; then ``save_state(state)`` with everything needed
     to continue (``state`` given back resumes after its epoch with identical results on the CPU).
     The checkpoint (:func:`pipeline.models.checkpoint.save_checkpoint`, atomic) holds ``model``, ``arch``,
-    ``state_dict``, ``epoch``, ``valid_dice`` and ``image_size``. Raises UserError if the loss
+    ``state_dict``, ``out_channels``, ``classes``, ``epoch``, ``valid_dice`` (and ``valid_miou``) and
+    ``image_size``. Raises UserError if the loss
     becomes non-finite (naming the epoch and step; the last good checkpoint is kept).
 
     Under torchrun (a process group, see :mod:`pipeline.train.distributed`) every rank calls this:
@@ -178,23 +199,26 @@ def fit(
     fp32 by default). Raises UserError if the rank count does not divide ``batch_size`` or
     sync_batchnorm is off CUDA.
     """
-    run = set_up(model_name, arch, cfg, train, valid, progress, sync_batchnorm, compute)
+    run = set_up(model_name, arch, cfg, train, valid, progress, sync_batchnorm, compute, classes)
+    owner = {"out_channels": classes.logits, "classes": classes_to_json(classes), "image_size": run.image_size}
 
-    def keep(weights: dict[str, torch.Tensor], epoch: int, dice: float) -> None:
+    def keep(weights: dict[str, torch.Tensor], epoch: int, scores: dict[str, float]) -> None:
         if run.main:  # every rank holds the same weights
-            info = {"epoch": epoch, "valid_dice": dice, "image_size": run.image_size}
-            save_checkpoint(checkpoint, model_name, arch, weights, **info)
+            valid = {f"valid_{name}": value for name, value in scores.items()}
+            save_checkpoint(checkpoint, model_name, arch, weights, epoch=epoch, **valid, **owner)
 
-    best = {"dice": -math.inf, "epoch": 0, "since": 0, "weights": None}
+    best = {"score": -math.inf, "scores": {}, "epoch": 0, "since": 0, "weights": None}
     first, stopped = 1, False
     if state is not None:
         restore(state, run.parts)
-        best = {"dice": state["best"], "epoch": state["best_epoch"], "since": state["since_best"]}
-        best["weights"], first, stopped = state["best_weights"], state["epoch"] + 1, state["stopped"]
-        keep(best["weights"], best["epoch"], best["dice"])  # DVC deleted the checkpoint before rerunning the stage.
+        best = {"score": state["best"], "scores": state["best_scores"], "epoch": state["best_epoch"]}
+        best["since"], best["weights"] = state["since_best"], state["best_weights"]
+        first, stopped = state["epoch"] + 1, state["stopped"]
+        keep(best["weights"], best["epoch"], best["scores"])  # DVC deleted the checkpoint before rerunning the stage.
     start = time.perf_counter()
     last = _epochs(run, model_name, cfg, first, stopped, best, keep, log, save_state, checkpoint)
-    return FitResult(best["dice"], best["epoch"], last, first - 1, time.perf_counter() - start)
+    metric = selection_metric(classes)
+    return FitResult(metric, best["score"], best["epoch"], last, first - 1, time.perf_counter() - start)
 
 
 def _epochs(
@@ -204,13 +228,15 @@ def _epochs(
     first: int,
     stopped: bool,
     best: dict[str, Any],
-    keep: Callable[[dict[str, torch.Tensor], int, float], None],
+    keep: Callable[[dict[str, torch.Tensor], int, dict[str, float]], None],
     log: Log,
     save_state: Callable[[dict[str, Any]], None] | None,
     checkpoint: Path,
 ) -> int:
-    """Train epochs ``first`` .. ``cfg.epochs`` (none if ``stopped``), updating ``best`` (dice, epoch,
-    since, weights) in place; returns the last epoch trained."""
+    """Train epochs ``first`` .. ``cfg.epochs`` (none if ``stopped``), updating ``best`` (score, scores,
+    epoch, since, weights) in place; returns the last epoch trained."""
+    metric = selection_metric(run.classes)
+    label = METRIC_LABELS[metric]
     trainer = distributed.wrap(run.net)  # after loading the state: DDP starts every rank from rank 0's weights
     epoch = first - 1
     while not stopped and epoch < cfg.epochs:
@@ -228,18 +254,19 @@ def _epochs(
                 f"{checkpoint} keeps the best weights so far. Lower lr or set grad_clip in params.yaml"
             )
         distributed.broadcast_buffers(run.model)
-        valid_loss, dice = validate(run.net, run.valid_loader, run.loss_fn, run.move, run.dtype)
-        run.schedule.epoch_end(dice)
-        if dice > best["dice"]:
+        valid_loss, scores = validate(run.net, run.valid_loader, run.loss_fn, run.move, run.dtype, run.classes.count)
+        score = scores[metric]
+        run.schedule.epoch_end(score)
+        if score > best["score"]:
             weights = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
-            best.update(dice=dice, epoch=epoch, since=0, weights=weights)
-            keep(weights, epoch, dice)
+            best.update(score=score, scores=scores, epoch=epoch, since=0, weights=weights)
+            keep(weights, epoch, scores)
         else:
             best["since"] += 1
         record = {
             "train/loss": stats.loss,
             "valid/loss": valid_loss,
-            "valid/dice": dice,
+            **{f"valid/{name}": value for name, value in scores.items()},
             "lr": lr,
             "time/data_wait": stats.data_seconds / stats.seconds,
         }
@@ -251,12 +278,13 @@ def _epochs(
         if run.progress:
             tqdm.write(
                 f"{model_name} epoch {epoch}: train loss {stats.loss:.4f}, valid loss {valid_loss:.4f}, "
-                f"valid Dice {dice:.4f} (best {best['dice']:.4f} @ {best['epoch']})"
+                f"valid {label} {score:.4f} (best {best['score']:.4f} @ {best['epoch']})"
             )
         stopped = cfg.patience > 0 and best["since"] >= cfg.patience
         if stopped and run.progress:
-            tqdm.write(f"{model_name}: early stop at epoch {epoch}, no better valid Dice for {cfg.patience} epochs")
+            tqdm.write(f"{model_name}: early stop at epoch {epoch}, no better valid {label} for {cfg.patience} epochs")
         if save_state is not None and run.main:
-            values = {"epoch": epoch, "best": best["dice"], "best_epoch": best["epoch"], "since_best": best["since"]}
+            values = {"epoch": epoch, "best": best["score"], "best_epoch": best["epoch"], "since_best": best["since"]}
+            values["best_scores"] = best["scores"]
             save_state(capture(run.parts, **values, best_weights=best["weights"], stopped=stopped))
     return epoch

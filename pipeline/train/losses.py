@@ -1,4 +1,9 @@
-"""Segmentation losses on logits; target pixels equal to :data:`~pipeline.data.masks.IGNORE` count in none."""
+"""Segmentation losses on logits; target pixels equal to :data:`~pipeline.data.masks.IGNORE` count in none.
+
+Binary tasks have one logit per pixel (sigmoid, targets {0, 1, 255}); multi-class tasks C >= 2 logits
+(softmax, targets class indices 0..C-1 or 255). :func:`loss_function` picks the kind by the number of
+logits, under one name for both.
+"""
 
 from collections.abc import Callable
 
@@ -63,5 +68,83 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce_loss(logits, target) + dice_loss(logits, target)
 
 
-# The registry of the `loss` param, in the order of its names in pipeline.core.constants.
-LOSSES: dict[str, LossFn] = dict(zip(constants.LOSSES, (bce_dice_loss, dice_loss, bce_loss), strict=True))
+# --- multi-class: C >= 2 logits per pixel, a softmax over them, class-index targets ---------------
+
+
+def _class_target(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-hot fp32 (N, C, H, W) of ``target`` with all-zero rows at ignored pixels, and bool ``counted``
+    (N, 1, H, W) (not :data:`IGNORE`).
+
+    A comparison with arange(C) rather than F.one_hot: one_hot reads the largest value back to check
+    it (a host sync on CUDA) and refuses 255.
+    """
+    counted = target != IGNORE
+    classes = torch.arange(logits.shape[1], device=logits.device).view(1, -1, 1, 1)
+    return ((target == classes) & counted).float(), counted
+
+
+def ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean softmax cross-entropy over the counted pixels, in fp32 (the per-pixel multinomial logistic
+    loss of Long, Shelhamer & Darrell 2015, FCN, arXiv:1411.4038).
+
+    ``logits`` float (N, C, H, W); ``target`` (N, 1, H, W), any number dtype holding whole class indices
+    0..C-1 or 255 (:data:`IGNORE`). 0 if every pixel is ignored. Scalar float32 tensor. A target value
+    outside 0..C-1 other than 255 raises IndexError on the CPU (a device-side assert on CUDA).
+    """
+    counted = (target != IGNORE).sum()
+    summed = F.cross_entropy(logits.float(), target[:, 0].long(), ignore_index=IGNORE, reduction="sum")
+    # Sum / count rather than reduction="mean": the mean divides an all-ignored batch by 0 (NaN loss and
+    # NaN gradient); the clamp makes it 0 / 1. The count stays on the device (no sync).
+    return summed / counted.clamp(min=1)
+
+
+def multiclass_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = DICE_SMOOTH) -> torch.Tensor:
+    """Soft Dice loss over the whole batch, p = softmax(logits) over C:
+    1 - (1/C) Σ_c (2Σp_c t_c + s) / (Σp_c + Σt_c + s), t_c the one-hot target of class c.
+
+    Each class's term is the soft Dice of :func:`dice_loss` (Milletari, Navab & Ahmadi 2016, V-Net,
+    arXiv:1606.04797, linear denominator); the loss is their unweighted mean over all C classes, so a
+    rare class weighs as much as a common one, and a class absent from a batch's truth scores about
+    s / (Σp_c + s), pushing its probabilities down. Sudre et al. 2017 (generalised Dice,
+    arXiv:1707.03237) weight the classes by 1/(Σt_c)² and sum before dividing instead; not done here.
+    The sums run over the counted pixels only (an ignored pixel adds neither p nor t).
+
+    ``logits`` float (N, C, H, W); ``target`` as in :func:`ce_loss` (values other than 0..C-1 and 255 are
+    not checked and count as no class). Computed in fp32. Scalar float32 tensor in [0, 1]; 0 if every
+    pixel is ignored.
+    """
+    onehot, counted = _class_target(logits, target)
+    probs = torch.softmax(logits.float(), dim=1) * counted
+    dims = (0, 2, 3)
+    intersection = (probs * onehot).sum(dims)
+    per_class = (2.0 * intersection + smooth) / (probs.sum(dims) + onehot.sum(dims) + smooth)
+    return 1.0 - per_class.mean()
+
+
+def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy + Dice, equally weighted: :func:`ce_loss` + :func:`multiclass_dice_loss`.
+
+    Shapes and the ignore label as :func:`ce_loss`. Scalar float32 tensor.
+    """
+    return ce_loss(logits, target) + multiclass_dice_loss(logits, target)
+
+
+# The registries of the `loss` param, in the order of its names in pipeline.core.constants: one name
+# serves both kinds of task, the binary function for one logit, the softmax one for C logits.
+BINARY_LOSSES: dict[str, LossFn] = dict(zip(constants.LOSSES, (bce_dice_loss, dice_loss, bce_loss), strict=True))
+MULTICLASS_LOSSES: dict[str, LossFn] = dict(
+    zip(constants.LOSSES, (ce_dice_loss, multiclass_dice_loss, ce_loss), strict=True)
+)
+
+
+def loss_function(name: str, num_logits: int) -> LossFn:
+    """The loss called ``name`` (one of :data:`pipeline.core.constants.LOSSES`) for a model with
+    ``num_logits`` output channels: the sigmoid (binary) one for 1, the softmax one for 2 or more.
+
+    Raises KeyError on an unknown name (the params schema admits only the known ones) and ValueError
+    when ``num_logits`` < 1.
+    """
+    if num_logits < 1:
+        raise ValueError(f"num_logits must be at least 1, got {num_logits}")
+    # Looked up at each call, so a test may patch one entry of a registry.
+    return (BINARY_LOSSES if num_logits == 1 else MULTICLASS_LOSSES)[name]

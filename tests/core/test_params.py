@@ -62,7 +62,7 @@ def test_exponent_without_decimal_point_is_read_as_a_number():
         ({"epochs": 0}, "epochs: must be greater than or equal to 1, got 0"),
         ({"batch_size": 2.5}, "batch_size: must be a valid integer"),
         ({"seed": -1}, "seed: must be greater than or equal to 0"),
-        ({"loss": "focal"}, "loss: must be 'bce_dice', 'dice' or 'bce', got 'focal'"),
+        ({"loss": "focal"}, "loss: must be 'ce_dice', 'dice' or 'ce', got 'focal'"),
         ({"scheduler": "step"}, "scheduler: must be 'cosine', 'constant', 'onecycle' or 'plateau'"),
         ({"augment": "yes"}, "augment: must be 'none', 'flip' or 'full'"),
         ({"optimizer": "adam"}, "optimizer: must be 'adamw' or 'sgd'"),

@@ -35,7 +35,7 @@ def _pack_all(root: Path, raw: Path) -> Path:
     """``raw`` holding the two archives of the official-layout folder ``root``, as the download stage writes."""
     raw.mkdir(parents=True)
     for sub, name in ARCHIVES.items():
-        pack(root, sub, raw / name)
+        pack(root, [sub], raw / name)
     return raw
 
 
@@ -69,11 +69,11 @@ def test_pack_is_byte_identical_whatever_the_times_modes_and_place_of_the_files(
     copy = tmp_path / "copy"
     shutil.copytree(synthetic_root, copy)
     _set_times(copy, 1_000_000_000)
-    pack(copy, sub, first)
+    pack(copy, [sub], first)
     _set_times(copy, 1_700_000_000)
     next(p for p in (copy / sub).rglob("*") if p.is_file()).chmod(0o600)
-    pack(copy, sub, second)
-    pack(synthetic_root, sub, moved)  # the same files elsewhere, with the times they were written at
+    pack(copy, [sub], second)
+    pack(synthetic_root, [sub], moved)  # the same files elsewhere, with the times they were written at
     assert first.read_bytes() == second.read_bytes() == moved.read_bytes()
     with gzip.open(first) as gz:
         gz.read(1)
@@ -81,7 +81,7 @@ def test_pack_is_byte_identical_whatever_the_times_modes_and_place_of_the_files(
 
 
 def test_pack_members_are_sub_paths_in_sorted_order_without_times_or_owners(synthetic_root, tmp_path):
-    pack(synthetic_root, "annotations", tmp_path / "a.tar.gz")
+    pack(synthetic_root, ["annotations"], tmp_path / "a.tar.gz")
     with tarfile.open(tmp_path / "a.tar.gz") as tar:
         infos = tar.getmembers()
     names = [info.name for info in infos]
@@ -96,7 +96,7 @@ def test_pack_members_are_sub_paths_in_sorted_order_without_times_or_owners(synt
 
 def test_pack_then_extract_gives_back_the_same_files(synthetic_root, tmp_path):
     for sub in ARCHIVES:
-        pack(synthetic_root, sub, tmp_path / f"{sub}.tar.gz")
+        pack(synthetic_root, [sub], tmp_path / f"{sub}.tar.gz")
         extract(tmp_path / f"{sub}.tar.gz", tmp_path / "out")
     assert _files(tmp_path / "out") == _files(synthetic_root)
 
@@ -121,8 +121,8 @@ def test_pack_follows_links_and_stores_no_link_member(synthetic_root, tmp_path):
     for name in LIST_FILES:
         (linked / "annotations" / name).symlink_to(Path("..", "..", "plain", "annotations", name))
     for sub in ARCHIVES:
-        pack(linked, sub, tmp_path / f"linked-{sub}.tar.gz")
-        pack(plain, sub, tmp_path / f"plain-{sub}.tar.gz")
+        pack(linked, [sub], tmp_path / f"linked-{sub}.tar.gz")
+        pack(plain, [sub], tmp_path / f"plain-{sub}.tar.gz")
         assert (tmp_path / f"linked-{sub}.tar.gz").read_bytes() == (tmp_path / f"plain-{sub}.tar.gz").read_bytes()
         with tarfile.open(tmp_path / f"linked-{sub}.tar.gz") as tar:
             assert all(info.isfile() or info.isdir() for info in tar.getmembers())
@@ -191,7 +191,7 @@ def test_opened_archives_not_in_the_official_layout_raise_one_line_and_leave_not
     shutil.rmtree(copy / "annotations" / "trimaps")
     raw = tmp_path / "data" / "raw"
     raw.mkdir(parents=True)
-    pack(copy, "images", raw / "images.tar.gz")
+    pack(copy, ["images"], raw / "images.tar.gz")
     with tarfile.open(raw / "annotations.tar.gz", "w:gz") as tar:
         tar.add(copy / "annotations", arcname="annotations")
     with pytest.raises(UserError, match="missing annotations/trimaps;") as info:
@@ -236,7 +236,7 @@ def test_check_archives_names_exactly_what_is_missing_in_one_line(synthetic_root
         check_archives(raw)
     message = str(info.value)
     assert len(message.splitlines()) == 1
-    assert message.startswith(f"{raw}: the archives are not the official Oxford-IIIT Pet layout")
+    assert message.startswith(f"{raw}: the archives hold neither the official Oxford-IIIT Pet layout")
     assert f"missing {missing};" in message
 
 

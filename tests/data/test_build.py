@@ -11,10 +11,12 @@ from PIL import Image
 from pipeline.data import build
 from pipeline.data.build import build_cache, decode_row
 from pipeline.data.cache import load_cache, save_cache
+from pipeline.data.classes import pet_classes
 from pipeline.data.decode import trimap_to_mask
 from pipeline.data.layout import UNKNOWN_SPECIES, image_path, read_stems, trimap_path
 from pipeline.data.masks import IGNORE, PackedMasks
 from pipeline.data.report import UNDECODABLE_TRIMAP
+from pipeline.data.sources import Source
 from tests.support import TRIMAP
 
 # --- build_cache, through save_cache and load_cache ---------------------------------------------
@@ -126,9 +128,13 @@ def _pair(root, stem, trimap_bytes=None):
         trimap_path(root, stem).write_bytes(trimap_bytes)
 
 
+def _pets(root, boundary, species=None):
+    return Source(root, pet_classes("binary"), folder=False, boundary=boundary, species=species or {})
+
+
 def test_an_undecodable_trimap_is_skipped_as_such_with_its_one_line_message(tmp_path):
     _pair(tmp_path, "Abyssinian_1", trimap_bytes=b"not a png")
-    skipped = decode_row(tmp_path, "Abyssinian_1", "cat", 8, "pet")
+    skipped = decode_row(_pets(tmp_path, "pet"), "Abyssinian_1", 8)
     assert skipped.item == "Abyssinian_1" and skipped.reason == UNDECODABLE_TRIMAP
     assert skipped.detail.startswith(f"{trimap_path(tmp_path, 'Abyssinian_1')}: cannot decode")
     assert skipped.detail.endswith("replace the file or delete the pair") and "\n" not in skipped.detail
@@ -137,7 +143,7 @@ def test_an_undecodable_trimap_is_skipped_as_such_with_its_one_line_message(tmp_
 @pytest.mark.parametrize("boundary", ["pet", "background", "ignore"])
 def test_a_decoded_row_packs_ignored_pixels_only_under_boundary_ignore(tmp_path, boundary):
     _pair(tmp_path, "Abyssinian_1")
-    row = decode_row(tmp_path, "Abyssinian_1", "cat", 8, boundary)
+    row = decode_row(_pets(tmp_path, boundary), "Abyssinian_1", 8)
     native = PackedMasks.from_packed([row.native_bits], [row.shape])[0]
     np.testing.assert_array_equal(native, trimap_to_mask(TRIMAP, boundary) == 1)
     if boundary == "ignore":
@@ -152,7 +158,9 @@ def test_a_chunk_is_decoded_in_order_with_each_stems_species(tmp_path):
     # What each decode worker runs, called in this process (the pool runs it in forked ones).
     for stem in ("Abyssinian_1", "beagle_2"):
         _pair(tmp_path, stem)
-    rows = build._decode_chunk(tmp_path, [("beagle_2", "dog"), ("Abyssinian_1", "cat")], 8, "ignore")
+    rows = build._decode_chunk(
+        _pets(tmp_path, "ignore", {"beagle_2": "dog", "Abyssinian_1": "cat"}), ["beagle_2", "Abyssinian_1"], 8
+    )
     assert [(r.stem, r.breed, r.species) for r in rows] == [
         ("beagle_2", "beagle", "dog"),
         ("Abyssinian_1", "Abyssinian", "cat"),

@@ -241,14 +241,21 @@ def test_the_writer_rejects_an_image_of_another_size(tmp_path):
     assert not (tmp_path / "c" / "meta.json").exists()  # left incomplete for atomic_path to remove
 
 
+def _edit_meta(folder, edit):
+    meta = json.loads((folder / "meta.json").read_text())
+    edit(meta)
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
         (lambda p: (p / "images.npy").unlink(), r"\(no images\)"),
-        (lambda p: (p / "meta.json").write_text("{}"), r"\(no stems\)"),
+        (lambda p: (p / "meta.json").write_text("{}"), r"\(no classes\)"),
+        (lambda p: _edit_meta(p, lambda m: m.pop("stems")), r"\(no stems\)"),
         (lambda p: (p / "meta.json").write_text("[1, 2]"), r"\(list indices must be integers"),
         (lambda p: (p / "meta.json").unlink(), r"\(\[Errno 2\] No such file or directory"),
-        (lambda p: (p / "meta.json").write_text(json.dumps({k: ["x"] * 3 for k in ("stems", "breeds", "species")})),
+        (lambda p: _edit_meta(p, lambda m: m.update({k: ["x"] * 3 for k in ("stems", "breeds", "species")})),
          r"\(2 images but 3 stems"),
     ],
 )  # fmt: skip

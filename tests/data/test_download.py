@@ -470,7 +470,7 @@ def test_prepare_dataset_refuses_tarballs_not_in_the_official_layout(fake_pets, 
     with pytest.raises(UserError, match="missing annotations/trimaps/;") as info:
         prepare_dataset(str(mirror), dest)
     assert len(str(info.value).splitlines()) == 1
-    assert str(info.value).startswith(f"{mirror}: the archives are not the official")  # the folder to fix
+    assert str(info.value).startswith(f"{mirror}: the archives hold neither the official")  # the folder to fix
     assert _leftovers(dest.parent) == []
 
 

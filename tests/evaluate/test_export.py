@@ -1,5 +1,7 @@
 """ONNX export: dynamic batch and size, parity with PyTorch through ONNX Runtime, metadata, all-or-nothing."""
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -7,6 +9,7 @@ import torch
 from onnx import TensorProto, helper
 
 from pipeline.core.errors import UserError
+from pipeline.data.classes import BINARY_PETS, classes_to_json
 from pipeline.evaluate.export import export_checked
 from pipeline.evaluate.inference import load_model, onnx_forward, torch_forward
 from pipeline.models.registry import build_model
@@ -18,7 +21,8 @@ def exported(tmp_path_factory):
     model = build_model("resnet34_unet", decoder_channels=[8, 8, 8, 4, 4]).eval()
     path = tmp_path_factory.mktemp("onnx") / "r.onnx"
     images = np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype(np.float32)
-    diff = export_checked(model, path, {"model": "resnet34_unet", "image_size": "64"}, images, 18, 1e-3)
+    meta = {"model": "resnet34_unet", "image_size": "64", "classes": json.dumps(classes_to_json(BINARY_PETS))}
+    diff = export_checked(model, path, meta, images, 18, 1e-3)
     return model, path, diff
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from pipeline.core.errors import UserError
-from pipeline.models.checkpoint import load_checkpoint
+from pipeline.data.classes import BINARY_PETS, classes_to_json
+from pipeline.models.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.models.registry import build_model
 
 
@@ -20,8 +21,8 @@ def test_load_checkpoint_errors(tmp_path):
 def _tiny_checkpoint(path):
     model = build_model("unet", base_channels=4)
     arch = {"base_channels": 4}
-    torch.save({"model": "unet", "arch": arch, "state_dict": model.state_dict(), "epoch": 1, "valid_dice": 0.5,
-                "image_size": 32}, path)  # fmt: skip
+    save_checkpoint(path, "unet", arch, model.state_dict(), out_channels=1, classes=classes_to_json(BINARY_PETS),
+                    epoch=1, valid_dice=0.5, image_size=32)  # fmt: skip
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

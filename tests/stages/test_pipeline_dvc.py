@@ -139,7 +139,7 @@ BAD_CHANGES = {
     "+learning_rate=1e-3": "unknown key learning_rate; did you mean lr?",
     "lr=-1": "lr: must be greater than 0, got -1",
     "image_size=100": "image_size must be a multiple of 32, got 100",
-    "loss=focal": "loss: must be 'bce_dice', 'dice' or 'bce', got 'focal'",
+    "loss=focal": "loss: must be 'ce_dice', 'dice' or 'ce', got 'focal'",
 }
 BAD_EDITS = {
     "learning_rate": ({"learning_rate": 0.001}, "unknown key learning_rate; did you mean lr?"),

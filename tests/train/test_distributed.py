@@ -141,11 +141,11 @@ class NoNorm(nn.Module):
 
 
 EXACT = TrainConfig(
-    epochs=2, batch_size=4, lr=3e-3, weight_decay=0.0, scheduler="cosine", loss="bce", seed=0, augment="full"
+    epochs=2, batch_size=4, lr=3e-3, weight_decay=0.0, scheduler="cosine", loss="ce", seed=0, augment="full"
 )
 
 
-def _no_norm(name, **arch):
+def _no_norm(name, out_channels, **arch):
     return NoNorm()
 
 

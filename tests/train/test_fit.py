@@ -10,10 +10,14 @@ import torch
 from torch import nn
 
 import pipeline.train.fit as training
+import pipeline.train.losses as losses
 from pipeline.core.errors import UserError
 from pipeline.core.params import AugmentOptions
+from pipeline.data.classes import Classes, classes_from_json
 from pipeline.data.colour import MEAN, STD
-from pipeline.evaluate.inference import predict_logits, torch_forward
+from pipeline.data.masks import IGNORE
+from pipeline.evaluate.confusion import ConfusionMeter
+from pipeline.evaluate.inference import predict_logits, prepare, torch_forward
 from pipeline.evaluate.metrics import SegmentationMeter
 from pipeline.models.checkpoint import load_checkpoint
 from pipeline.models.registry import build_model
@@ -28,7 +32,7 @@ CFG = TrainConfig(
     lr=3e-3,
     weight_decay=0.0,
     scheduler="cosine",
-    loss="bce_dice",
+    loss="ce_dice",
     seed=0,
     augment="full",
     num_workers=0,
@@ -61,7 +65,7 @@ def _results(logged):
 def _scores(monkeypatch, *dice):
     """Make each epoch's validation return the next of ``dice`` (and loss 1.0)."""
     values = iter(dice)
-    monkeypatch.setattr(training, "validate", lambda *args: (1.0, next(values)))
+    monkeypatch.setattr(training, "validate", lambda *args: (1.0, {"dice": next(values)}))
 
 
 def _weights(model_state):
@@ -71,13 +75,13 @@ def _weights(model_state):
 # --- each epoch's record and the checkpoint of the best epoch ---------------------------------------
 
 
-def test_fit_logs_every_epoch_and_keeps_the_best_valid_dice_weights(tmp_path, tiny_data):
+def test_fit_logs_every_epoch_and_keeps_the_best_valid_weights(tmp_path, tiny_data):
     result, logged = _fit(tmp_path, tiny_data)
     assert [epoch for epoch, _ in logged] == [1, 2, 3]
     assert set(logged[0][1]) == {"train/loss", "valid/loss", "valid/dice", "lr", "time/data_wait"}
     assert all(0 <= record["time/data_wait"] <= 1 for _, record in logged)
     dices = [record["valid/dice"] for _, record in logged]
-    assert result.best_valid_dice == max(dices)
+    assert result.best_valid == max(dices)
     assert result.best_epoch == 1 + dices.index(max(dices))
     assert result.last_epoch == 3 and result.resumed_from == 0
     # The cosine schedule lowers the lr from one epoch to the next.
@@ -85,21 +89,21 @@ def test_fit_logs_every_epoch_and_keeps_the_best_valid_dice_weights(tmp_path, ti
     assert lrs[0] == CFG.lr and lrs[0] > lrs[1] > lrs[2]
 
     model, ckpt = load_checkpoint(tmp_path / "m.pt", torch.device("cpu"))
-    assert ckpt["epoch"] == result.best_epoch and ckpt["valid_dice"] == result.best_valid_dice
+    assert ckpt["epoch"] == result.best_epoch and ckpt["valid_dice"] == result.best_valid
     assert ckpt["image_size"] == 32 and ckpt["model"] == "unet"
     # The saved weights reproduce the logged valid Dice of the best epoch.
     images, masks = tiny_data[1]
     meter = SegmentationMeter()
     logits, _ = predict_logits(torch_forward(model, torch.device("cpu")), images, 4, "none")
     meter.update(torch.from_numpy(logits), torch.tensor(masks))
-    assert meter.compute()["dice"] == pytest.approx(result.best_valid_dice, abs=1e-6)
+    assert meter.compute()["dice"] == pytest.approx(result.best_valid, abs=1e-6)
 
 
 def test_the_checkpoint_holds_the_best_epochs_weights_not_the_last(tmp_path, tiny_data, monkeypatch):
     _scores(monkeypatch, 0.5, 0.9, 0.7)
     weights = []
     result, _ = _fit(tmp_path, tiny_data, PLAIN, save_state=lambda s: weights.append(_weights(s["model"])))
-    assert (result.best_epoch, result.best_valid_dice, result.last_epoch) == (2, 0.9, 3)
+    assert (result.best_epoch, result.best_valid, result.last_epoch) == (2, 0.9, 3)
     ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["valid_dice"]) == (2, 0.9)
     assert all(torch.equal(ckpt["state_dict"][k], weights[1][k]) for k in weights[1])
@@ -110,14 +114,14 @@ def test_the_logged_train_loss_is_the_epochs_mean_over_images(tmp_path, tiny_dat
     # The sum of each batch's mean loss times its images, over the images seen (the training loader
     # drops a last, incomplete batch: 3 batches of 2 of the 6 training images).
     calls = []
-    real = training.LOSSES["bce_dice"]
+    real = losses.BINARY_LOSSES["ce_dice"]
 
     def spy(logits, masks):
         loss = real(logits, masks)
         calls.append((float(loss.detach()), len(logits), torch.is_grad_enabled()))
         return loss
 
-    monkeypatch.setitem(training.LOSSES, "bce_dice", spy)
+    monkeypatch.setitem(losses.BINARY_LOSSES, "ce_dice", spy)
     _, logged = _fit(tmp_path, tiny_data, PLAIN.model_copy(update=dict(epochs=1)))
     train = [(loss, n) for loss, n, grad in calls if grad]
     assert [n for _, n in train] == [2, 2, 2]
@@ -146,9 +150,9 @@ def test_a_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_last_good_che
         # 6 train images in batches of 2: 3 steps an epoch, so the 5th step is epoch 2's 2nd.
         return value * float("nan") if len(calls) == 5 else value
 
-    monkeypatch.setitem(training.LOSSES, "bce", loss)
+    monkeypatch.setitem(losses.BINARY_LOSSES, "ce", loss)
     with pytest.raises(UserError, match=r"non-finite at epoch 2, step 2; .*m.pt keeps the best weights"):
-        _fit(tmp_path, tiny_data, CFG.model_copy(update=dict(loss="bce", batch_size=2)))
+        _fit(tmp_path, tiny_data, CFG.model_copy(update=dict(loss="ce", batch_size=2)))
     assert torch.load(tmp_path / "m.pt", weights_only=True)["epoch"] == 1
 
 
@@ -188,11 +192,11 @@ def test_results_do_not_depend_on_the_number_of_loader_workers(tmp_path, tiny_da
 
 def test_early_stopping_after_patience_epochs_without_a_better_valid_dice(tmp_path, tiny_data, monkeypatch):
     scores = iter([0.5, 0.6, 0.55, 0.58, 0.7, 0.8])
-    monkeypatch.setattr(training, "validate", lambda *args: (1.0, next(scores)))
+    monkeypatch.setattr(training, "validate", lambda *args: (1.0, {"dice": next(scores)}))
     result, logged = _fit(tmp_path, tiny_data, CFG.model_copy(update=dict(epochs=6, patience=2)))
     # Epoch 2 is the best; epochs 3 and 4 do not beat it, so training stops after epoch 4.
     assert [e for e, _ in logged] == [1, 2, 3, 4]
-    assert (result.best_epoch, result.last_epoch, result.best_valid_dice) == (2, 4, 0.6)
+    assert (result.best_epoch, result.last_epoch, result.best_valid) == (2, 4, 0.6)
     assert torch.load(tmp_path / "m.pt", weights_only=True)["epoch"] == 2
 
 
@@ -201,7 +205,7 @@ def test_an_equal_valid_dice_is_no_improvement(tmp_path, tiny_data, monkeypatch)
     _scores(monkeypatch, 0.6, 0.6, 0.6, 0.9)
     result, logged = _fit(tmp_path, tiny_data, PLAIN.model_copy(update=dict(epochs=4, patience=2)))
     assert [e for e, _ in logged] == [1, 2, 3]
-    assert (result.best_epoch, result.best_valid_dice) == (1, 0.6)
+    assert (result.best_epoch, result.best_valid) == (1, 0.6)
     assert torch.load(tmp_path / "m.pt", weights_only=True)["epoch"] == 1
 
 
@@ -214,8 +218,8 @@ def test_resuming_from_a_saved_state_continues_exactly_like_the_uninterrupted_ru
     whole, logged = _fit(tmp_path / "whole", tiny_data, cfg, save_state=lambda s: states.append(copy.deepcopy(s)))
     resumed, resumed_logged = _fit(tmp_path / "resumed", tiny_data, cfg, state=states[0])
     assert _results(resumed_logged) == _results(logged)[1:]
-    assert (resumed.best_valid_dice, resumed.best_epoch, resumed.last_epoch) == (
-        whole.best_valid_dice,
+    assert (resumed.best_valid, resumed.best_epoch, resumed.last_epoch) == (
+        whole.best_valid,
         whole.best_epoch,
         whole.last_epoch,
     )
@@ -248,7 +252,7 @@ def test_a_resumed_run_remembers_the_best_epoch_and_the_patience_spent(tmp_path,
     _scores(monkeypatch, 0.7, 0.9)
     result, logged = _fit(tmp_path, tiny_data, cfg, state=killed)
     assert [e for e, _ in logged] == [3]
-    assert (result.best_epoch, result.best_valid_dice, result.last_epoch, result.resumed_from) == (1, 0.8, 3, 2)
+    assert (result.best_epoch, result.best_valid, result.last_epoch, result.resumed_from) == (1, 0.8, 3, 2)
     ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["valid_dice"]) == (1, 0.8)
     assert all(torch.equal(ckpt["state_dict"][k], best_weights[k]) for k in best_weights)
@@ -276,7 +280,7 @@ def test_resnet34_unet_trains_with_the_recipe_options(tmp_path, tiny_data):
     )
     result, logged = _fit(tmp_path, tiny_data, cfg, name="resnet34_unet")
     _, ckpt = load_checkpoint(tmp_path / "m.pt", torch.device("cpu"))
-    assert ckpt["model"] == "resnet34_unet" and ckpt["valid_dice"] == result.best_valid_dice
+    assert ckpt["model"] == "resnet34_unet" and ckpt["valid_dice"] == result.best_valid
     assert len(logged) == 2
 
 
@@ -308,7 +312,7 @@ class Spy(nn.Module):
 
 def _train_inputs(tmp_path, tiny_data, monkeypatch, cfg):
     spy = Spy()
-    monkeypatch.setattr(training, "build_model", lambda name, **arch: spy)
+    monkeypatch.setattr(training, "build_model", lambda name, out_channels, **arch: spy)
     _fit(tmp_path, tiny_data, cfg)
     images = torch.tensor(tiny_data[0][0]).permute(0, 3, 1, 2).float() / 255
     originals = (images - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
@@ -424,3 +428,48 @@ def test_compile_gives_the_results_of_eager_mode(tmp_path, tiny_data, monkeypatc
     for (_, a), (_, b) in zip(_results(eager), _results(compiled), strict=True):
         assert a.keys() == b.keys()
         assert all(a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-4) for k in a)
+
+
+# --- multi-class tasks --------------------------------------------------------------------------------
+
+TRIMAP_CLASSES = Classes(("background", "pet", "boundary"))
+
+
+def _three_class(tiny_data):
+    """tiny_data's masks as three classes: its pet (1), background (0) and a boundary (2) where a pixel's
+    right-hand neighbour differs; ignored pixels stay 255."""
+    out = []
+    for images, masks in tiny_data:
+        labels = masks.copy()
+        edge = np.zeros_like(masks, dtype=bool)
+        edge[:, :, :-1] = (masks[:, :, :-1] != masks[:, :, 1:]) & (masks[:, :, :-1] != IGNORE)
+        labels[edge] = 2
+        out.append((images, labels))
+    return out
+
+
+def test_a_multi_class_fit_has_c_logits_logs_miou_and_keeps_the_best_valid_miou(tmp_path, tiny_data):
+    result, logged = _fit(tmp_path, _three_class(tiny_data), PLAIN, classes=TRIMAP_CLASSES)
+    assert {"valid/dice", "valid/miou"} <= set(logged[0][1])
+    mious = [record["valid/miou"] for _, record in logged]
+    assert result.metric == "miou" and result.best_valid == max(mious)
+    model, ckpt = load_checkpoint(tmp_path / "m.pt", torch.device("cpu"))
+    assert ckpt["out_channels"] == 3 and classes_from_json(ckpt["classes"]) == TRIMAP_CLASSES
+    assert ckpt["valid_miou"] == result.best_valid
+    images, masks = _three_class(tiny_data)[1]
+    with torch.no_grad():
+        logits = model(torch.from_numpy(prepare(images)))
+    assert logits.shape == (len(images), 3, 32, 32)
+    # The saved weights reproduce the logged valid mIoU of the best epoch, from one confusion matrix.
+    meter = ConfusionMeter(3)
+    meter.update(logits, torch.tensor(masks)[:, None])
+    assert meter.compute()["miou"] == pytest.approx(result.best_valid, abs=1e-6)
+
+
+def test_a_multi_class_checkpoint_is_chosen_by_miou_not_dice(tmp_path, tiny_data, monkeypatch):
+    scores = iter([{"dice": 0.9, "miou": 0.4}, {"dice": 0.5, "miou": 0.6}, {"dice": 0.95, "miou": 0.5}])
+    monkeypatch.setattr(training, "validate", lambda *args: (1.0, next(scores)))
+    result, _ = _fit(tmp_path, _three_class(tiny_data), PLAIN, classes=TRIMAP_CLASSES)
+    assert (result.best_epoch, result.best_valid) == (2, 0.6)
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["valid_miou"], ckpt["valid_dice"]) == (2, 0.6, 0.5)

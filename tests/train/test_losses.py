@@ -1,5 +1,6 @@
-"""Training losses (pipeline/train/losses.py): BCE, soft Dice and their sum, by hand and with ignored
-pixels (255) left out of the loss and its gradient."""
+"""Training losses (pipeline/train/losses.py): BCE, soft Dice and their sum for one logit, softmax
+cross-entropy, multi-class soft Dice and their sum for C logits, by hand and with ignored pixels (255)
+left out of the loss and its gradient; one loss name for both kinds of task."""
 
 import math
 
@@ -8,7 +9,17 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.data.masks import IGNORE
-from pipeline.train.losses import LOSSES, bce_dice_loss, bce_loss, dice_loss
+from pipeline.train.losses import (
+    BINARY_LOSSES,
+    MULTICLASS_LOSSES,
+    bce_dice_loss,
+    bce_loss,
+    ce_dice_loss,
+    ce_loss,
+    dice_loss,
+    loss_function,
+    multiclass_dice_loss,
+)
 
 
 def test_dice_loss_matches_hand_computation():
@@ -39,7 +50,16 @@ def test_bce_dice_is_the_sum_and_each_loss_is_registered_under_its_name():
     assert bce_dice_loss(logits, target).item() == pytest.approx(
         bce_loss(logits, target).item() + dice_loss(logits, target).item()
     )
-    assert (LOSSES["bce_dice"], LOSSES["dice"], LOSSES["bce"]) == (bce_dice_loss, dice_loss, bce_loss)
+    assert (BINARY_LOSSES["ce_dice"], BINARY_LOSSES["dice"], BINARY_LOSSES["ce"]) == (
+        bce_dice_loss,
+        dice_loss,
+        bce_loss,
+    )
+    assert (MULTICLASS_LOSSES["ce_dice"], MULTICLASS_LOSSES["dice"], MULTICLASS_LOSSES["ce"]) == (
+        ce_dice_loss,
+        multiclass_dice_loss,
+        ce_loss,
+    )
 
 
 def test_losses_backpropagate():
@@ -137,3 +157,122 @@ def test_losses_compute_in_fp32_from_half_inputs():
         half = loss_fn(logits.half(), target.half())
         assert half.dtype == torch.float32
         assert half.item() == pytest.approx(loss_fn(logits.half().float(), target).item(), rel=1e-6)
+
+
+# --- multi-class: softmax over C logits, class-index targets ----------------------------------------
+
+MULTICLASS_FNS = [ce_loss, multiclass_dice_loss, ce_dice_loss]
+
+
+def test_loss_function_gives_the_binary_losses_for_one_logit_and_the_softmax_ones_for_more():
+    # One logit: exactly the binary functions, so the binary task trains as before the renaming.
+    assert [loss_function(n, 1) for n in ("ce_dice", "dice", "ce")] == [bce_dice_loss, dice_loss, bce_loss]
+    for logits in (2, 3, 21):
+        assert [loss_function(n, logits) for n in ("ce_dice", "dice", "ce")] == [
+            ce_dice_loss,
+            multiclass_dice_loss,
+            ce_loss,
+        ]
+    with pytest.raises(KeyError):
+        loss_function("bce_dice", 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        loss_function("ce", 0)
+
+
+def _softmax(row):
+    exps = [math.exp(v) for v in row]
+    return [e / sum(exps) for e in exps]
+
+
+def test_ce_dice_matches_hand_computation():
+    # One 2x2 image, 3 classes; logits per pixel (class 0, 1, 2) and the true class of each pixel.
+    pixels = [([2.0, 0.0, -1.0], 0), ([0.0, 1.0, 0.0], 1), ([1.0, 1.0, 1.0], 2), ([-1.0, 0.0, 3.0], 2)]
+    probs = [_softmax(row) for row, _ in pixels]
+    ce = sum(-math.log(p[c]) for p, (_, c) in zip(probs, pixels, strict=True)) / 4
+    dice = []
+    for k in range(3):  # per class: (2 Σ p_k t_k + 1) / (Σ p_k + Σ t_k + 1)
+        inter = sum(p[k] for p, (_, c) in zip(probs, pixels, strict=True) if c == k)
+        dice.append((2 * inter + 1) / (sum(p[k] for p in probs) + sum(c == k for _, c in pixels) + 1))
+    expected = ce + 1 - sum(dice) / 3
+    logits = torch.tensor([row for row, _ in pixels]).T.reshape(1, 3, 2, 2)
+    target = torch.tensor([c for _, c in pixels], dtype=torch.uint8).reshape(1, 1, 2, 2)
+    assert ce_loss(logits, target).item() == pytest.approx(ce, rel=1e-6)
+    assert ce_dice_loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ce_is_torchs_cross_entropy_without_ignored_pixels_for_any_target_dtype():
+    torch.manual_seed(3)
+    logits, target = torch.randn(2, 4, 5, 3) * 3, torch.randint(0, 4, (2, 1, 5, 3))
+    reference = F.cross_entropy(logits, target[:, 0]).item()
+    for dtype in (torch.uint8, torch.int64, torch.float32):
+        assert ce_loss(logits, target.to(dtype)).item() == pytest.approx(reference, rel=1e-6)
+        assert ce_dice_loss(logits, target.to(dtype)).item() == ce_dice_loss(logits, target).item()
+
+
+def test_two_logit_ce_is_the_bce_of_their_difference():
+    # softmax([0, x])[1] = sigmoid(x): the softmax path agrees with the binary one on two classes.
+    torch.manual_seed(4)
+    x, target = torch.randn(2, 1, 3, 3) * 3, (torch.rand(2, 1, 3, 3) > 0.5).float()
+    assert ce_loss(torch.cat([torch.zeros_like(x), x], 1), target).item() == pytest.approx(
+        bce_loss(x, target).item(), rel=1e-6
+    )
+
+
+def test_multiclass_dice_is_zero_when_right_and_near_one_when_all_wrong():
+    torch.manual_seed(5)
+    target = torch.randint(0, 3, (2, 1, 16, 16))
+    right = F.one_hot(target[:, 0], 3).permute(0, 3, 1, 2).float() * 50
+    assert multiclass_dice_loss(right, target).item() < 1e-6
+    wrong = right.roll(1, dims=1)  # all the mass on the next class
+    assert multiclass_dice_loss(wrong, target).item() > 0.99
+
+
+def _classes_with_ignored_column():
+    """One 2x3 image, 3 classes, the last column ignored; random logits everywhere."""
+    torch.manual_seed(6)
+    logits = torch.randn(1, 3, 2, 3) * 3
+    target = torch.tensor([[[[0, 2, IGNORE], [1, 2, IGNORE]]]], dtype=torch.uint8)
+    return logits, target
+
+
+@pytest.mark.parametrize("loss_fn", MULTICLASS_FNS)
+def test_multiclass_logits_at_ignored_pixels_change_neither_loss_nor_gradient(loss_fn):
+    logits, target = _classes_with_ignored_column()
+    other = logits.clone()
+    other[..., 2] = torch.tensor([[40.0, -40.0], [-40.0, 40.0], [0.0, 9.0]])
+    a, b = logits.clone().requires_grad_(), other.clone().requires_grad_()
+    loss_a, loss_b = loss_fn(a, target), loss_fn(b, target)
+    loss_a.backward()
+    loss_b.backward()
+    assert torch.equal(loss_a, loss_b)
+    assert torch.equal(a.grad, b.grad)
+    assert (a.grad[..., 2] == 0).all() and (a.grad[..., :2] != 0).any(1).all()
+
+
+@pytest.mark.parametrize("loss_fn", MULTICLASS_FNS)
+def test_multiclass_loss_with_ignored_pixels_is_the_loss_of_the_counted_pixels_alone(loss_fn):
+    logits, target = _classes_with_ignored_column()
+    alone = loss_fn(logits[..., :2].contiguous(), target[..., :2].contiguous())
+    assert loss_fn(logits, target).item() == pytest.approx(alone.item(), rel=1e-6)
+    assert loss_fn(logits, target.float()).item() == pytest.approx(alone.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("loss_fn", MULTICLASS_FNS)
+def test_multiclass_loss_of_an_all_ignored_batch_is_zero_with_finite_gradient(loss_fn):
+    logits = (torch.randn(2, 3, 2, 2) * 5).requires_grad_()
+    loss = loss_fn(logits, torch.full((2, 1, 2, 2), IGNORE, dtype=torch.uint8))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert (logits.grad == 0).all()
+
+
+def test_multiclass_losses_compute_in_fp32_from_half_inputs_and_backpropagate():
+    logits, target = _classes_with_ignored_column()
+    for loss_fn in MULTICLASS_FNS:
+        half = loss_fn(logits.half(), target)
+        assert half.dtype == torch.float32
+        assert half.item() == pytest.approx(loss_fn(logits.half().float(), target).item(), rel=1e-6)
+    x = torch.zeros(1, 3, 1, 2, requires_grad=True)
+    ce_dice_loss(x, torch.tensor([[[[0, 2]]]])).backward()
+    # Raising the true class's logit lowers the loss; raising another's raises it.
+    assert x.grad[0, 0, 0, 0] < 0 and x.grad[0, 2, 0, 1] < 0 and x.grad[0, 1].gt(0).all()
