@@ -17,6 +17,7 @@ from tests.support import (
     BIN,
     DVC,
     REPO,
+    REPRO_LOG,
     TINY,
     copy_repo,
     new_project,
@@ -196,7 +197,9 @@ def _build_pipeline(repo: Path) -> Path:
     if not DVC.exists():
         raise RuntimeError(f"dvc not installed beside {BIN / 'python'}; run the README set-up")
     new_project(repo, TINY)
-    assert stages_run(run(repo, "dvc", "repro")) == ALL_STAGES
+    output = run(repo, "dvc", "repro")
+    assert stages_run(output) == ALL_STAGES
+    (repo.parent / REPRO_LOG).write_text(output)  # beside the repository, for the tests to read
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "baseline")
     return repo

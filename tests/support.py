@@ -80,8 +80,11 @@ ALL_STAGES = {
     "evaluate-resnet34unet",
     "plot",
 }
-# The smallest pipeline that runs every stage: 16 synthetic images at 32 px, 1 epoch of tiny models.
+REPRO_LOG = "repro.log"  # the finished pipeline's `dvc repro` output, beside its repository (conftest.py)
+# The smallest pipeline that runs every stage: 16 synthetic images at 32 px, 1 epoch of tiny models, in
+# bf16 (native on a CPU with AVX512-BF16, emulated elsewhere: either way the bf16 path runs end to end).
 TINY = {
+    "precision": "bf16",
     "data": {"source": "synthetic", "synthetic_images": 16},
     "image_size": 32,
     "epochs": 1,

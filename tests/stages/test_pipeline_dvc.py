@@ -15,7 +15,7 @@ import yaml
 
 from pipeline.core.constants import HEADLINE_METRICS
 from pipeline.evaluate.record import eval_record_path
-from tests.support import ALL_STAGES, DVC, dvc_env, edit_params, run, shipped_params, stages_run
+from tests.support import ALL_STAGES, DVC, REPRO_LOG, dvc_env, edit_params, run, shipped_params, stages_run
 
 pytestmark = pytest.mark.e2e
 
@@ -165,8 +165,11 @@ DVC_JOBS = {
 # --- the finished pipeline -------------------------------------------------------------------------------
 
 
-def test_repro_writes_metrics_models_and_plots_for_both_models(dvc_repo):
+def test_repro_writes_metrics_models_and_plots_for_both_models(dvc_repo, finished_pipeline):
     repo = dvc_repo
+    said = (finished_pipeline.parent / REPRO_LOG).read_text()
+    for model in ("unet", "resnet34_unet"):  # TINY asks for bf16: the autocast path trained both
+        assert re.search(rf"train {model}: .*; precision: bf16 \(asked; (native|emulated)", said), said[-3000:]
     for model in ("unet", "resnet34_unet"):
         metrics = json.loads((repo / "metrics" / f"{model}.json").read_text())
         assert metrics["images"] == 8  # synthetic: every other image is in test.txt

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import stages.evaluate
@@ -113,3 +114,22 @@ def test_train_stage_rejects_a_mistyped_option_before_creating_the_dvclive_folde
     assert run_stage(stages.train.main, args) == 1
     assert "unet.bilinear: must be a valid boolean, got 'false'" in _one_error_line(capsys)
     assert not (tmp_path / "live").exists() and not (tmp_path / "unet.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where CUDA is unusable")
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_device_cuda_without_a_usable_gpu_fails_the_stage_in_one_line(
+    trained, train_outputs, evaluate_args, tmp_path, capsys, stage
+):
+    params = yaml.safe_load((trained / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "device": "cuda"}))
+    if stage == "train":
+        args = ["--params", str(tmp_path / "params.yaml"), "--model", "unet", "--train", str(trained / "train.npz")]
+        args += ["--valid", str(trained / "valid.npz"), *train_outputs(tmp_path)]
+        main = stages.train.main
+    else:
+        args, main = evaluate_args(tmp_path, params=tmp_path / "params.yaml"), stages.evaluate.main
+    assert run_stage(main, args) == 1
+    line = _one_error_line(capsys)
+    assert line.startswith("error: params.yaml: device cuda: CUDA is unusable (") and line.endswith("cpu or auto")
+    assert not any(tmp_path.glob("*.pt")) and not any(tmp_path.glob("*.json")) and not (tmp_path / "live").exists()

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from pipeline.core.device import choose_precision, precision_name, probe
 from pipeline.data.build import build_cache
 from pipeline.data.cache import save_cache
 from pipeline.data.split import make_split
@@ -200,20 +201,33 @@ def test_a_run_killed_after_epoch_2_resumes_at_epoch_3_and_ends_as_an_uninterrup
     assert not (workdir / run / ".resume" / "unet.pt").exists()  # a finished run leaves no state
 
 
+def _other_precision() -> tuple[str, str]:
+    """What ``precision: auto`` resolves to on this CPU, and the other of bf16 / fp32."""
+    auto = precision_name(choose_precision("auto", probe(torch.device("cpu"))).value)
+    return auto, "fp32" if auto == "bf16" else "bf16"
+
+
 @pytest.mark.e2e
-def test_changing_lr_between_kill_and_rerun_starts_fresh_and_says_why(workdir, uninterrupted):
-    _run_and_kill_after_epoch(workdir, "changed", 1)
+@pytest.mark.parametrize("change", ["lr", "precision"])
+def test_changing_a_setting_between_kill_and_rerun_starts_fresh_and_says_why(workdir, uninterrupted, change):
+    run = f"changed-{change}"
+    _run_and_kill_after_epoch(workdir, run, 1)
     params = yaml.safe_load((workdir / "params.yaml").read_text())
-    changed = workdir / "changed.yaml"
-    changed.write_text(yaml.safe_dump({**params, "lr": params["lr"] / 2}))
-    command = _command(workdir, "changed")
+    if change == "lr":
+        edit, expected = {"lr": params["lr"] / 2}, "(lr: 0.001 → 0.0005)"
+    else:  # the precision that ran is fingerprinted, not the param: `auto` differs between machines
+        auto, other = _other_precision()
+        edit, expected = {"precision": other}, f'(precision: "{auto}" → "{other}")'
+    changed = workdir / f"{run}.yaml"
+    changed.write_text(yaml.safe_dump({**params, **edit}))
+    command = _command(workdir, run)
     command[command.index("--params") + 1] = str(changed)
     done = subprocess.run(command, cwd=workdir, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     reasons = [line for line in done.stdout.splitlines() if "starting fresh" in line]
-    assert len(reasons) == 1 and "(lr: 0.001 → 0.0005)" in reasons[0]
+    assert len(reasons) == 1 and expected in reasons[0]
     assert "resuming" not in done.stdout
-    assert _history(workdir / "changed")["lr"]["step"].tolist() == list(range(EPOCHS))
+    assert _history(workdir / run)["lr"]["step"].tolist() == list(range(EPOCHS))
 
 
 def test_an_empty_state_file_is_ignored_with_a_reason(tmp_path):
