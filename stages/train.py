@@ -18,6 +18,7 @@ from typing import Any
 
 from dvclive import Live
 
+from pipeline.core.constants import SCORE_LABELS
 from pipeline.core.device import choose_device, decide
 from pipeline.core.errors import UserError
 from pipeline.core.messages import plural
@@ -27,7 +28,7 @@ from pipeline.data.cache import load_cache
 from pipeline.models.registry import check_options
 from pipeline.train import distributed
 from pipeline.train.config import TrainConfig, train_config
-from pipeline.train.fit import METRIC_LABELS, fit
+from pipeline.train.fit import fit
 from pipeline.train.resume import ResumeStore, load_state, training_inputs
 
 
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
         result = train_model(log, save_state=save_state)
         live.summary["last_epoch"] = result.last_epoch
     store.clear()
-    label = METRIC_LABELS[result.metric]
+    label = SCORE_LABELS[result.metric]
     print(
         f"train {args.model}: best valid {label} {result.best_valid:.4f} at epoch {result.best_epoch}, "
         f"stopped after epoch {result.last_epoch}, in {result.seconds:.0f} s → {args.checkpoint}"

@@ -28,9 +28,24 @@ BOUNDARY_POLICIES = ("pet", "background", "ignore")
 # writes them first in metrics/<model>.json, and the plot stage gathers them, both models side by side
 # key by key, into the one DVC metrics file of the test results (`dvc exp show`, `dvc metrics diff`).
 HEADLINE_METRICS = ("dice", "iou", "dice_per_image", "dice_at_image_size", "best_valid_dice", "best_epoch")
+# The same for a multi-class task (C > 2 classes, argmax of C logits): mIoU first (the usual multi-class
+# headline), then the mean class Dice, the mean of each image's mean class Dice, the mIoU at the cache's
+# square size, the pixel accuracy, and the training's best valid mIoU and its epoch.
+MULTICLASS_HEADLINE_METRICS = (
+    "miou",
+    "dice",
+    "dice_per_image",
+    "miou_at_image_size",
+    "pixel_accuracy",
+    "best_valid_miou",
+    "best_epoch",
+)
 
 # Both architectures downsample five times (2**5), so image height and width in pixels must divide by it.
 SIZE_MULTIPLE = 32
 # A pixel is pet when sigmoid(logit) > this probability, unless evaluate.threshold or --threshold says otherwise:
 # the Bayes decision for calibrated probabilities under equal costs.
 DEFAULT_THRESHOLD = 0.5
+# How messages and reports name the score that picks a checkpoint and judges a change: the Dice of class
+# 1 for a binary task, the mIoU for a multi-class one.
+SCORE_LABELS = {"dice": "Dice", "miou": "mIoU"}

@@ -1,10 +1,13 @@
-"""Whether a change in test Dice between two evaluations is real: a paired bootstrap over the test images.
+"""Whether a change in the test score between two evaluations is real: a paired bootstrap over the test images.
 
 Both evaluations scored the same test images; each per-image table (the evaluate stage's
-``<model>_per_image.csv``) holds every image's confusion counts ``tp``, ``fp``, ``fn`` (pixels at
-native size). A resample draws N of the N images with replacement, the same draw for both, and takes
-the difference of the two dataset-level Dice scores recomputed from the summed counts
-(:func:`pipeline.evaluate.metrics.dice_from_counts`). The percentile interval of those differences
+``<model>_per_image.csv``) holds every image's confusion counts (pixels at native size): ``tp``, ``fp``,
+``fn`` for a binary task, whose score is the Dice of class 1; ``tp_<class>``, ``fp_<class>``,
+``fn_<class>`` per class for a multi-class task, whose score is the mIoU over the classes present
+(:mod:`pipeline.evaluate.confusion`). A resample draws N of the N images with replacement, the same draw
+for both, and takes the difference of the two dataset-level scores recomputed from the summed counts
+(:func:`pipeline.evaluate.metrics.dice_from_counts`, or the mIoU of the summed per-class counts). The
+percentile interval of those differences
 (Efron & Tibshirani 1993, "An Introduction to the Bootstrap", ch. 13) is the confidence interval of
 the change: a change whose interval holds 0 is within the noise of which pets happen to be in the test
 set.
@@ -27,10 +30,12 @@ EQUAL_DICE = 1e-9
 
 @dataclass(frozen=True)
 class DiceChange:
-    """The dataset-level Dice of the old and the new evaluation on the same ``images`` test images,
-    the ``low``..``high`` confidence interval (at ``level``) of new - old, and how many images' own
-    Dice rose (``better``) or fell (``worse``)."""
+    """The dataset-level score (``metric``: "dice" for a binary task, "miou" for a multi-class one) of the
+    old and the new evaluation on the same ``images`` test images, the ``low``..``high`` confidence
+    interval (at ``level``) of new - old, and how many images' own score rose (``better``) or fell
+    (``worse``)."""
 
+    metric: str
     old: float
     new: float
     low: float
@@ -42,7 +47,7 @@ class DiceChange:
 
     @property
     def change(self) -> float:
-        """New Dice - old Dice."""
+        """New score - old score."""
         return self.new - self.old
 
     @property
@@ -56,22 +61,46 @@ class DiceChange:
 
 
 def _dice(counts: np.ndarray) -> np.ndarray:
-    """Dataset-level Dice of int64 counts (..., 3) TP, FP, FN summed over the last but one axis."""
+    """Dataset-level Dice of int64 summed counts (..., 3): TP, FP, FN."""
     return dice_from_counts(*torch.from_numpy(counts).unbind(-1)).numpy()
+
+
+def _miou(counts: np.ndarray) -> np.ndarray:
+    """Dataset-level mIoU of int64 summed counts (..., 3C): TP, FP, FN of each class in turn, over the
+    classes present (TP + FP + FN > 0), as :func:`pipeline.evaluate.confusion.class_scores`."""
+    tp, fp, fn = (counts[..., i::3].astype(np.float64) for i in range(3))
+    union = tp + fp + fn
+    present = union > 0
+    iou = np.where(present, tp / np.maximum(union, 1), 0.0)
+    return iou.sum(-1) / np.maximum(present.sum(-1), 1)
+
+
+def _columns(table: pd.DataFrame) -> tuple[str, list[str]]:
+    """The score and the count columns of a per-image table: ("dice", tp/fp/fn) for a binary task,
+    ("miou", tp_<c>/fp_<c>/fn_<c> of each class in turn) for a multi-class one."""
+    if "miou" not in table.columns:
+        return "dice", list(COUNTS)
+    classes = [c[len("tp_") :] for c in table.columns if c.startswith("tp_")]
+    return "miou", [f"{kind}_{name}" for name in classes for kind in COUNTS]
 
 
 def paired_bootstrap(
     old: pd.DataFrame, new: pd.DataFrame, resamples: int, seed: int, level: float, where: str = "per-image tables"
 ) -> DiceChange:
-    """Compare two per-image tables (columns ``stem``, ``dice``, ``tp``, ``fp``, ``fn``) of the same
-    test images, paired by stem: ``resamples`` bootstrap draws from ``np.random.default_rng(seed)``,
-    interval at confidence ``level`` (e.g. 0.95).
+    """Compare two per-image tables of the same test images, paired by stem: columns ``stem``, ``dice``,
+    ``tp``, ``fp``, ``fn`` (a binary task), or ``stem``, ``miou`` and ``tp_<class>``, ``fp_<class>``,
+    ``fn_<class>`` per class (a multi-class task). ``resamples`` bootstrap draws from
+    ``np.random.default_rng(seed)``, interval at confidence ``level`` (e.g. 0.95). An image whose own
+    score is NaN on either side (every pixel ignored) counts as neither better nor worse.
 
-    Raises UserError (naming ``where``) if a table lacks a column, or the two hold other stems (the
-    comparison is only meaningful on one test set).
+    Raises UserError (naming ``where``) if a table lacks a column, the two are of different tasks or
+    classes, or they hold other stems (the comparison is only meaningful on one test set).
     """
+    metric, counts = _columns(new)
+    if _columns(old) != (metric, counts):
+        raise UserError(f"{where}: the two evaluations are of different tasks or classes; nothing to compare")
     for name, table in (("old", old), ("new", new)):
-        missing = [c for c in ("stem", "dice", *COUNTS) if c not in table.columns]
+        missing = [c for c in ("stem", metric, *(counts or ["tp_<class>"])) if c not in table.columns]
         if missing:
             raise UserError(
                 f"{where}: the {name} table lacks {', '.join(missing)} (written by an older petseg); "
@@ -85,18 +114,20 @@ def paired_bootstrap(
         )
     old = old.set_index("stem")
     new = new.set_index("stem").loc[old.index]
-    old_counts, new_counts = (t[list(COUNTS)].to_numpy(np.int64) for t in (old, new))
+    old_counts, new_counts = (t[counts].to_numpy(np.int64) for t in (old, new))
+    score = _dice if metric == "dice" else _miou
     draws = np.random.default_rng(seed).integers(0, len(old), size=(resamples, len(old)))
     # Summing through the draws' per-image multiplicities is the sum over each resample, in one product.
     weights = np.zeros((resamples, len(old)), np.int64)
     np.add.at(weights, (np.arange(resamples)[:, None], draws), 1)
-    deltas = _dice(weights @ new_counts) - _dice(weights @ old_counts)
+    deltas = score(weights @ new_counts) - score(weights @ old_counts)
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(deltas, [tail, 100 - tail])
-    per_image = new["dice"].to_numpy() - old["dice"].to_numpy()
+    per_image = new[metric].to_numpy(np.float64) - old[metric].to_numpy(np.float64)  # NaN compares False
     return DiceChange(
-        old=float(_dice(old_counts.sum(0))),
-        new=float(_dice(new_counts.sum(0))),
+        metric=metric,
+        old=float(score(old_counts.sum(0))),
+        new=float(score(new_counts.sum(0))),
         low=float(low),
         high=float(high),
         level=level,

@@ -20,8 +20,8 @@ def export_onnx(model: nn.Module, path: Path, opset: int) -> None:
     """Write ``model`` (on the CPU) as ONNX to ``path`` with torch.onnx's torch.export-based exporter.
 
     Input ``images`` float32 (N, 3, H, W), ImageNet-normalised; output ``logits`` float32
-    (N, 1, H, W). N is dynamic; H and W are dynamic multiples of 32 (declared as 32·h, 32·w, the
-    models' constraint).
+    (N, K, H, W), K the model's logit channels (1 for a binary task, C for C classes). N is dynamic;
+    H and W are dynamic multiples of 32 (declared as 32·h, 32·w, the models' constraint).
     """
     model = model.cpu().eval()
     # Traced at 64x96: at 32 px the ResNet's deepest map is 1x1 and torch.export would specialise
@@ -50,7 +50,8 @@ def parity_inputs(images: np.ndarray) -> list[np.ndarray]:
 
 
 def max_abs_diff(model: nn.Module, onnx_path: Path, inputs: list[np.ndarray]) -> float:
-    """Largest absolute logit difference between ``model`` (PyTorch, CPU) and ONNX Runtime over ``inputs``."""
+    """Largest absolute logit difference between ``model`` (PyTorch, CPU) and ONNX Runtime over ``inputs``,
+    over every logit channel (all C of a multi-class model)."""
     reference = torch_forward(model.cpu(), torch.device("cpu"))
     exported, _ = onnx_forward(onnx_path)
     return max(float(np.abs(reference(x) - exported(x)).max()) for x in inputs)

@@ -156,3 +156,16 @@ def native_probabilities(logits: np.ndarray, height: int, width: int) -> np.ndar
     t = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))[None, None]
     t = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
     return torch.sigmoid(t)[0, 0].numpy()
+
+
+def native_labels(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize one image's logits float32 (C, S, S) to (height, width) pixels, bilinear, then take each
+    pixel's highest class: uint8 (height, width) class indices (the lowest index on a tie).
+
+    The multi-class counterpart of :func:`native_probabilities`: logits, not label maps, are interpolated
+    (``align_corners=False``, so a same-size resize is the identity), and argmax of the logits is argmax of
+    the softmax, which is monotonic per pixel. Memory: C x height x width float32 for the one image.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))[None]
+    t = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
+    return t[0].argmax(0).to(torch.uint8).numpy()

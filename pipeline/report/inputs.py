@@ -11,24 +11,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core.constants import HEADLINE_METRICS
+from pipeline.core.constants import HEADLINE_METRICS, MULTICLASS_HEADLINE_METRICS
 from pipeline.core.errors import UserError
-from pipeline.data.masks import PackedMasks
+from pipeline.data.classes import BINARY_PETS, Classes
+from pipeline.data.masks import LABELS, PackedMasks
 
 # dvclive writes one TSV per metric under <live>/plots/metrics/, with columns step (0-based epoch) and <name>.
 CURVES = {"train/loss": "train loss", "valid/loss": "valid loss", "valid/dice": "valid Dice"}
+# A multi-class training also logs the valid mIoU, the score it keeps its best epoch by.
+MULTICLASS_CURVES = {**CURVES, "valid/miou": "valid mIoU"}
 # Numbers the figures need from metrics/<model>.json besides its headline.
 DETAIL_KEYS = ("images", "threshold", "image_size")
+# What a multi-class task's metrics/<model>.json holds as numbers besides its headline: it has no
+# threshold (a pixel takes its highest logit's class).
+MULTICLASS_DETAIL_KEYS = ("images", "image_size")
 REDO_EVALUATE = "run dvc repro -f for its evaluate stage"
 
 
-def read_curves(live_dir: Path) -> pd.DataFrame:
-    """Per-epoch metrics logged by dvclive: a DataFrame indexed by epoch (1-based) with CURVES columns.
+def read_curves(live_dir: Path, curves: dict[str, str] = CURVES) -> pd.DataFrame:
+    """Per-epoch metrics logged by dvclive: a DataFrame indexed by epoch (1-based) with a column per key of
+    ``curves`` (:data:`CURVES`, or :data:`MULTICLASS_CURVES` for a multi-class task).
 
     Raises UserError if a TSV is missing or malformed.
     """
     columns = {}
-    for metric in CURVES:
+    for metric in curves:
         path = Path(live_dir) / "plots" / "metrics" / f"{metric}.tsv"
         try:
             table = pd.read_csv(path, sep="\t")
@@ -40,9 +47,11 @@ def read_curves(live_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(columns).rename_axis("epoch")
 
 
-def read_metrics(path: Path) -> dict:
+def read_metrics(path: Path, classes: Classes = BINARY_PETS) -> dict:
     """What an evaluate stage measured about a model (``metrics/<model>.json``), with a number for every
-    key of :data:`~pipeline.core.constants.HEADLINE_METRICS` and of DETAIL_KEYS, and a ``tta``.
+    key of :data:`~pipeline.core.constants.HEADLINE_METRICS` and of DETAIL_KEYS (a multi-class task's
+    ``classes``: of :data:`~pipeline.core.constants.MULTICLASS_HEADLINE_METRICS` and
+    MULTICLASS_DETAIL_KEYS), and a ``tta``.
 
     Raises UserError if the file is missing, not JSON, or lacks one of those keys.
     """
@@ -54,7 +63,10 @@ def read_metrics(path: Path) -> dict:
         raise UserError(f"{path}: not valid JSON ({err}); {REDO_EVALUATE}") from None
     if not isinstance(metrics, dict):
         raise UserError(f"{path}: not a JSON object; {REDO_EVALUATE}")
-    missing = [key for key in (*HEADLINE_METRICS, *DETAIL_KEYS) if not _is_number(metrics.get(key))]
+    keys = (
+        (*HEADLINE_METRICS, *DETAIL_KEYS) if classes.binary else (*MULTICLASS_HEADLINE_METRICS, *MULTICLASS_DETAIL_KEYS)
+    )
+    missing = [key for key in keys if not _is_number(metrics.get(key))]
     missing += [] if isinstance(metrics.get("tta"), str) else ["tta"]
     if missing:
         raise UserError(f"{path}: missing or malformed {', '.join(missing)}; {REDO_EVALUATE}")
@@ -65,8 +77,12 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_table(path: Path, text: tuple[str, ...], numbers: tuple[str, ...]) -> pd.DataFrame:
-    """A CSV an evaluate stage wrote, with ``text`` columns as str and ``numbers`` columns as finite floats.
+def read_table(
+    path: Path, text: tuple[str, ...], numbers: tuple[str, ...], nullable: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """A CSV an evaluate stage wrote, with ``text`` columns as str and ``numbers`` columns as finite floats,
+    but those also in ``nullable``, which may be empty or NaN (read as NaN): a per-image mIoU is NaN for an
+    image whose every pixel is ignored.
 
     Raises UserError if the file is missing, not a CSV, lacks a column or has a non-number in ``numbers``.
     """
@@ -80,8 +96,10 @@ def read_table(path: Path, text: tuple[str, ...], numbers: tuple[str, ...]) -> p
     if missing:
         raise UserError(f"{path}: lacks column {', '.join(missing)}; {REDO_EVALUATE}")
     for column in numbers:
-        table[column] = pd.to_numeric(table[column], errors="coerce")
-        if not np.isfinite(table[column]).all():
+        raw = table[column]
+        table[column] = pd.to_numeric(raw, errors="coerce")
+        empty = raw.astype(str).str.strip().str.lower().isin(("", "nan")) & (column in nullable)
+        if not (np.isfinite(table[column]) | empty).all():
             raise UserError(f"{path}: column {column} holds a non-number; {REDO_EVALUATE}")
     return table
 
@@ -98,7 +116,10 @@ def load_predictions(path: Path) -> tuple[PackedMasks, list[str]]:
         raise UserError(f"{path}: predictions not found; run the evaluate stages (dvc repro)") from None
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise UserError(f"{path}: not a predictions file ({err!r}); {REDO_EVALUATE}") from None
-    sizes = (masks.shapes.prod(axis=1) + 7) // 8 if masks.shapes.ndim == 2 else None
+    if masks.shapes.ndim != 2:
+        sizes = None
+    else:  # bytes a mask: a byte a pixel for label maps, else 8 pixels a byte
+        sizes = masks.shapes.prod(axis=1) if masks.depth == LABELS else (masks.shapes.prod(axis=1) + 7) // 8
     consistent = (
         sizes is not None
         and len(masks.offsets) == len(sizes) + 1 == len(stems) + 1

@@ -28,10 +28,10 @@ def native_photo(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def worst_stems(per_image: pd.DataFrame, k: int) -> list[str]:
-    """The ``k`` stems of a per-image table (columns stem, dice) with the lowest Dice, lowest first,
-    ties by stem; all of them if there are fewer."""
-    return per_image.sort_values(["dice", "stem"], kind="stable")["stem"].head(k).tolist()
+def worst_stems(per_image: pd.DataFrame, k: int, score: str = "dice") -> list[str]:
+    """The ``k`` stems of a per-image table (columns stem and ``score``) with the lowest score, lowest
+    first, ties by stem; all of them if there are fewer. Stems without a score (NaN) come last."""
+    return per_image.sort_values([score, "stem"], kind="stable")["stem"].head(k).tolist()
 
 
 def _legend(fig: Figure, extra: dict[str, np.ndarray] | None = None) -> None:

@@ -1,5 +1,9 @@
 """Figures for review: learning curves, the per-image Dice distribution, per-breed and test Dice bars.
 
+A multi-class task's figures show its mIoU where a binary task's show the Dice (``score`` "miou", not
+"dice": the column of the per-image and per-breed tables, the valid curve), and its test bars are
+:func:`class_score_bars`.
+
 Drawn with matplotlib's object API (:class:`~matplotlib.figure.Figure`), never pyplot's global state,
 so nothing needs a display or a backend switch. The mask pictures are in :mod:`pipeline.report.mask_figures`.
 """
@@ -17,6 +21,8 @@ from pipeline.report.inputs import CURVES
 # Tick label colours of per_breed.png, so cat and dog breeds read apart: dark enough for text, unlike
 # the bars' blue and orange, and apart for colour-blind readers (Paul Tol's "bright" purple and green).
 SPECIES_COLOURS = {"cat": "#AA3377", "dog": "#228833"}
+# How each score is named on a figure.
+SCORE_LABELS = {"dice": "Dice", "miou": "mIoU"}
 
 
 def save_figure(fig: Figure, path: Path) -> None:
@@ -25,22 +31,24 @@ def save_figure(fig: Figure, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
 
 
-def learning_curves(curves: dict[str, pd.DataFrame]) -> Figure:
-    """One column per model: losses on top, valid Dice below, against epoch."""
+def learning_curves(curves: dict[str, pd.DataFrame], score: str = "dice") -> Figure:
+    """One column per model: losses on top, the valid ``score`` (column ``valid/<score>``) below, against epoch."""
+    name = SCORE_LABELS[score]
     fig = Figure(figsize=(5 * len(curves), 6))
     axes = fig.subplots(2, len(curves), squeeze=False, sharex="col")
-    for col, (name, table) in enumerate(curves.items()):
+    for col, (model, table) in enumerate(curves.items()):
         top, bottom = axes[0, col], axes[1, col]
         for metric in ("train/loss", "valid/loss"):
             top.plot(table.index, table[metric], marker=".", label=CURVES[metric])
-        top.set_title(name)
+        top.set_title(model)
         top.set_ylabel("loss")
         top.legend()
-        bottom.plot(table.index, table["valid/dice"], marker=".", color="tab:green")
-        best = table["valid/dice"].idxmax()
-        bottom.axvline(best, color="grey", linestyle=":", label=f"best {table['valid/dice'].max():.3f} @ {best}")
+        valid = table[f"valid/{score}"]
+        bottom.plot(table.index, valid, marker=".", color="tab:green")
+        best = valid.idxmax()
+        bottom.axvline(best, color="grey", linestyle=":", label=f"best {valid.max():.3f} @ {best}")
         bottom.set_xlabel("epoch")
-        bottom.set_ylabel("valid Dice")
+        bottom.set_ylabel(f"valid {name}")
         bottom.legend()
     fig.tight_layout()
     return fig
@@ -53,61 +61,63 @@ def ecdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, np.cumsum(counts) / len(values)
 
 
-def dice_distribution(per_image: dict[str, pd.DataFrame]) -> Figure:
-    """ECDF of each model's per-image native Dice (``dice`` column of its per-image table), shared axes."""
+def dice_distribution(per_image: dict[str, pd.DataFrame], score: str = "dice") -> Figure:
+    """ECDF of each model's per-image native ``score`` (that column of its per-image table), shared axes.
+    Images without a score (NaN: a multi-class image whose every pixel is ignored) are left out."""
+    label = SCORE_LABELS[score]
     fig = Figure(figsize=(6.5, 4.5))
     ax = fig.subplots()
     for name, table in per_image.items():
-        x, y = ecdf(table["dice"].to_numpy())
-        # Start at (0, 0) and end at Dice 1 so every curve spans the whole axis.
-        ax.step(
-            np.r_[0.0, x, 1.0], np.r_[0.0, y, 1.0], where="post", label=f"{name} (median {table['dice'].median():.3f})"
-        )
+        values = table[score].dropna().to_numpy()
+        x, y = ecdf(values)
+        # Start at (0, 0) and end at a score of 1 so every curve spans the whole axis.
+        ax.step(np.r_[0.0, x, 1.0], np.r_[0.0, y, 1.0], where="post", label=f"{name} (median {np.median(values):.3f})")
     ax.axhline(0.5, color="grey", linestyle=":", linewidth=0.8)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("Dice of an image (native resolution)")
-    ax.set_ylabel("fraction of test images with Dice ≤ x")
-    ax.set_title(f"Per-image test Dice ({len(next(iter(per_image.values())))} images)")
+    ax.set_xlabel(f"{label} of an image (native resolution)")
+    ax.set_ylabel(f"fraction of test images with {label} ≤ x")
+    ax.set_title(f"Per-image test {label} ({len(next(iter(per_image.values())))} images)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
     fig.tight_layout()
     return fig
 
 
-def breed_order(per_breed: dict[str, pd.DataFrame]) -> list[str]:
-    """Breeds by the mean over models of their ``dice`` (worst first, ties by name).
+def breed_order(per_breed: dict[str, pd.DataFrame], score: str = "dice") -> list[str]:
+    """Breeds by the mean over models of their ``score`` (worst first, ties by name).
 
-    Each table has one row per breed with columns breed and dice; a breed missing from a model's
+    Each table has one row per breed with columns breed and ``score``; a breed missing from a model's
     table is averaged over the others.
     """
-    dice = pd.concat([t.set_index("breed")["dice"] for t in per_breed.values()], axis=1).mean(axis=1)
+    dice = pd.concat([t.set_index("breed")[score] for t in per_breed.values()], axis=1).mean(axis=1)
     return sorted(dice.index, key=lambda breed: (dice[breed], breed))
 
 
-def per_breed_bars(per_breed: dict[str, pd.DataFrame]) -> Figure:
-    """Horizontal grouped bars of each model's per-breed Dice (worst breed on top), labelled with the
+def per_breed_bars(per_breed: dict[str, pd.DataFrame], score: str = "dice") -> Figure:
+    """Horizontal grouped bars of each model's per-breed ``score`` (worst breed on top), labelled with the
     breed's image count; tick labels coloured by species.
 
-    Each table has columns breed, species, images, dice, one row per breed (the same breeds).
+    Each table has columns breed, species, images and ``score``, one row per breed (the same breeds).
     """
-    order = breed_order(per_breed)
+    score_name = SCORE_LABELS[score]
+    order = breed_order(per_breed, score)
     first = next(iter(per_breed.values())).set_index("breed")
     y = np.arange(len(order))[::-1]  # the first (worst) breed at the top
     height = 0.8 / len(per_breed)
     fig = Figure(figsize=(8, 1.5 + 0.22 * len(order) * len(per_breed)), layout="constrained")
     ax = fig.subplots()
     for i, (name, table) in enumerate(per_breed.items()):
-        dice = table.set_index("breed")["dice"].reindex(order)
+        dice = table.set_index("breed")[score].reindex(order)
         ax.barh(y + (len(per_breed) / 2 - 0.5 - i) * height, dice, height, label=name)
     ax.set_yticks(y, [f"{b} (n={int(first.loc[b, 'images'])})" for b in order], fontsize=8)
     for label, breed in zip(ax.get_yticklabels(), order, strict=True):
         label.set_color(SPECIES_COLOURS.get(first.loc[breed, "species"], "black"))
     ax.set_ylim(-0.6, len(order) - 0.4)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("test Dice within the breed (dataset-level, native resolution)")
+    ax.set_xlabel(f"test {score_name} within the breed (dataset-level, native resolution)")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title("Test Dice per breed, worst on top", pad=24)
+    ax.set_title(f"Test {score_name} per breed, worst on top", pad=24)
     handles, _ = ax.get_legend_handles_labels()
     # Species entries are their label text in the tick label colour, with no mark.
     handles += [Line2D([], [], linestyle="none", label=f"{s} breed names") for s in SPECIES_COLOURS]
@@ -151,6 +161,33 @@ def dice_bars(metrics: dict[str, dict]) -> Figure:
         settings = [f"threshold {first['threshold']:g}, TTA {first['tta']}"]
     resolution = f"at each photo's own size but the last bar ({first['image_size']}x{first['image_size']} px)"
     ax.set_title(f"Test set ({first['images']} images), {resolution}\n" + "; ".join(settings), fontsize=10)
+    ax.legend(loc="upper center", ncol=len(bars), fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def class_score_bars(metrics: dict[str, dict]) -> Figure:
+    """A multi-class task's :func:`dice_bars`: grouped bars per model of its test mIoU, mean class Dice,
+    pixel accuracy and, where every model has it, the mean per-image mIoU (``miou_per_image``), at each
+    photo's own size, values printed on the bars; the title gives the number of test images and each
+    model's TTA. Each dict is what :func:`pipeline.report.inputs.read_metrics` returns for the task."""
+    first = next(iter(metrics.values()))
+    bars = {"mIoU": "miou", "mean class Dice": "dice", "pixel accuracy": "pixel_accuracy"}
+    if all("miou_per_image" in m for m in metrics.values()):
+        bars["mIoU per image"] = "miou_per_image"
+    fig = Figure(figsize=(max(6.0, 2 + 2.4 * len(metrics)), 4))
+    ax = fig.subplots()
+    width = 0.8 / len(bars)
+    x = np.arange(len(metrics))
+    for i, (label, key) in enumerate(bars.items()):
+        drawn = ax.bar(x + (i - (len(bars) - 1) / 2) * width, [m[key] for m in metrics.values()], width, label=label)
+        ax.bar_label(drawn, fmt="%.3f", fontsize=7, padding=1)
+    ax.set_xticks(x, list(metrics))
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("test score")
+    tta = {m["tta"] for m in metrics.values()}
+    settings = f"TTA {first['tta']}" if len(tta) == 1 else "; ".join(f"{n}: TTA {m['tta']}" for n, m in metrics.items())
+    ax.set_title(f"Test set ({first['images']} images), at each photo's own size\n{settings}", fontsize=10)
     ax.legend(loc="upper center", ncol=len(bars), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig

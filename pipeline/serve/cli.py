@@ -37,13 +37,16 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``petseg`` argument parser: one subcommand per action (``predict``, ``diff``)."""
-    parser = argparse.ArgumentParser(prog="petseg", description="petseg: pet/background segmentation on photos.")
+    parser = argparse.ArgumentParser(
+        prog="petseg", description="petseg: segmentation of photos (pets, or your classes)."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     predict = commands.add_parser(
         "predict",
-        help="write a pet mask and an overlay for each photo",
+        help="write a mask and an overlay for each photo",
         description=(
-            "Write DIR/<stem>_mask.png (0 background, 255 pet, the photo's size) and DIR/<stem>_overlay.png for "
+            "Write DIR/<stem>_mask.png (the photo's size; a binary model's: 0 background, 255 pet; a multi-class "
+            "model's: a palette PNG of class indices in the task's colours) and DIR/<stem>_overlay.png for "
             f"each INPUT: an image file, or a folder (its {' '.join(options.IMAGE_EXTENSIONS)} files, not recursive). "
             "Exit status: 0 if every image was written; 1 if an input could not be read (the others are still "
             "written), no image was found, or the weights, evaluate record, output folder or device are unusable, "
@@ -59,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=_probability,
         metavar="T",
-        help="pet when probability > T, 0 < T < 1 (default: the weights' <stem>.eval.json record, else 0.5)",
+        help="pet when probability > T, 0 < T < 1 (default: the weights' <stem>.eval.json record, else 0.5); "
+        "a binary model's only: a multi-class model takes each pixel's highest-scoring class",
     )
     predict.add_argument(
         "--tta",

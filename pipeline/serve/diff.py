@@ -1,5 +1,5 @@
 """`petseg diff [REV]`: each model's headline test scores in the workspace against a git revision, and
-whether its test Dice changed by more than the noise (:mod:`pipeline.evaluate.compare`).
+whether its test Dice (mIoU for a multi-class task) changed by more than the noise (:mod:`pipeline.evaluate.compare`).
 
 Like `dvc metrics diff`, the old side is read through git (``git show REV:<path>``: the metrics files
 are git-tracked) and the new side from the workspace. Which files to read comes from dvc.yaml, as DVC
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from pipeline.core.constants import HEADLINE_METRICS
+from pipeline.core.constants import HEADLINE_METRICS, MULTICLASS_HEADLINE_METRICS, SCORE_LABELS
 from pipeline.core.errors import UserError, first_line
 from pipeline.core.messages import plural
 
@@ -148,7 +148,8 @@ def compare(root: Path, rev: str, resamples: int, seed: int, level: float) -> tu
     for evaluated in sources.models:
         old = _json(read_at(root, rev, evaluated.metrics), f"{rev}:{evaluated.metrics}")
         new = _json(read_at(root, None, evaluated.metrics), evaluated.metrics)
-        metrics = {k: (_headline(old, k), _headline(new, k)) for k in HEADLINE_METRICS}
+        keys = MULTICLASS_HEADLINE_METRICS if "miou" in new else HEADLINE_METRICS
+        metrics = {k: (_headline(old, k), _headline(new, k)) for k in keys}
         tables = [
             _table(read_at(root, side, evaluated.per_image), f"{side + ':' if side else ''}{evaluated.per_image}")
             for side in (rev, None)
@@ -173,8 +174,9 @@ def _change(old: float | None, new: float | None) -> str:
 
 def _summary(diff: ModelDiff) -> str:
     d = diff.dice
+    interval = f"{100 * d.level:g} % CI [{d.low:+.4f}, {d.high:+.4f}]"
     return (
-        f"Dice {d.change:+.4f}, {100 * d.level:g} % CI [{d.low:+.4f}, {d.high:+.4f}] over {d.images} test "
+        f"{SCORE_LABELS[d.metric]} {d.change:+.4f}, {interval} over {d.images} test "
         f"{plural(d.images, 'image')}: {d.better} better, {d.worse} worse"
     )
 

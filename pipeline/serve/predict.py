@@ -1,17 +1,22 @@
-"""`petseg predict`: pet masks and overlays for any photos, with a trained checkpoint or ONNX export.
+"""`petseg predict`: masks and overlays for any photos, with a trained checkpoint or ONNX export.
 
 Each photo goes through the training cache's preprocessing (RGB, bilinear resize to the model's
-square ``image_size``), the logits are resized back to the photo's own size and thresholded, and two
-PNGs are written per photo: ``<stem>_mask.png`` (mode L, 0 background / 255 pet) and
-``<stem>_overlay.png`` (the photo with the pet tinted).
+square ``image_size``), the logits are resized back bilinearly to the photo's own size, and two PNGs
+are written per photo. A binary model's logit is thresholded: ``<stem>_mask.png`` is mode L, 0
+background / 255 pet, and ``<stem>_overlay.png`` the photo with the pet tinted. A multi-class model's
+pixel is the class of its highest logit: ``<stem>_mask.png`` is a palette PNG (mode P) of class indices
+coloured by the task's palette, and the overlay tints each class but the background in its colour.
 """
 
+import itertools
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
@@ -20,9 +25,12 @@ from pipeline.core.device import choose_device, choose_precision, probe
 from pipeline.core.errors import UserError, first_line
 from pipeline.core.io import atomic_path
 from pipeline.core.messages import hide_bar, plural
+from pipeline.data.classes import BINARY_PETS, Classes
 from pipeline.data.decode import resize_image
+from pipeline.evaluate import inference
 from pipeline.evaluate.inference import LoadedModel, load_model, native_probabilities, predict_logits
 from pipeline.evaluate.record import eval_record_path, read_eval_record
+from pipeline.report.class_figures import palette_overlay
 from pipeline.report.overlays import tint
 from pipeline.serve.options import DEFAULT_BATCH_SIZE, DEFAULT_TTA, IMAGE_EXTENSIONS
 
@@ -42,10 +50,10 @@ class Problem:
 
 @dataclass(frozen=True)
 class Settings:
-    """The ``threshold`` (probability, strictly between 0 and 1) and ``tta`` mode a run uses, and
-    ``note``: one human-readable line saying where each came from."""
+    """The ``threshold`` (probability in (0, 1); None for a multi-class model: a pixel takes its highest
+    logit's class) and ``tta`` mode a run uses, and ``note``: one line saying where each came from."""
 
-    threshold: float
+    threshold: float | None
     tta: str
     note: str
 
@@ -134,8 +142,18 @@ def resolve_settings(weights: Path, model: LoadedModel, threshold: float | None,
     those of the weights' evaluate record (:func:`eval_record_path`) when it is for the same model
     (name and image size), else 0.5 and "none".
 
-    The record is not read when both are given. Raises UserError for a malformed record.
+    A multi-class model has no threshold: an explicit ``threshold`` raises UserError (one line naming
+    the classes), and the record gives only its tta. The record is not read when both are given.
+    Raises UserError for a malformed record.
     """
+    classes = model.classes
+    if not classes.binary and threshold is not None:
+        raise UserError(
+            f"--threshold: {weights} is a {classes.count}-class model ({', '.join(classes.names)}): each pixel "
+            "takes its highest-scoring class, so there is no threshold; drop --threshold"
+        )
+    # A multi-class model: the default stands in for the threshold, so the record is read for its tta alone.
+    threshold = threshold if classes.binary else DEFAULT_THRESHOLD
     record_path = eval_record_path(weights)
     record = None if threshold is not None and tta is not None else read_eval_record(record_path)
     if record is None:
@@ -145,14 +163,14 @@ def resolve_settings(weights: Path, model: LoadedModel, threshold: float | None,
         record = None
     else:
         source = str(record_path)
+    threshold_from = source if threshold is None else "--threshold"
+    tta_from = source if tta is None else "--tta"
     if threshold is None:
-        threshold, threshold_from = (record["threshold"] if record else DEFAULT_THRESHOLD), source
-    else:
-        threshold_from = "--threshold"
+        threshold = record["threshold"] if record else DEFAULT_THRESHOLD
     if tta is None:
-        tta, tta_from = (record["tta"] if record else DEFAULT_TTA), source
-    else:
-        tta_from = "--tta"
+        tta = record["tta"] if record else DEFAULT_TTA
+    if not classes.binary:
+        return Settings(None, tta, f"argmax over {classes.count} classes, tta {tta} ({tta_from})")
     if threshold_from == tta_from:
         note = f"threshold {threshold:g}, tta {tta} ({tta_from})"
     else:
@@ -160,14 +178,23 @@ def resolve_settings(weights: Path, model: LoadedModel, threshold: float | None,
     return Settings(float(threshold), tta, note)
 
 
-def predict_masks(model: LoadedModel, images: Sequence[Image.Image], settings: Settings) -> list[np.ndarray]:
-    """Pet masks for RGB photos of any sizes, each uint8 (H, W) in {0, 255} at its photo's own size.
+def native_labels(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Class logits float32 (C, S, S) resized bilinearly to (height, width) as in :func:`native_probabilities`,
+    then each pixel's highest logit's index (the lowest on a tie): uint8 (height, width) in 0..C-1."""
+    t = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))[None]
+    t = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
+    return t[0].argmax(0).to(torch.uint8).numpy()
 
-    All photos are resized to the model's square ``image_size`` and run as one batch; each photo's
-    logits are resized back bilinearly (:func:`~pipeline.evaluate.inference.native_probabilities`) and a
-    pixel is pet when its probability > ``settings.threshold``.
-    """
+
+def predict_masks(model: LoadedModel, images: Sequence[Image.Image], settings: Settings) -> list[np.ndarray]:
+    """Masks for RGB photos of any sizes, each uint8 (H, W) at its photo's own size, the photos run as one
+    batch at the model's ``image_size``: a binary model's pixel is 255 (pet) where its probability
+    (:func:`~pipeline.evaluate.inference.native_probabilities`) > ``settings.threshold``, else 0; a
+    multi-class model's is its class index 0..C-1 (:func:`native_labels`)."""
     small = np.stack([resize_image(image, model.image_size) for image in images])
+    if not model.classes.binary:
+        logits = inference.tta_forward(model.forward, inference.prepare(small), settings.tta)  # (N, C, S, S)
+        return [native_labels(lg, image.height, image.width) for lg, image in zip(logits, images, strict=True)]
     logits, _ = predict_logits(model.forward, small, len(small), settings.tta)
     return [
         np.where(native_probabilities(lg, image.height, image.width) > settings.threshold, 255, 0).astype(np.uint8)
@@ -175,16 +202,22 @@ def predict_masks(model: LoadedModel, images: Sequence[Image.Image], settings: S
     ]
 
 
-def write_outputs(out: Path, source: Path, image: Image.Image, mask: np.ndarray) -> tuple[Path, Path]:
-    """Write ``<stem>_mask.png`` (mode L, ``mask`` uint8 (H, W) in {0, 255}) and ``<stem>_overlay.png``
-    (RGB ``image`` of size W x H with the pet tinted) into ``out``, each atomically.
-
-    Returns the two paths. Raises UserError if a file cannot be written.
-    """
+def write_outputs(
+    out: Path, source: Path, image: Image.Image, mask: np.ndarray, classes: Classes = BINARY_PETS
+) -> tuple[Path, Path]:
+    """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` (RGB ``image``, W x H, the mask drawn on it) into
+    ``out``, each atomically; return their paths. Binary ``classes``: a mode L mask (``mask`` uint8 (H, W)
+    in {0, 255}), the pet tinted. Otherwise a mode P mask of the class indices 0..C-1 with ``classes.palette``
+    (a viewer shows the class colours, a reader gets the indices), each class tinted in its colour.
+    Raises UserError if a file cannot be written."""
     mask_path, overlay_path = output_paths(out, source)
-    overlay = tint(np.asarray(image), mask)
+    if classes.binary:
+        mask_png, overlay = Image.fromarray(mask, "L"), tint(np.asarray(image), mask)
+    else:
+        mask_png, overlay = Image.fromarray(mask, "L"), palette_overlay(np.asarray(image), mask, classes.palette)
+        mask_png.putpalette([value for colour in classes.palette for value in colour])  # L → P, indices kept
     try:
-        for path, picture in ((mask_path, Image.fromarray(mask, "L")), (overlay_path, Image.fromarray(overlay))):
+        for path, picture in ((mask_path, mask_png), (overlay_path, Image.fromarray(overlay))):
             with atomic_path(path) as tmp:
                 picture.save(tmp, format="PNG")  # tmp's name ends in .tmp-<pid>: PIL cannot infer PNG from it
     except OSError as err:
@@ -204,13 +237,7 @@ def _decoded(files: Iterable[Path], report: list[Problem], bar: tqdm) -> Iterato
 
 
 def _batches(items: Iterator, size: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
+    while batch := list(itertools.islice(items, size)):
         yield batch
 
 
@@ -228,12 +255,13 @@ def run(
     """Predict a mask and an overlay for every image in ``inputs`` (files or folders) into folder ``out``.
 
     ``weights``: a petseg checkpoint (.pt) or ONNX export (.onnx); a checkpoint runs on ``device`` at
-    ``precision`` (:func:`pipeline.core.device.choose_precision`), an export in fp32. ``threshold`` (probability,
-    strictly between 0 and 1) and ``tta`` (:data:`~pipeline.evaluate.inference.TTA_MODES`) default to the
-    weights' evaluate record, else 0.5 and "none" (:func:`resolve_settings`); one info line on stdout
-    says which. Photos are decoded ``batch_size`` at a time, so memory does not grow with the number
-    of inputs. Each input that cannot be used (missing, not an image, a folder without images) is
-    reported at once on stderr as ``error: <path>: <what>; <fix>`` and skipped.
+    ``precision`` (:func:`pipeline.core.device.choose_precision`), an export in fp32. ``threshold``
+    (probability, strictly between 0 and 1; refused for a multi-class model) and ``tta``
+    (:data:`~pipeline.evaluate.inference.TTA_MODES`) default to the weights' evaluate record, else 0.5
+    and "none" (:func:`resolve_settings`); one info line on stdout says which. Photos are decoded
+    ``batch_size`` at a time, so memory does not grow with the number of inputs. Each input that cannot
+    be used (missing, not an image, a folder without images) is reported at once on stderr as
+    ``error: <path>: <what>; <fix>`` and skipped.
 
     Returns those problems (empty when every input was written). Raises UserError, before writing
     anything, for weights that are not a petseg model, a malformed evaluate record, two inputs with
@@ -264,7 +292,7 @@ def run(
         for batch in _batches(_decoded(files, problems, bar), batch_size):
             masks = predict_masks(model, [image for _, image in batch], settings)
             for (file, image), mask in zip(batch, masks, strict=True):
-                write_outputs(out, file, image, mask)
+                write_outputs(out, file, image, mask, model.classes)
                 bar.update(1)
     unreadable = len(problems) - n_missing
     print(f"predict: wrote {len(files) - unreadable} of {count} to {out}")

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from pipeline.core.constants import SCORE_LABELS
 from pipeline.core.device import Compute, configure_backends, memory_format, needs_grad_scaler, peak_memory_mib
 from pipeline.core.errors import UserError
 from pipeline.core.messages import hide_bar
@@ -41,10 +42,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-# How the epoch lines and the train stage name each selection metric.
-METRIC_LABELS = {"dice": "Dice", "miou": "mIoU"}
 
 
 def selection_metric(classes: Classes) -> str:
@@ -236,7 +233,7 @@ def _epochs(
     """Train epochs ``first`` .. ``cfg.epochs`` (none if ``stopped``), updating ``best`` (score, scores,
     epoch, since, weights) in place; returns the last epoch trained."""
     metric = selection_metric(run.classes)
-    label = METRIC_LABELS[metric]
+    label = SCORE_LABELS[metric]
     trainer = distributed.wrap(run.net)  # after loading the state: DDP starts every rank from rank 0's weights
     epoch = first - 1
     while not stopped and epoch < cfg.epochs:

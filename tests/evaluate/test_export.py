@@ -9,7 +9,7 @@ import torch
 from onnx import TensorProto, helper
 
 from pipeline.core.errors import UserError
-from pipeline.data.classes import BINARY_PETS, classes_to_json
+from pipeline.data.classes import BINARY_PETS, Classes, classes_to_json
 from pipeline.evaluate.export import export_checked
 from pipeline.evaluate.inference import load_model, onnx_forward, torch_forward
 from pipeline.models.registry import build_model
@@ -67,3 +67,21 @@ def test_an_onnx_model_that_is_not_a_petseg_export_is_one_line(tmp_path):
     onnx.save(helper.make_model(graph), tmp_path / "other.onnx")
     with pytest.raises(UserError, match="not a petseg export"):
         load_model(tmp_path / "other.onnx", torch.device("cpu"))
+
+
+def test_a_three_class_model_exports_with_parity_and_its_classes(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("unet", 3, base_channels=4).eval()
+    classes = Classes(("background", "pet", "boundary"))
+    images = np.random.default_rng(2).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    meta = {"model": "unet", "image_size": "32", "classes": json.dumps(classes_to_json(classes))}
+    diff = export_checked(model, tmp_path / "u.onnx", meta, images, 18, 1e-3)
+    assert 0.0 <= diff <= 1e-3
+    loaded = load_model(tmp_path / "u.onnx", torch.device("cpu"))
+    assert loaded.classes == classes and not loaded.classes.binary
+    x = np.random.default_rng(3).normal(size=(3, 3, 64, 96)).astype(np.float32)
+    logits = loaded.forward(x)
+    assert logits.shape == (3, 3, 64, 96)  # every class's logit, at another batch and size than traced
+    reference = torch_forward(model, torch.device("cpu"))(x)
+    assert np.abs(logits - reference).max() <= 1e-3
+    assert (logits.argmax(1) == reference.argmax(1)).mean() > 0.99

@@ -24,7 +24,7 @@ from tests.support import write_params
 MODELS = ("unet", "resnet34_unet")
 STEMS = ["Bengal_1", "Bengal_2", "beagle_1", "beagle_2", "beagle_3", "Persian_7"]
 SHAPES = [(20, 30), (24, 18), (16, 16), (30, 20), (18, 26), (22, 22)]  # (height, width), as photos vary
-FIGURES = ("curves", "overlays", "worst", "distribution", "breeds", "dice")
+FIGURES = ("curves", "overlays", "worst", "distribution", "breeds", "dice", "confusion", "per-class-iou")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -162,7 +162,7 @@ def test_overlay_grid_draws_at_native_size_with_each_stems_dice(inputs):
     assert "photo shown at 16 px, upsampled" in fig.get_suptitle()
 
 
-def test_plot_stage_writes_exactly_the_six_pngs_and_the_test_scores(inputs):
+def test_plot_stage_writes_exactly_the_eight_pngs_and_the_test_scores(inputs):
     assert run_stage(stages.plot.main, plot_args(inputs)) == 0
     written = sorted((inputs / "figs").iterdir())
     assert [p.name for p in written] == sorted([*(f"{name}.png" for name in FIGURES), "test.json"])

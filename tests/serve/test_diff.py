@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.core.errors import UserError
 from pipeline.evaluate.compare import BETTER, WITHIN_NOISE, WORSE, paired_bootstrap
 from pipeline.serve.cli import main
 from tests.support import REPO
@@ -131,3 +132,29 @@ def test_an_unknown_revision_or_uncommitted_metrics_are_one_line_errors(repo, ca
     _git(repo, "commit", "-qm", "metrics untracked")
     code, _, err = run(repo, capsys)
     assert code == 1 and "HEAD:metrics/unet.json: not in that revision" in err and err.count("\n") == 1
+
+
+def _class_table(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, names=("background", "pet", "boundary")):
+    """A multi-class per-image table: counts (N, C) per class, with each image's own mIoU."""
+    union = tp + fp + fn
+    miou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    table = pd.DataFrame({"stem": [f"img{i}" for i in range(len(tp))], "miou": np.nanmean(miou, 1)})
+    for c, name in enumerate(names):
+        table[f"tp_{name}"], table[f"fp_{name}"], table[f"fn_{name}"] = tp[:, c], fp[:, c], fn[:, c]
+    return table
+
+
+def test_a_multi_class_bootstrap_compares_the_miou_of_the_summed_per_class_counts():
+    rng = np.random.default_rng(0)
+    tp, fp, fn = (rng.integers(10, 200, (40, 3)) for _ in range(3))
+    fp[:, 2] = fn[:, 2] = tp[:, 2] = 0  # a class in no truth and no prediction: left out of the mean
+    old = _class_table(tp, fp, fn)
+    better = _class_table(tp + 40, fp, np.maximum(fn - 40, 0))
+    change = paired_bootstrap(old, better, 500, 0, 0.95)
+    summed = [tp.sum(0)[:2], fp.sum(0)[:2], fn.sum(0)[:2]]
+    assert change.metric == "miou" and change.old == pytest.approx(np.mean(summed[0] / sum(summed)), abs=1e-12)
+    assert change.verdict == BETTER and change.better == 40 and change.worse == 0
+    same = paired_bootstrap(old, old, 200, 0, 0.95)
+    assert (same.low, same.high, same.verdict) == (0.0, 0.0, WITHIN_NOISE)
+    with pytest.raises(UserError, match="different tasks or classes"):
+        paired_bootstrap(old, per_image(*counts(1, 0.7)), 10, 0, 0.95)

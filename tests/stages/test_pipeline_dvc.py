@@ -19,7 +19,16 @@ from tests.support import ALL_STAGES, DVC, REPRO_LOG, dvc_env, edit_params, run,
 
 pytestmark = pytest.mark.e2e
 
-PNGS = ("learning_curves", "overlays", "worst", "dice_distribution", "per_breed", "test_dice")
+PNGS = (
+    "learning_curves",
+    "overlays",
+    "worst",
+    "dice_distribution",
+    "per_breed",
+    "test_dice",
+    "confusion",
+    "per_class_iou",
+)
 PER_IMAGE_CHART = "Test Dice per image vs pet fraction (native resolution)"
 BASELINE_LR = shipped_params()["lr"]  # the finished pipeline's (TINY leaves lr alone)
 EVALUATION = {"validate", "evaluate-unet", "evaluate-resnet34unet"}
@@ -40,6 +49,8 @@ RERUNS = {
     # plot follows only if a tiny model's masks change at the new threshold (DVC skips it otherwise).
     "evaluate.threshold=0.4": (EVALUATION, EVALUATION | {"plot"}),
     "image_size=64": (ALL_STAGES - {"download", "split"},) * 2,
+    # The trimap's three classes: a new cache, then everything after it; the data is the same.
+    "task=trimap": (ALL_STAGES - {"download", "split"},) * 2,
 }
 DOWNLOAD_RERUNS = {
     # The source is synthetic: the url is not its input, so validate runs and download does not.
@@ -149,6 +160,7 @@ BAD_EDITS = {
 # The longest first, so that run two at a time they end about together.
 DVC_JOBS = {
     "image_size=64": _experiment("image_size=64"),
+    "task=trimap": _experiment("task=trimap"),
     "lr": _lr_and_back,
     "export.check_images=3": _experiment("export.check_images=3"),
     "queue": _queue,
@@ -286,6 +298,13 @@ def test_experiments_rerun_exactly_the_affected_stages(dvc_jobs, change):
     at_least, at_most = RERUNS[change]
     ran, output = _rerun(dvc_jobs, change)
     assert at_least <= ran <= at_most, output
+
+
+@pytest.mark.dvc_jobs("task=trimap")
+def test_the_trimap_task_trains_three_classes_and_reports_them(dvc_jobs):
+    output, metrics = dvc_jobs["task=trimap"]
+    assert list(metrics["per_class"]) == ["background", "pet", "boundary"]
+    assert re.search(r"train unet: best valid mIoU [0-9.]+ at epoch 1", output), output[-3000:]
 
 
 @pytest.mark.dvc_jobs("image_size=64", "queue")

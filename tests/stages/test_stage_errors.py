@@ -25,7 +25,7 @@ def _one_error_line(capsys) -> str:
 
 def _plot_args(root, out, metrics=None, predictions=None):
     """The plot stage's arguments on the ``trained`` fixture (one model), writing the figures into ``out``."""
-    figures = ("curves", "overlays", "worst", "distribution", "breeds", "dice")
+    figures = ("curves", "overlays", "worst", "distribution", "breeds", "dice", "confusion", "per-class-iou")
     return out, [
         "--params", str(root / "params.yaml"), "--models", "unet", "--live", str(root / "live"),
         "--metrics", str(metrics or root / "unet.json"), "--per-image", str(root / "unet_per_image.csv"),
@@ -35,10 +35,10 @@ def _plot_args(root, out, metrics=None, predictions=None):
     ]  # fmt: skip
 
 
-def test_plot_stage_writes_six_pngs(trained, tmp_path):
+def test_plot_stage_writes_eight_pngs(trained, tmp_path):
     out, args = _plot_args(trained, out=tmp_path / "figs")
     assert run_stage(stages.plot.main, args) == 0
-    names = ["breeds", "curves", "dice", "distribution", "overlays", "worst"]
+    names = ["breeds", "confusion", "curves", "dice", "distribution", "overlays", "per-class-iou", "worst"]
     assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in names]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in out.glob("*.png"))
     metrics = json.loads((trained / "unet.json").read_text())
