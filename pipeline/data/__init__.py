@@ -1,3 +1,4 @@
-"""The dataset from source to batches: the official layout and its two tarballs, the download and
-synthetic sources, the train/valid/test split, decoding pairs into the memory-mapped cache and the
-report of skipped pairs, bit-packed native-size masks, augmentation and the seeded loaders."""
+"""The dataset from source to batches: the official layout and its two tarballs, a user's folder of
+images and label masks and its classes, the download and synthetic sources, the train/valid/test split,
+decoding pairs into the memory-mapped cache and the report of skipped pairs, packed native-size masks,
+augmentation and the seeded loaders."""
