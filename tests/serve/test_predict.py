@@ -339,7 +339,7 @@ def test_entry_points(model_dir, photos, tmp_path):
         for name, proc in procs.items():
             stdout, stderr = proc.communicate(timeout=120)
             assert proc.returncode == 0, stderr
-            assert "wrote 1 of 1 images" in stdout
+            assert "wrote 1 of 1 image to" in stdout
             assert (tmp_path / name / "dog_mask.png").is_file() and (tmp_path / name / "dog_overlay.png").is_file()
     finally:
         for proc in procs.values():

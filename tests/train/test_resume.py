@@ -143,16 +143,19 @@ def _run_and_kill_after_epoch(root, run, epoch, sig=signal.SIGKILL):
     proc = subprocess.Popen(
         _command(root, run), cwd=root, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    # Each epoch replaces the state file (write to a temp file, then rename), so its inode changes.
+    # Each epoch replaces the state file (write to a temp file, then rename). Its inode alone does not tell
+    # the versions apart: the file system may give a freed inode number to the next temp file.
     seen, deadline = [], time.monotonic() + 300
     while len(seen) < epoch and proc.poll() is None and time.monotonic() < deadline:
         try:
-            inode = state.stat().st_ino
+            stat = state.stat()
+            version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         except FileNotFoundError:
-            inode = None
-        if inode is not None and inode not in seen:
-            seen.append(inode)
+            version = None
+        if version is not None and version not in seen:
+            seen.append(version)
         time.sleep(0.01)
+    assert proc.poll() is None, f"training ended before the signal: {proc.stderr.read().decode()[-2000:]}"
     proc.send_signal(sig)
     proc.wait()
     stderr = proc.stderr.read().decode()
