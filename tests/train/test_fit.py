@@ -13,9 +13,11 @@ import pipeline.train.fit as training
 import pipeline.train.losses as losses
 from pipeline.core.errors import UserError
 from pipeline.core.params import AugmentOptions
+from pipeline.data.build import build_cache
 from pipeline.data.classes import Classes, classes_from_json
 from pipeline.data.colour import MEAN, STD
 from pipeline.data.masks import IGNORE
+from pipeline.data.synthetic import make_synthetic_folder
 from pipeline.evaluate.confusion import ConfusionMeter
 from pipeline.evaluate.inference import predict_logits, prepare, torch_forward
 from pipeline.evaluate.metrics import SegmentationMeter
@@ -473,3 +475,14 @@ def test_a_multi_class_checkpoint_is_chosen_by_miou_not_dice(tmp_path, tiny_data
     assert (result.best_epoch, result.best_valid) == (2, 0.6)
     ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["valid_miou"], ckpt["valid_dice"]) == (2, 0.6, 0.5)
+
+
+def test_a_two_class_folder_trains_as_a_binary_task(tmp_path):
+    make_synthetic_folder(tmp_path / "shapes", 8, seed=0, classes=2)
+    split = build_cache(tmp_path / "shapes", [f"shape_{i}" for i in range(8)], 32, "pet", progress=False)
+    assert split.classes.names == ("background", "part1") and split.classes.binary
+    data = (split.images[:6], split.masks[:6]), (split.images[6:], split.masks[6:])
+    result, logged = _fit(tmp_path, data, PLAIN.model_copy(update=dict(epochs=1)), classes=split.classes)
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert result.metric == "dice" and ckpt["out_channels"] == 1 and "valid/miou" not in logged[0][1]
+    assert classes_from_json(ckpt["classes"]) == split.classes
