@@ -4,7 +4,7 @@ Usage: python bench/cli.py [--repeats 5]
 
 Each repetition runs, in fresh interpreters and alternating, ``python -m pipeline --help`` (the petseg
 command: its parser imports no torch) and ``python -m pipeline --help`` after ``import
-pipeline.serve.predict`` (torch, torchvision, the models: what building the parser imported before
+pipeline.cli.predict`` (torch, torchvision, the models: what building the parser imported before
 the command's imports were made lazy). The table gives the median seconds of each and their ratio.
 
 Not a test: times vary with load and the disk cache; the ratio measured in one run is the point.
@@ -27,7 +27,7 @@ COMMANDS = {
     "the same after importing the model code": [
         sys.executable,
         "-c",
-        "import pipeline.serve.predict; from pipeline.serve.cli import main; main(['--help'])",
+        "import pipeline.cli.predict; from pipeline.cli.main import main; main(['--help'])",
     ],
 }
 

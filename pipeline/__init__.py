@@ -5,6 +5,6 @@ Sub-packages by concern, each importing only those listed before it (a test read
 ``core`` (errors, atomic writes, the params schema, device choices), ``data`` (the raw archives, the
 pets' tasks and folder datasets, the split, the cache and its loaders), ``models`` (architectures,
 registry, checkpoints), ``evaluate`` (metrics, scoring, inference, ONNX export), ``train`` (the loop,
-losses, schedules, resume, DDP), ``report`` (figures), ``serve`` (``petseg predict``, ``petseg diff``
-and the command line).
+losses, schedules, resume, DDP), ``report`` (figures), ``cli`` (the ``petseg``
+command line: ``petseg predict``, ``petseg diff``).
 """

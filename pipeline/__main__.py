@@ -1,8 +1,8 @@
-"""``python -m pipeline``: the ``petseg`` command (see :func:`pipeline.serve.cli.main`)."""
+"""``python -m pipeline``: the ``petseg`` command (see :func:`pipeline.cli.main.main`)."""
 
 import sys
 
-from pipeline.serve.cli import main
+from pipeline.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,7 @@
 """The library's packages import only packages below them, and no module imports itself back.
 
 The order is the one pipeline/__init__.py gives: core, data, models, evaluate, train, report,
-serve. A lower package never imports a higher one, so each can be read, tested and reused without
+cli. A lower package never imports a higher one, so each can be read, tested and reused without
 the ones above it; ``core`` is what the params schema and the cheap stages stand on.
 """
 
@@ -12,7 +12,7 @@ import pytest
 
 from tests.support import REPO
 
-ORDER = ("core", "data", "models", "evaluate", "train", "report", "serve")
+ORDER = ("core", "data", "models", "evaluate", "train", "report", "cli")
 PIPELINE = REPO / "pipeline"
 MAX_LINES = 300
 
@@ -83,6 +83,6 @@ def test_no_module_is_over_the_length_a_reader_takes_in():
 def test_the_walk_sees_an_upward_import(tmp_path):
     # The check itself must catch what it guards against: a function-level import of a higher package.
     lazy = tmp_path / "lazy.py"
-    lazy.write_text("def f():\n    from pipeline.serve.predict import run\n")
-    assert imports(lazy) == {"pipeline.serve.predict", "pipeline.serve.predict.run"}
-    assert package("pipeline.serve.predict.run") == "serve"
+    lazy.write_text("def f():\n    from pipeline.cli.predict import run\n")
+    assert imports(lazy) == {"pipeline.cli.predict", "pipeline.cli.predict.run"}
+    assert package("pipeline.cli.predict.run") == "cli"

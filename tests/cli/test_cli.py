@@ -9,7 +9,7 @@ from tests.support import REPO
 
 PROBE = """
 import sys
-from pipeline.serve.cli import main
+from pipeline.cli.main import main
 code = main(sys.argv[1:])
 print("torch" in sys.modules, code, file=sys.stderr)
 """

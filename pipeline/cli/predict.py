@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from pipeline.cli.options import DEFAULT_BATCH_SIZE, DEFAULT_TTA, IMAGE_EXTENSIONS
 from pipeline.core.constants import DEFAULT_THRESHOLD
 from pipeline.core.device import choose_device, choose_precision, probe
 from pipeline.core.errors import UserError, first_line
@@ -32,7 +33,6 @@ from pipeline.evaluate.inference import LoadedModel, load_model, native_probabil
 from pipeline.evaluate.record import eval_record_path, read_eval_record
 from pipeline.report.class_figures import palette_overlay
 from pipeline.report.overlays import tint
-from pipeline.serve.options import DEFAULT_BATCH_SIZE, DEFAULT_TTA, IMAGE_EXTENSIONS
 
 MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.png"
 
@@ -62,7 +62,7 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Probl
     """Expand the command line's INPUTs into image files.
 
     A file is taken whatever its extension (it is decoded by content later). A folder contributes its
-    files whose extension is in :data:`~pipeline.serve.options.IMAGE_EXTENSIONS` (case-insensitive),
+    files whose extension is in :data:`~pipeline.cli.options.IMAGE_EXTENSIONS` (case-insensitive),
     non-recursive, sorted by name. A path given twice (or a file also found through its folder) counts
     once. Returns the files in order and a :class:`Problem` for each INPUT that is missing or a folder
     without images.
@@ -267,7 +267,7 @@ def run(
     anything, for weights that are not a petseg model, a malformed evaluate record, two inputs with
     the same stem, an output that would overwrite an input, ``--out`` not a folder, an unavailable
     device; and while writing, for a file that cannot be written. ``threshold``, ``tta`` and
-    ``batch_size`` are taken as valid: :func:`pipeline.serve.cli.build_parser` checks them.
+    ``batch_size`` are taken as valid: :func:`pipeline.cli.main.build_parser` checks them.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.cli.main import main
 from pipeline.core.errors import UserError
 from pipeline.evaluate.compare import BETTER, WITHIN_NOISE, WORSE, paired_bootstrap
-from pipeline.serve.cli import main
 from tests.support import REPO
 
 IMAGES = 60

@@ -12,7 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-import pipeline.serve.predict
+import pipeline.cli.predict
+from pipeline.cli.main import main
+from pipeline.cli.predict import read_image
 from pipeline.data.classes import BINARY_PETS, classes_to_json
 from pipeline.data.colour import model_input
 from pipeline.data.decode import load_pair, resize_image, resize_pair
@@ -21,8 +23,6 @@ from pipeline.data.split import make_split
 from pipeline.evaluate.export import export_checked
 from pipeline.evaluate.inference import onnx_providers
 from pipeline.models.registry import build_model
-from pipeline.serve.cli import main
-from pipeline.serve.predict import read_image
 from pipeline.train.losses import bce_dice_loss
 
 SIZE = 32
@@ -183,9 +183,9 @@ def test_all_good_inputs_exit_0(model_dir, photos, tmp_path, capsys):
 
 def test_photos_are_decoded_per_batch(model_dir, photos, tmp_path, capsys, monkeypatch):
     events = []
-    read, write = pipeline.serve.predict.read_image, pipeline.serve.predict.write_outputs
-    monkeypatch.setattr(pipeline.serve.predict, "read_image", lambda path: events.append("read") or read(path))
-    monkeypatch.setattr(pipeline.serve.predict, "write_outputs", lambda *a: events.append("write") or write(*a))
+    read, write = pipeline.cli.predict.read_image, pipeline.cli.predict.write_outputs
+    monkeypatch.setattr(pipeline.cli.predict, "read_image", lambda path: events.append("read") or read(path))
+    monkeypatch.setattr(pipeline.cli.predict, "write_outputs", lambda *a: events.append("write") or write(*a))
     inputs = [photos[k] for k in ("jpeg", "rgba", "grey", "palette", "gif")]
     code, _, err = predict(["--weights", model_dir / "unet.pt", *inputs, "--out", tmp_path, "--batch-size", 2], capsys)
     assert code == 0, err
@@ -393,7 +393,7 @@ def test_ctrl_c_exits_130(model_dir, photos, tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pipeline.serve.predict.run", interrupted)
+    monkeypatch.setattr("pipeline.cli.predict.run", interrupted)
     code, _, err = predict(["--weights", model_dir / "unet.pt", photos["jpeg"], "--out", tmp_path / "o"], capsys)
     assert code == 130 and "interrupted" in err and "Traceback" not in err
 

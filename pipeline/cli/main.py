@@ -10,9 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.cli import options
 from pipeline.core.constants import DEVICES, PRECISIONS, TTA_MODES
 from pipeline.core.errors import UserError
-from pipeline.serve import options
 
 
 def _probability(text: str) -> float:
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pipeline.serve.predict import run
+    from pipeline.cli.predict import run
 
     problems = run(
         args.inputs,
@@ -126,7 +126,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from pipeline.serve.diff import compare, render_markdown, render_text
+    from pipeline.cli.diff import compare, render_markdown, render_text
 
     root = Path.cwd()
     diffs, sources = compare(root, args.rev, args.resamples, options.BOOTSTRAP_SEED, options.CONFIDENCE)

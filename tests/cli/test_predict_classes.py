@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pipeline.cli.predict import native_labels, read_image
 from pipeline.data.classes import Classes, classes_to_json
 from pipeline.data.colour import model_input
 from pipeline.data.decode import resize_image
@@ -16,9 +17,8 @@ from pipeline.evaluate.export import export_checked
 from pipeline.models.checkpoint import save_checkpoint
 from pipeline.models.registry import build_model
 from pipeline.report.class_figures import palette_overlay
-from pipeline.serve.predict import native_labels, read_image
-from tests.serve import test_predict
-from tests.serve.test_predict import SIZE, error_lines, predict, scene
+from tests.cli import test_predict
+from tests.cli.test_predict import SIZE, error_lines, predict, scene
 
 # test_predict's fixtures, shared: its photos in odd sizes and formats, and torch on one thread.
 photos, one_thread = test_predict.photos, test_predict.one_thread

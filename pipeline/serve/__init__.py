@@ -1,1 +1,0 @@
-"""Using a trained model on any photos: ``petseg predict`` and the ``petseg`` command line."""
