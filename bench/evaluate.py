@@ -56,7 +56,7 @@ from pipeline.evaluate.inference import load_model, predict_logits
 model = load_model(Path(sys.argv[1]), select_device())
 test = load_cache(Path(sys.argv[2]))
 logits, _ = predict_logits(model.forward, test.images, int(sys.argv[3]), "none")
-score(logits, test.masks, test.native, 0.5, test.native_ignore)
+score(logits, test.masks, test.native, test.classes.count, 0.5, test.native_ignore)
 """
 
 

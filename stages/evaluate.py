@@ -1,17 +1,15 @@
 """Stages `evaluate-unet`, `evaluate-resnet34unet`: test metrics at native resolution, breakdowns, masks.
 
-``--metrics`` is everything measured, git-tracked: the headline scores first (those the plot stage
-gathers into the DVC metrics file of the test results), then the breakdowns, the threshold and TTA,
-throughput, device and ONNX parity.
+One path for every task (:mod:`pipeline.evaluate.scoring`: per-image C×C confusion matrices, a binary
+task being C = 2). ``--metrics`` is everything measured, git-tracked: the headline scores first (those the
+plot stage gathers into the DVC metrics file of the test results: ``dice`` first for a binary task, ``miou``
+for more classes), then the breakdowns, the threshold and TTA, throughput, device and ONNX parity.
 
-A binary model (one logit) is scored by Dice at a threshold (``evaluate.threshold``, or ``auto``: the best
-on valid), headline :data:`~pipeline.core.constants.HEADLINE_METRICS`. A multi-class model (C logits)
-predicts each pixel's highest logit's class, so it has no threshold: ``evaluate.threshold`` is not used
-(``auto`` searches nothing and reads no valid split), and the metrics and the record beside the weights
-hold ``"threshold": null``. Its headline is :data:`~pipeline.core.constants.MULTICLASS_HEADLINE_METRICS`
-(mIoU first), then ``per_class`` {name: {iou, dice, pixels}}, ``miou_per_image``, ``species``, ``images``
-and the same trailing keys; its tables hold per-image and per-breed mIoU
-(:mod:`pipeline.evaluate.multiclass`), its predictions .npz the label maps at depth 8 (``masks_depth``).
+A binary model (one logit) predicts class 1 where sigmoid > ``evaluate.threshold`` (``auto``: the best on
+valid). A multi-class model (C logits) predicts each pixel's highest logit's class, so it has no threshold:
+``evaluate.threshold`` is not used (``auto`` reads no valid split), and the metrics and the record beside
+the weights hold ``"threshold": null``. The predictions .npz holds the native-size label maps at the depth
+of the test cache's masks (bits for a binary task, a byte a pixel for more classes).
 """
 
 import argparse
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.core.constants import DEFAULT_THRESHOLD, SCORE_LABELS
 from pipeline.core.device import decide
 from pipeline.core.errors import UserError
 from pipeline.core.io import atomic_path, write_csv, write_json
@@ -30,21 +29,50 @@ from pipeline.core.params import load_params
 from pipeline.core.runner import run_stage
 from pipeline.data.cache import CachedSplit, load_cache
 from pipeline.data.masks import PackedMasks
+from pipeline.evaluate.confusion import task_metric
 from pipeline.evaluate.inference import LoadedModel, iter_logits, load_model, onnx_forward
-from pipeline.evaluate.multiclass import (
-    ClassScorer,
-    class_details,
-    class_headline,
-    class_per_breed_table,
-    class_per_image_table,
-    iter_class_logits,
-)
 from pipeline.evaluate.record import write_eval_record
-from pipeline.evaluate.scoring import Scorer, ThresholdSearch, details, headline, per_breed_table, per_image_table
+from pipeline.evaluate.scoring import Scorer, ThresholdSearch
+from pipeline.evaluate.tables import details, headline, per_breed_table, per_image_table
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse args, read evaluate.*, score the checkpoint on the test cache, write metrics, tables and masks."""
+    args = _parser().parse_args(argv)
+    params = load_params(args.params)
+    compute, said = decide(params.device, params.precision, params.threads)
+    print(f"evaluate: {'; '.join(said)}")
+    model = load_model(Path(args.checkpoint), compute.device, compute.dtype)
+    onnx_diff = _onnx_parity(Path(args.onnx))
+    tta, batch_size = params.evaluate.tta, params.evaluate.batch_size
+    test = _checked_split(args.test, model, args.checkpoint)
+    threshold = None  # a multi-class model has none: `auto` searches nothing and reads no valid split
+    if model.classes.binary:
+        threshold = params.evaluate.threshold
+        if threshold == "auto":
+            threshold = _best_threshold(_checked_split(args.valid, model, args.checkpoint), model, batch_size, tta)
+    cut = DEFAULT_THRESHOLD if threshold is None else threshold
+    scorer, seconds = Scorer(test.masks, test.native, model.classes.count, cut, test.native_ignore), 0.0
+    # Batch by batch: the split's logits (N x L x S x S float32) are never held at once.
+    for logits, spent in iter_logits(model.forward, test.images, batch_size, tta):
+        scorer.add(logits)
+        seconds += spent
+    scored = scorer.result()
+    names = model.classes.names
+    per_image = per_image_table(scored, names, test.stems, test.breeds, test.species)
+    metric = task_metric(model.classes.count)
+    metrics = {
+        **headline(scored),
+        f"best_valid_{metric}": model.info[f"valid_{metric}"],
+        "best_epoch": model.info["epoch"],
+        **details(scored, names, test.species),
+        **_run_facts(threshold, tta, model, len(test.stems) / seconds, compute.device.type, onnx_diff),
+    }
+    _write(args, model, test.stems, scored.predictions, per_image, per_breed_table(scored, per_image), metrics)
+    _say(model, metrics, len(test.stems))
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True)
     parser.add_argument("--checkpoint", required=True, help="model .pt written by the training stage")
@@ -56,63 +84,42 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--per-breed", required=True, help="output per-breed .csv")
     parser.add_argument("--predictions", required=True, help="output predicted native-size masks (.npz)")
     parser.add_argument("--record", required=True, help="output .json beside the weights: threshold and tta used")
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
-    threshold, tta, batch_size = params.evaluate.threshold, params.evaluate.tta, params.evaluate.batch_size
-    compute, said = decide(params.device, params.precision, params.threads)
-    device = compute.device
-    print(f"evaluate: {'; '.join(said)}")
-    model = load_model(Path(args.checkpoint), device, compute.dtype)
-    _, onnx_meta = onnx_forward(Path(args.onnx))
+    return parser
+
+
+def _onnx_parity(path: Path) -> float:
+    """The export's recorded largest logit difference. Raises UserError if the ONNX model lacks it."""
+    _, meta = onnx_forward(path)
     try:
-        onnx_diff = float(onnx_meta["onnx_max_abs_diff"])
+        return float(meta["onnx_max_abs_diff"])
     except (KeyError, ValueError):
         raise UserError(
-            f"{args.onnx}: no onnx_max_abs_diff in its metadata; run `dvc repro -f` on its export stage"
+            f"{path}: no onnx_max_abs_diff in its metadata; run `dvc repro -f` on its export stage"
         ) from None
-    binary = model.classes.binary
-    test = load_cache(Path(args.test))
-    valid = load_cache(Path(args.valid)) if binary and threshold == "auto" else None
-    for path, split in ((args.test, test), (args.valid, valid)):
-        if split is not None and split.images.shape[1] != model.image_size:
-            raise UserError(
-                f"{path}: images are {split.images.shape[1]} px but {args.checkpoint} was trained at "
-                f"{model.image_size} px; run dvc repro"
-            )
-        if split is not None and split.classes.names != model.classes.names:
-            raise UserError(
-                f"{path}: classes {list(split.classes.names)} but {args.checkpoint} was trained for "
-                f"{list(model.classes.names)}; run dvc repro"
-            )
-    if not binary:
-        _evaluate_classes(args, model, test, batch_size, tta, device.type, onnx_diff)
-        return
-    # Batch by batch: the split's logits (N x S x S float32, 3.8 GB for the full test split at 512 px)
-    # are never held at once.
-    if valid is not None:
-        search = ThresholdSearch(valid.native, native_ignore=valid.native_ignore)
-        for logits, _ in iter_logits(model.forward, valid.images, batch_size, tta):
-            search.add(logits)
-        threshold = search.best()
-    scorer, seconds = Scorer(test.masks, test.native, threshold, test.native_ignore), 0.0
-    for logits, spent in iter_logits(model.forward, test.images, batch_size, tta):
-        scorer.add(logits)
-        seconds += spent
-    scored = scorer.result()
-    per_image = per_image_table(scored, test.stems, test.breeds, test.species, test.native)
-    metrics = {
-        **headline(scored),
-        "best_valid_dice": model.info["valid_dice"],
-        "best_epoch": model.info["epoch"],
-        **details(scored, test.species),
-        **_run_facts(threshold, tta, model, len(test.stems) / seconds, device.type, onnx_diff),
-    }
-    _write(args, model, test.stems, scored.predictions, per_image, per_breed_table(scored, per_image), metrics)
-    print(
-        f"evaluate {model.name}: test Dice {metrics['dice']:.4f} at native size "
-        f"({metrics['dice_at_image_size']:.4f} at {model.image_size} px), threshold {threshold}, tta {tta}, "
-        f"{len(test.stems)} {plural(len(test.stems), 'image')}"
-    )
+
+
+def _checked_split(path: str, model: LoadedModel, checkpoint: str) -> CachedSplit:
+    """The cache at ``path``. Raises UserError if its size or classes are not those ``model`` was trained for."""
+    split = load_cache(Path(path))
+    if split.images.shape[1] != model.image_size:
+        raise UserError(
+            f"{path}: images are {split.images.shape[1]} px but {checkpoint} was trained at "
+            f"{model.image_size} px; run dvc repro"
+        )
+    if split.classes.names != model.classes.names:
+        raise UserError(
+            f"{path}: classes {list(split.classes.names)} but {checkpoint} was trained for "
+            f"{list(model.classes.names)}; run dvc repro"
+        )
+    return split
+
+
+def _best_threshold(valid: CachedSplit, model: LoadedModel, batch_size: int, tta: str) -> float:
+    """``evaluate.threshold: auto``: the threshold of the best native Dice on ``valid``, batch by batch."""
+    search = ThresholdSearch(valid.native, native_ignore=valid.native_ignore)
+    for logits, _ in iter_logits(model.forward, valid.images, batch_size, tta):
+        search.add(logits)
+    return search.best()
 
 
 def _run_facts(
@@ -149,36 +156,13 @@ def _write(
     write_json(args.metrics, metrics)
 
 
-def _evaluate_classes(
-    args: argparse.Namespace,
-    model: LoadedModel,
-    test: CachedSplit,
-    batch_size: int,
-    tta: str,
-    device: str,
-    onnx_diff: float,
-) -> None:
-    """The multi-class path of :func:`main`: score ``test`` by argmax at native and image size, write every
-    output (``device`` the torch device type, ``onnx_diff`` the export's parity, both recorded as is)."""
-    # Batch by batch: the split's logits (N x C x S x S float32) are never held at once.
-    scorer, seconds = ClassScorer(test.masks, test.native, model.classes.count), 0.0
-    for logits, spent in iter_class_logits(model.forward, test.images, batch_size, tta):
-        scorer.add(logits)
-        seconds += spent
-    scored = scorer.result()
-    per_image = class_per_image_table(scored, model.classes, test.stems, test.breeds, test.species)
-    metrics = {
-        **class_headline(scored),
-        "best_valid_miou": model.info["valid_miou"],
-        "best_epoch": model.info["epoch"],
-        **class_details(scored, model.classes, test.species),
-        **_run_facts(None, tta, model, len(test.stems) / seconds, device, onnx_diff),
-    }
-    _write(args, model, test.stems, scored.predictions, per_image, class_per_breed_table(scored, per_image), metrics)
+def _say(model: LoadedModel, metrics: dict, images: int) -> None:
+    metric = task_metric(model.classes.count)
+    how = f"threshold {metrics['threshold']}, " if model.classes.binary else ""
     print(
-        f"evaluate {model.name}: test mIoU {metrics['miou']:.4f} over {model.classes.count} classes at native size "
-        f"({metrics['miou_at_image_size']:.4f} at {model.image_size} px), tta {tta}, "
-        f"{len(test.stems)} {plural(len(test.stems), 'image')}"
+        f"evaluate {model.name}: test {SCORE_LABELS[metric]} {metrics[metric]:.4f} over {model.classes.count} classes "
+        f"at native size ({metrics[f'{metric}_at_image_size']:.4f} at {model.image_size} px), {how}tta "
+        f"{metrics['tta']}, {images} {plural(images, 'image')}"
     )
 
 

@@ -2,136 +2,124 @@
 figures, the test confusion matrices and per-class IoU, and the models' test scores side by side (the DVC
 metrics file a reviewer compares).
 
-A binary task's figures show the Dice and colour each prediction by outcome (true/false positive/negative);
-a multi-class task's (the test cache's classes say which) show the mIoU and draw masks in the class
-palette. Both write every file, so the stage's outputs are the same whatever the task: a binary task's
-confusion matrix is 2x2 and its per-class bars are background and its class 1.
+One set of figures for every task: each shows the task's score (the Dice of class 1 for a binary task, the
+mIoU for more classes: the test cache's classes say which) and draws masks in the classes' palette, wrong
+pixels marked. Inputs come by folder (:mod:`pipeline.report.files`): the dvclive folders, the evaluate
+stages' tables and their predictions, one file or folder per model named after it; the figures go into one
+folder under fixed names (:data:`pipeline.report.files.FIGURES`).
 """
 
 import argparse
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from pipeline.core.errors import UserError
 from pipeline.core.io import write_json
 from pipeline.core.params import load_params
 from pipeline.core.runner import run_stage
-from pipeline.data.cache import load_cache
-from pipeline.report.class_figures import (
-    class_iou,
-    class_overlay_grid,
-    class_worst_grid,
-    confusion_figure,
-    per_class_iou_bars,
-    split_confusion,
-)
-from pipeline.report.inputs import (
-    CURVES,
-    MULTICLASS_CURVES,
-    REDO_EVALUATE,
-    load_predictions,
-    read_curves,
-    read_metrics,
-    read_table,
-)
+from pipeline.data.cache import CachedSplit, load_cache
+from pipeline.data.masks import PackedMasks
+from pipeline.evaluate.confusion import task_metric
+from pipeline.evaluate.tables import headline_keys
+from pipeline.report.class_figures import class_iou, confusion_figure, per_class_iou_bars, split_confusion
+from pipeline.report.files import FIGURES, model_files
+from pipeline.report.inputs import REDO_EVALUATE, load_predictions, read_curves, read_metrics, read_table
 from pipeline.report.mask_figures import overlay_grid, worst_grid
-from pipeline.report.plots import (
-    class_score_bars,
-    dice_bars,
-    dice_distribution,
-    learning_curves,
-    per_breed_bars,
-    save_figure,
-)
-from pipeline.report.table import headline_keys, side_by_side
+from pipeline.report.plots import learning_curves, per_breed_bars, save_figure, score_bars, score_distribution
+from pipeline.report.table import side_by_side
 
-PER_MODEL = ("live", "metrics", "per_image", "per_breed", "predictions")
-# The figures, each written to --<name>-png.
-FIGURES = ("curves", "overlays", "worst", "distribution", "breeds", "dice", "confusion", "per-class-iou")
+
+@dataclass
+class Inputs:
+    """Every model's inputs, read and checked against the test split, by model name in display order."""
+
+    curves: dict[str, pd.DataFrame]
+    metrics: dict[str, dict]
+    per_image: dict[str, pd.DataFrame]
+    per_breed: dict[str, pd.DataFrame]
+    predictions: dict[str, PackedMasks]
+    matrices: dict[str, np.ndarray]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Parse args, read plot.*, check every input against the test cache, then write the eight PNG figures
-    and the test scores.
-
-    Raises UserError for a bad param, a missing or corrupt input, inputs of another test set or task, or
-    a per-model option not given once per model.
-    """
+    """Parse args, read plot.*, check every input against the test cache, then write the figures and the
+    test scores. Raises UserError for a bad param, a missing or corrupt input, or inputs of another test
+    set or task."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True)
     parser.add_argument("--models", nargs="+", required=True, help="model names, in display order")
-    parser.add_argument("--live", nargs="+", required=True, help="dvclive folder per model")
-    parser.add_argument("--metrics", nargs="+", required=True, help="metrics .json per model")
-    parser.add_argument("--per-image", nargs="+", required=True, help="per-image .csv per model")
-    parser.add_argument("--per-breed", nargs="+", required=True, help="per-breed .csv per model")
-    parser.add_argument("--predictions", nargs="+", required=True, help="predictions .npz per model")
+    parser.add_argument("--live", required=True, help="folder of the dvclive folders, one per model")
+    parser.add_argument("--evaluation", required=True, help="folder of the evaluate stages' .json and .csv files")
+    parser.add_argument("--predictions", required=True, help="folder of the evaluate stages' predictions (.npz)")
     parser.add_argument("--test", required=True, help="test split cache folder")
+    parser.add_argument("--plots", required=True, help="output folder of the figures")
     parser.add_argument("--summary", required=True, help="output .json: the models' test scores side by side")
-    for name in FIGURES:
-        parser.add_argument(f"--{name}-png", required=True)
     args = parser.parse_args(argv)
-    counts = {f"--{key.replace('_', '-')}": len(getattr(args, key)) for key in PER_MODEL}
-    if any(n != len(args.models) for n in counts.values()):
-        given = ", ".join(f"{n} {option}" for option, n in counts.items())
-        raise UserError(f"plot: {len(args.models)} --models but {given}; give one path per model to each")
     params = load_params(args.params).plot
-    num_images, worst, seed = params.num_images, params.worst, params.seed
-
     # Read and check every input before writing any figure, so a bad input leaves no PNG.
     test = load_cache(Path(args.test))
-    classes = test.classes
-    # A binary task's per-image and per-breed score is the Dice; a multi-class task's the mIoU, which an
-    # image whose every pixel is ignored lacks (NaN).
-    score, nullable = ("dice", ()) if classes.binary else ("miou", ("miou",))
-    curves, metrics, per_image, per_breed, predictions, matrices = {}, {}, {}, {}, {}, {}
-    for i, model in enumerate(args.models):
-        curves[model] = read_curves(Path(args.live[i]), CURVES if classes.binary else MULTICLASS_CURVES)
-        metrics[model] = read_metrics(Path(args.metrics[i]), classes)
-        per_image[model] = read_table(Path(args.per_image[i]), ("stem",), (score,), nullable)
-        per_breed[model] = read_table(Path(args.per_breed[i]), ("breed", "species"), ("images", score), nullable)
-        predictions[model], stems = load_predictions(Path(args.predictions[i]))
-        breeds = per_breed[model].groupby("breed")["images"].sum().to_dict()
-        masks = predictions[model]
+    inputs = _read(args, test)
+    rng = np.random.default_rng(params.seed)
+    chosen = np.sort(rng.choice(len(test.stems), min(params.num_images, len(test.stems)), replace=False))
+    score, names = task_metric(test.classes.count), test.classes.names
+    figures = {
+        "curves": learning_curves(inputs.curves, score),
+        "overlays": overlay_grid(test, inputs.predictions, inputs.per_image, chosen, score),
+        "worst": worst_grid(test, inputs.predictions, inputs.per_image, params.worst, score),
+        "distribution": score_distribution(inputs.per_image, score),
+        "breeds": per_breed_bars(inputs.per_breed, score),
+        "scores": score_bars(inputs.metrics, test.classes.count),
+        "confusion": confusion_figure(inputs.matrices, names),
+        "per_class": per_class_iou_bars(class_iou(inputs.matrices, names), names),
+    }
+    for name, fig in figures.items():
+        save_figure(fig, Path(args.plots) / FIGURES[name])
+    write_json(args.summary, side_by_side(inputs.metrics, headline_keys(test.classes.count)))
+    print(f"plot: wrote {len(figures)} figures in {args.plots} and {args.summary}")
+
+
+def _read(args: argparse.Namespace, test: CachedSplit) -> Inputs:
+    """Each model's inputs (:func:`pipeline.report.files.model_files`), checked to be about ``test``'s images.
+    Raises UserError naming the first file that is missing, corrupt or about other images."""
+    count = test.classes.count
+    score = task_metric(count)
+    # An image whose every pixel is ignored has no mIoU (NaN); a binary image always has a Dice.
+    nullable = () if count == 2 else (score,)
+    inputs = Inputs({}, {}, {}, {}, {}, {})
+    for model in args.models:
+        files = model_files(model, Path(args.live), Path(args.evaluation), Path(args.predictions))
+        inputs.curves[model] = read_curves(files.live, score)
+        inputs.metrics[model] = metrics = read_metrics(files.metrics, count)
+        inputs.per_image[model] = per_image = read_table(files.per_image, ("stem",), (score,), nullable)
+        inputs.per_breed[model] = per_breed = read_table(
+            files.per_breed, ("breed", "species"), ("images", score), nullable
+        )
+        masks, stems = load_predictions(files.predictions)
+        inputs.predictions[model] = masks
         same_masks = (
             stems == test.stems
             and np.array_equal(masks.shapes, test.native.shapes)
             and masks.depth == test.native.depth
         )
         for path, same in (
-            (args.metrics[i], metrics[model]["images"] == len(test.stems)),
-            (args.per_image[i], per_image[model]["stem"].tolist() == test.stems),
-            (args.per_breed[i], breeds == Counter(test.breeds)),
-            (args.predictions[i], same_masks),
+            (files.metrics, metrics["images"] == len(test.stems)),
+            (files.per_image, per_image["stem"].tolist() == test.stems),
+            (files.per_breed, per_breed.groupby("breed")["images"].sum().to_dict() == Counter(test.breeds)),
+            (files.predictions, same_masks),
         ):
             if not same:
                 raise UserError(f"{path}: not about the {len(test.stems)} test images of {args.test}; {REDO_EVALUATE}")
         try:
-            matrices[model] = split_confusion(test, {model: masks})[model]
+            inputs.matrices[model] = split_confusion(test, {model: masks})[model]
         except ValueError as err:  # a predicted class index the task does not have
-            raise UserError(f"{args.predictions[i]}: {err}; {REDO_EVALUATE}") from None
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(len(test.stems), min(num_images, len(test.stems)), replace=False))
-
-    binary = classes.binary
-    names = classes.names
-    figures = {
-        args.curves_png: learning_curves(curves, score),
-        args.overlays_png: (overlay_grid if binary else class_overlay_grid)(test, predictions, per_image, chosen),
-        args.worst_png: (worst_grid if binary else class_worst_grid)(test, predictions, per_image, worst),
-        args.distribution_png: dice_distribution(per_image, score),
-        args.breeds_png: per_breed_bars(per_breed, score),
-        args.dice_png: dice_bars(metrics) if binary else class_score_bars(metrics),
-        args.confusion_png: confusion_figure(matrices, names),
-        args.per_class_iou_png: per_class_iou_bars(class_iou(matrices, names), names),
-    }
-    for path, fig in figures.items():
-        save_figure(fig, Path(path))
-    write_json(args.summary, side_by_side(metrics, headline_keys(classes)))
-    print(f"plot: wrote {', '.join(figures)} and {args.summary}")
+            raise UserError(f"{files.predictions}: {err}; {REDO_EVALUATE}") from None
+    return inputs
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@ whether its test Dice (mIoU for a multi-class task) changed by more than the noi
 
 Like `dvc metrics diff`, the old side is read through git (``git show REV:<path>``: the metrics files
 are git-tracked) and the new side from the workspace. Which files to read comes from dvc.yaml, as DVC
-resolves it: each evaluate stage's ``--metrics`` and ``--per-image`` outputs, and the plot stage's
-figures for the Markdown links.
+resolves it: each evaluate stage's ``--metrics`` and ``--per-image`` outputs, and the figures in the plot
+stage's ``--plots`` folder for the Markdown links.
 """
 
 import io
@@ -20,6 +20,7 @@ import pandas as pd
 from pipeline.core.constants import HEADLINE_METRICS, MULTICLASS_HEADLINE_METRICS, SCORE_LABELS
 from pipeline.core.errors import UserError, first_line
 from pipeline.core.messages import plural
+from pipeline.report.files import FIGURES
 
 if TYPE_CHECKING:  # the module loads torch: imported where the comparison runs, not for --help
     from pipeline.evaluate.compare import DiceChange
@@ -66,10 +67,9 @@ def read_sources(root: Path) -> Sources:
             metrics, per_image = _option(argv, "--metrics"), _option(argv, "--per-image")
             if metrics and per_image:
                 models.append(Evaluated(Path(metrics).stem, metrics, per_image))
-        elif "stages.plot" in argv:
-            for label, option in (("worst images", "--worst-png"), ("learning curves", "--curves-png")):
-                if _option(argv, option):
-                    figures[label] = _option(argv, option)
+        elif "stages.plot" in argv and _option(argv, "--plots"):
+            for label, name in (("worst images", "worst"), ("learning curves", "curves")):
+                figures[label] = (Path(_option(argv, "--plots")) / FIGURES[name]).as_posix()
     if not models:
         raise UserError(f"{root}/dvc.yaml: no evaluate stage with --metrics and --per-image; nothing to compare")
     return Sources(models, figures)

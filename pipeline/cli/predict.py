@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
@@ -28,11 +26,9 @@ from pipeline.core.io import atomic_path
 from pipeline.core.messages import hide_bar, plural
 from pipeline.data.classes import BINARY_PETS, Classes
 from pipeline.data.decode import resize_image
-from pipeline.evaluate import inference
-from pipeline.evaluate.inference import LoadedModel, load_model, native_probabilities, predict_logits
+from pipeline.evaluate.inference import LoadedModel, load_model, native_labels, predict_logits
 from pipeline.evaluate.record import eval_record_path, read_eval_record
-from pipeline.report.class_figures import palette_overlay
-from pipeline.report.overlays import tint
+from pipeline.report.overlays import palette_overlay
 
 MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.png"
 
@@ -178,26 +174,15 @@ def resolve_settings(weights: Path, model: LoadedModel, threshold: float | None,
     return Settings(float(threshold), tta, note)
 
 
-def native_labels(logits: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Class logits float32 (C, S, S) resized bilinearly to (height, width) as in :func:`native_probabilities`,
-    then each pixel's highest logit's index (the lowest on a tie): uint8 (height, width) in 0..C-1."""
-    t = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))[None]
-    t = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
-    return t[0].argmax(0).to(torch.uint8).numpy()
-
-
 def predict_masks(model: LoadedModel, images: Sequence[Image.Image], settings: Settings) -> list[np.ndarray]:
-    """Masks for RGB photos of any sizes, each uint8 (H, W) at its photo's own size, the photos run as one
-    batch at the model's ``image_size``: a binary model's pixel is 255 (pet) where its probability
-    (:func:`~pipeline.evaluate.inference.native_probabilities`) > ``settings.threshold``, else 0; a
-    multi-class model's is its class index 0..C-1 (:func:`native_labels`)."""
+    """Label maps for RGB photos of any sizes, each uint8 (H, W) at its photo's own size, the photos run as one
+    batch at the model's ``image_size`` (:func:`~pipeline.evaluate.inference.native_labels`, as the evaluate
+    stage labels them): a binary model's class 1 where sigmoid > ``settings.threshold``, a multi-class
+    model's highest logit's class."""
     small = np.stack([resize_image(image, model.image_size) for image in images])
-    if not model.classes.binary:
-        logits = inference.tta_forward(model.forward, inference.prepare(small), settings.tta)  # (N, C, S, S)
-        return [native_labels(lg, image.height, image.width) for lg, image in zip(logits, images, strict=True)]
     logits, _ = predict_logits(model.forward, small, len(small), settings.tta)
     return [
-        np.where(native_probabilities(lg, image.height, image.width) > settings.threshold, 255, 0).astype(np.uint8)
+        native_labels(lg, image.height, image.width, settings.threshold)
         for lg, image in zip(logits, images, strict=True)
     ]
 
@@ -206,15 +191,15 @@ def write_outputs(
     out: Path, source: Path, image: Image.Image, mask: np.ndarray, classes: Classes = BINARY_PETS
 ) -> tuple[Path, Path]:
     """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` (RGB ``image``, W x H, the mask drawn on it) into
-    ``out``, each atomically; return their paths. Binary ``classes``: a mode L mask (``mask`` uint8 (H, W)
-    in {0, 255}), the pet tinted. Otherwise a mode P mask of the class indices 0..C-1 with ``classes.palette``
-    (a viewer shows the class colours, a reader gets the indices), each class tinted in its colour.
+    ``out``, each atomically; return their paths. ``mask`` is a label map uint8 (H, W); the overlay tints each
+    class but the first in its ``classes.palette`` colour. Binary ``classes``: a mode L mask of 0 and 255 (the
+    pet). Otherwise a mode P mask of the class indices 0..C-1 with the palette (a viewer shows the class
+    colours, a reader gets the indices).
     Raises UserError if a file cannot be written."""
     mask_path, overlay_path = output_paths(out, source)
-    if classes.binary:
-        mask_png, overlay = Image.fromarray(mask, "L"), tint(np.asarray(image), mask)
-    else:
-        mask_png, overlay = Image.fromarray(mask, "L"), palette_overlay(np.asarray(image), mask, classes.palette)
+    overlay = palette_overlay(np.asarray(image), mask, classes.palette)
+    mask_png = Image.fromarray(mask * 255 if classes.binary else mask, "L")
+    if not classes.binary:
         mask_png.putpalette([value for colour in classes.palette for value in colour])  # L → P, indices kept
     try:
         for path, picture in ((mask_path, mask_png), (overlay_path, Image.fromarray(overlay))):

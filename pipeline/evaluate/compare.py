@@ -6,7 +6,7 @@ Both evaluations scored the same test images; each per-image table (the evaluate
 ``fn_<class>`` per class for a multi-class task, whose score is the mIoU over the classes present
 (:mod:`pipeline.evaluate.confusion`). A resample draws N of the N images with replacement, the same draw
 for both, and takes the difference of the two dataset-level scores recomputed from the summed counts
-(:func:`pipeline.evaluate.metrics.dice_from_counts`, or the mIoU of the summed per-class counts). The
+(:mod:`pipeline.evaluate.confusion`: class 1's Dice, or the mIoU of the summed per-class counts). The
 percentile interval of those differences
 (Efron & Tibshirani 1993, "An Introduction to the Bootstrap", ch. 13) is the confidence interval of
 the change: a change whose interval holds 0 is within the noise of which pets happen to be in the test
@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from pipeline.core.errors import UserError
-from pipeline.evaluate.metrics import dice_from_counts
+from pipeline.evaluate.confusion import dice_from_counts, miou_from_counts
 
 COUNTS = ("tp", "fp", "fn")
 BETTER, WORSE, WITHIN_NOISE = "better", "worse", "within noise"
@@ -67,12 +67,9 @@ def _dice(counts: np.ndarray) -> np.ndarray:
 
 def _miou(counts: np.ndarray) -> np.ndarray:
     """Dataset-level mIoU of int64 summed counts (..., 3C): TP, FP, FN of each class in turn, over the
-    classes present (TP + FP + FN > 0), as :func:`pipeline.evaluate.confusion.class_scores`."""
-    tp, fp, fn = (counts[..., i::3].astype(np.float64) for i in range(3))
-    union = tp + fp + fn
-    present = union > 0
-    iou = np.where(present, tp / np.maximum(union, 1), 0.0)
-    return iou.sum(-1) / np.maximum(present.sum(-1), 1)
+    classes present (:func:`pipeline.evaluate.confusion.miou_from_counts`)."""
+    t = torch.from_numpy(counts)
+    return miou_from_counts(t[..., 0::3], t[..., 1::3], t[..., 2::3]).numpy()
 
 
 def _columns(table: pd.DataFrame) -> tuple[str, list[str]]:

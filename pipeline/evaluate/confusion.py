@@ -1,24 +1,47 @@
-"""Multi-class IoU, Dice and pixel accuracy from a C×C confusion matrix accumulated over a dataset.
+"""Every score from one place: C×C confusion matrices, for any task (a binary task is the two-class case).
 
-Rows are the true class, columns the predicted one, entries pixels. A target pixel equal to
-:data:`~pipeline.data.masks.IGNORE` is counted nowhere. For class c, TP = M[c, c], FP = column sum − TP,
-FN = row sum − TP; IoU (Jaccard 1912) = TP / (TP + FP + FN), Dice (Dice 1945) = 2TP / (2TP + FP + FN).
-mIoU is the mean of the per-class IoU of the counts summed over the whole dataset first, as in the
-PASCAL VOC segmentation benchmark (Everingham et al. 2010, IJCV 88) and Cityscapes (Cordts et al. 2016),
-never an average of per-batch averages.
+Logits become a label map first (:func:`to_labels`: sigmoid > threshold for one logit, argmax for C), then
+each image gets a confusion matrix: rows the true class, columns the predicted one, entries pixels; a target
+pixel equal to :data:`~pipeline.data.masks.IGNORE` is counted nowhere. A dataset's matrix is the sum of its
+images' matrices, so its scores are never averages of per-batch averages. The shape follows torchvision's
+references/segmentation ``ConfusionMatrix`` (a bincount of ``C * true + pred``) and smp's ``get_stats``
+(per-class TP, FP, FN).
 
-A class is *present* when it is in the ground truth or predicted somewhere (TP + FP + FN > 0). The
-means run over the present classes only: an absent class has IoU 0/0, and counting it as 1 would
-reward a model for a class the data never asked about, as 0 would punish it (mmsegmentation's
-nanmean over classes makes the same choice). Per-class lists report an absent class as None, so the
-results serialise to JSON as they are.
+For class c: TP = M[c, c], FP = column sum − TP, FN = row sum − TP, and
+
+- IoU (Jaccard 1912) = TP / (TP + FP + FN), Dice (Dice 1945; the F1 score) = 2TP / (2TP + FP + FN),
+- precision = TP / (TP + FP), recall = TP / (TP + FN), pixel accuracy = trace / total.
+
+mIoU is the mean of the per-class IoU of the summed counts, as in the PASCAL VOC segmentation benchmark
+(Everingham et al. 2010, IJCV 88) and Cityscapes (Cordts et al. 2016). A class is *present* when it is in
+the ground truth or predicted somewhere (TP + FP + FN > 0); means over classes run over the present ones
+only (mmsegmentation's nanmean makes the same choice), and per-class lists give None for an absent class.
+
+A task's headline score, derived from the same matrices (:func:`task_metric`): for two classes, ``dice``,
+the Dice of class 1 (the foreground; 1.0 when truth and prediction are both empty, which a per-image mean
+needs); for more, ``miou``.
 """
-
-from dataclasses import dataclass, field
 
 import torch
 
+from pipeline.core.constants import DEFAULT_THRESHOLD
 from pipeline.data.masks import IGNORE
+
+
+def task_metric(num_classes: int) -> str:
+    """The score that ranks models and epochs of a task with ``num_classes`` classes: "dice" (of class 1)
+    for a binary task, "miou" for more classes, where a mean Dice would let a large class hide a missed
+    small one less visibly than IoU does."""
+    return "dice" if num_classes == 2 else "miou"
+
+
+def to_labels(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Label maps int64 (N, H, W) of logits float (N, L, H, W): for L = 1 (a binary task), class 1 where
+    sigmoid(logit) > ``threshold``; for L = C, the class of the highest logit (the lowest index on a tie;
+    ``threshold`` is not used). No host sync."""
+    if logits.shape[1] == 1:
+        return (torch.sigmoid(logits[:, 0]) > threshold).long()
+    return logits.argmax(1)
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, check: bool = True) -> torch.Tensor:
@@ -61,28 +84,58 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     return counts.index_add_(0, index.flatten(), counted.flatten().long()).view(n, c, c)
 
 
-def _tp_fp_fn(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """TP, FP, FN float64 (..., C) of matrices int (..., C, C), rows true and columns predicted."""
-    matrix = matrix.double()
+def class_counts(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TP, FP, FN (..., C) of matrices (..., C, C), rows true and columns predicted, in their dtype."""
     tp = matrix.diagonal(dim1=-2, dim2=-1)
     return tp, matrix.sum(-2) - tp, matrix.sum(-1) - tp
+
+
+def dice_from_counts(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+    """Dice = 2TP / (2TP + FP + FN), elementwise float64; 1.0 where truth and prediction are both empty."""
+    tp, fp, fn = (t.double() for t in (tp, fp, fn))
+    denom = 2 * tp + fp + fn
+    return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.ones_like(denom))
+
+
+def iou_from_counts(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+    """IoU = TP / (TP + FP + FN), elementwise float64; 1.0 where truth and prediction are both empty."""
+    tp, fp, fn = (t.double() for t in (tp, fp, fn))
+    denom = tp + fp + fn
+    return torch.where(denom > 0, tp / denom.clamp(min=1), torch.ones_like(denom))
+
+
+def foreground(matrices: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A binary task's scores of class 1 from matrices int (..., 2, 2): ``dice`` and ``iou`` float64 (...)
+    (1.0 where truth and prediction are both empty: the image had nothing to find and found nothing) and
+    ``fraction``, class 1's share of the counted truth pixels (NaN where none is counted)."""
+    tp, fp, fn = (t[..., 1] for t in class_counts(matrices.double()))
+    total = matrices.sum((-2, -1))
+    return {
+        "dice": dice_from_counts(tp, fp, fn),
+        "iou": iou_from_counts(tp, fp, fn),
+        "fraction": (tp + fn) / total.double(),
+    }
+
+
+def _or_none(values: torch.Tensor, defined: torch.Tensor) -> list[float | None]:
+    return [float(v) if d else None for v, d in zip(values.tolist(), defined.tolist(), strict=True)]
 
 
 def class_scores(matrix: torch.Tensor) -> dict[str, float | list]:
     """Scores of one confusion matrix int (C, C) (rows true, columns predicted), e.g. a dataset's sum.
 
-    Returns ``miou`` and ``mdice`` (means over the present classes, see the module docstring),
-    ``pixel_accuracy`` (trace / total: the share of counted pixels predicted right), all floats computed
-    in float64, and per class lists of length C: ``iou`` and ``dice`` (float, or None for a class
-    absent from both truth and prediction), ``pixels`` (int, true pixels of the class: the row sums)
-    and ``present`` (bool). Raises ValueError if ``matrix`` is not square 2-D or holds no pixel.
+    Returns ``miou`` and ``mdice`` (means over the present classes), ``pixel_accuracy`` (trace / total),
+    all floats computed in float64, and per class lists of length C: ``iou`` and ``dice`` (None for a class
+    absent from truth and prediction), ``precision`` (None for a class never predicted), ``recall`` (None
+    for a class not in the truth), ``pixels`` (int, true pixels of the class: the row sums) and ``present``
+    (bool). Raises ValueError if ``matrix`` is not square 2-D or holds no pixel.
     """
     if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"expected a C x C confusion matrix, got shape {tuple(matrix.shape)}")
     total = int(matrix.sum())
     if total == 0:
         raise ValueError("the confusion matrix counts no pixel: every pixel was ignored")
-    tp, fp, fn = _tp_fp_fn(matrix)
+    tp, fp, fn = class_counts(matrix.double())
     present = (tp + fp + fn) > 0
     iou = tp / (tp + fp + fn).clamp(min=1)
     dice = 2 * tp / (2 * tp + fp + fn).clamp(min=1)
@@ -90,21 +143,29 @@ def class_scores(matrix: torch.Tensor) -> dict[str, float | list]:
         "miou": float(iou[present].mean()),
         "mdice": float(dice[present].mean()),
         "pixel_accuracy": float(tp.sum() / total),
-        "iou": [float(v) if p else None for v, p in zip(iou.tolist(), present.tolist(), strict=True)],
-        "dice": [float(v) if p else None for v, p in zip(dice.tolist(), present.tolist(), strict=True)],
+        "iou": _or_none(iou, present),
+        "dice": _or_none(dice, present),
+        "precision": _or_none(tp / (tp + fp).clamp(min=1), (tp + fp) > 0),
+        "recall": _or_none(tp / (tp + fn).clamp(min=1), (tp + fn) > 0),
         "pixels": [int(v) for v in matrix.sum(1).tolist()],
         "present": present.tolist(),
     }
 
 
-def per_image_miou(matrices: torch.Tensor) -> torch.Tensor:
-    """Each image's mIoU float64 (N,) from its confusion matrix int (N, C, C), over the classes present
-    in that image's truth or prediction.
+def task_scores(matrix: torch.Tensor) -> dict[str, float]:
+    """The scores a training validates by, from one summed matrix int (C, C): {"dice"} (of class 1, 1.0 when
+    truth and prediction hold no class-1 pixel, every pixel ignored included) for C = 2; {"dice", "miou"}
+    (mean class Dice, mIoU) for more classes, which raises as :func:`class_scores`."""
+    if matrix.shape[-1] == 2:
+        return {"dice": float(foreground(matrix)["dice"])}
+    scores = class_scores(matrix)
+    return {"dice": scores["mdice"], "miou": scores["miou"]}
 
-    An image with no counted pixel (all ignored) has no present class and gets NaN, not 1.0: it had
-    nothing to get right, so it is left out of a mean (``nanmean``) rather than raising it.
-    """
-    tp, fp, fn = _tp_fp_fn(matrices)
+
+def miou_from_counts(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
+    """mIoU float64 (...) over the classes present (TP + FP + FN > 0) of per-class counts (..., C); NaN
+    where no class is present."""
+    tp, fp, fn = (t.double() for t in (tp, fp, fn))
     union = tp + fp + fn
     present = union > 0
     iou_sum = torch.where(present, tp / union.clamp(min=1), torch.zeros_like(union)).sum(-1)
@@ -112,45 +173,70 @@ def per_image_miou(matrices: torch.Tensor) -> torch.Tensor:
     return torch.where(classes > 0, iou_sum / classes.clamp(min=1), torch.full_like(iou_sum, float("nan")))
 
 
-@dataclass
-class ConfusionMeter:
-    """Accumulates per-image C×C confusion matrices (int64, on the CPU); :meth:`compute` gives
-    dataset-level scores from their sum, so never an average of per-batch averages.
+def per_image_miou(matrices: torch.Tensor) -> torch.Tensor:
+    """Each image's mIoU float64 (N,) from its confusion matrix int (N, C, C), over the classes present
+    in that image's truth or prediction (:func:`miou_from_counts`).
 
-    Each :meth:`add` copies its batch's matrices to the CPU (a host sync); a loop that must not sync
-    sums :func:`confusion_matrix` (``check=False``) on the device instead.
+    An image with no counted pixel (all ignored) has no present class and gets NaN, not 1.0: it had
+    nothing to get right, so it is left out of a mean (``nanmean``) rather than raising it.
+    """
+    return miou_from_counts(*class_counts(matrices))
+
+
+def per_image_mdice(matrices: torch.Tensor) -> torch.Tensor:
+    """Each image's mean Dice float64 (N,) over the classes present in its truth or prediction, from its
+    confusion matrix int (N, C, C); NaN for an image with no counted pixel (as :func:`per_image_miou`)."""
+    tp, fp, fn = class_counts(matrices.double())
+    denominator = 2 * tp + fp + fn
+    present = denominator > 0
+    dice = torch.where(present, 2 * tp / denominator.clamp(min=1), torch.zeros_like(tp)).sum(-1)
+    classes = present.sum(-1)
+    return torch.where(classes > 0, dice / classes.clamp(min=1), torch.full_like(dice, float("nan")))
+
+
+class ConfusionMeter:
+    """Accumulates a dataset's C×C confusion matrix on the device of the data, with no host sync until
+    :meth:`compute`: the meter of the training's validation and of the evaluate stage's scorer alike.
+
+    ``num_classes`` C (a binary task: 2, its logits one channel); ``threshold`` the sigmoid threshold of a
+    binary task's logits (:func:`to_labels`); ``check`` as in :func:`confusion_matrix` (off in a loop that
+    must not sync). ``total`` is the summed int64 (C, C) matrix.
     """
 
-    num_classes: int
-    matrices: list[torch.Tensor] = field(default_factory=list)
+    def __init__(
+        self,
+        num_classes: int,
+        threshold: float = DEFAULT_THRESHOLD,
+        device: torch.device | str = "cpu",
+        check: bool = True,
+    ):
+        self.num_classes, self.threshold, self.check = num_classes, threshold, check
+        self.total = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self.images = 0
 
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch: ``logits`` float (N, C, H, W); ``target`` (N, 1, H, W) class indices, 255 ignored.
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Add a batch of logits float (N, L, H, W) (L = 1 for two classes, else C) against ``target``
+        (N, 1, H, W) or (N, H, W) class indices, 255 ignored; returns its per-image matrices int64 (N, C, C).
+        Raises ValueError when L does not fit C, or as :func:`confusion_matrix` (other sizes included)."""
+        channels = 1 if self.num_classes == 2 else self.num_classes
+        if logits.dim() != 4 or logits.shape[1] != channels:
+            raise ValueError(f"expected logits (N, {channels}, H, W), got shape {tuple(logits.shape)}")
+        if target.dim() == 4 and target.shape[1] == 1:
+            target = target[:, 0]
+        return self.add(to_labels(logits.detach().float(), self.threshold), target.detach())
 
-        A pixel is predicted as its highest logit's class (argmax over C; the lowest index on a tie).
-        Raises ValueError when C is not ``num_classes``, or as :func:`confusion_matrix`.
-        """
-        if logits.dim() != 4 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"expected logits (N, {self.num_classes}, H, W), got shape {tuple(logits.shape)}")
-        self.add(logits.detach().argmax(1, keepdim=True), target)
+    def add(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Add label maps ``pred`` (N, ...) against ``target`` of the same shape; returns the per-image
+        matrices int64 (N, C, C). Raises as :func:`confusion_matrix`."""
+        matrices = confusion_matrix(pred, target, self.num_classes, self.check)
+        self.total += matrices.sum(0)
+        self.images += len(matrices)
+        return matrices
 
-    def add(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch of class predictions: ``pred`` and ``target`` as in :func:`confusion_matrix`."""
-        self.matrices.append(confusion_matrix(pred.detach(), target.detach(), self.num_classes).cpu())
-
-    def compute(self) -> dict[str, float | int | list]:
-        """Return :func:`class_scores` of the summed matrix (miou, mdice, pixel_accuracy and per class
-        iou, dice, pixels, present), plus ``miou_per_image`` (the mean of :func:`per_image_miou` over
-        the images with a counted pixel) and ``num_images`` (all images added).
-
-        Raises ValueError if no batch was added, or if every pixel added was ignored.
-        """
-        if not self.matrices:
+    def compute(self) -> dict[str, float | list]:
+        """:func:`class_scores` of the summed matrix, plus :func:`task_scores` under ``task`` and
+        ``num_images``. Raises ValueError if no batch was added, or every pixel added was ignored."""
+        if self.images == 0:
             raise ValueError("ConfusionMeter.compute() called before any update()")
-        per_image = torch.cat(self.matrices)
-        scores = class_scores(per_image.sum(0))
-        return {
-            **scores,
-            "miou_per_image": float(per_image_miou(per_image).nanmean()),
-            "num_images": int(per_image.shape[0]),
-        }
+        total = self.total.cpu()
+        return {**class_scores(total), "task": task_scores(total), "num_images": self.images}

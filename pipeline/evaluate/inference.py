@@ -1,8 +1,8 @@
 """Logits from a trained model, PyTorch or ONNX Runtime, with optional test-time augmentation.
 
-Both back ends take the same input, float32 (N, 3, S, S) ImageNet-normalised images, and return
-float32 logits (N, 1, S, S) as NumPy arrays, so evaluation, export checks and ``petseg predict``
-share one path whatever runs the network.
+Both back ends take the same input, float32 (N, 3, S, S) ImageNet-normalised images, and return float32
+logits (N, L, S, S) as NumPy arrays (L = 1 for a binary model, C for C classes), so evaluation, export
+checks and ``petseg predict`` share one path whatever runs the network.
 """
 
 import json
@@ -16,18 +16,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.core.constants import TTA_MODES
+from pipeline.core.constants import DEFAULT_THRESHOLD, TTA_MODES
 from pipeline.core.device import autocast, memory_format
 from pipeline.core.errors import UserError, first_line
 from pipeline.data.classes import Classes, classes_from_json
 from pipeline.data.colour import model_input
+from pipeline.evaluate.confusion import to_labels
 from pipeline.models.checkpoint import load_checkpoint
 
 Forward = Callable[[np.ndarray], np.ndarray]
 
 
 def torch_forward(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None = None) -> Forward:
-    """Wrap a model in eval mode: float32 (N, 3, S, S) → logits float32 (N, 1, S, S), under inference_mode,
+    """Wrap a model in eval mode: float32 (N, 3, S, S) → logits float32 (N, L, S, S), under inference_mode,
     autocast to ``dtype`` (None: fp32) and in the memory format of :func:`pipeline.core.device.memory_format`
     (bf16 channels_last runs inference 2-2.5x as fast as fp32 NCHW on an AVX512-BF16 CPU:
     docs/performance.md)."""
@@ -110,7 +111,7 @@ def prepare(images: np.ndarray) -> np.ndarray:
 
 
 def tta_forward(forward: Forward, x: np.ndarray, tta: str) -> np.ndarray:
-    """Logits of ``x`` float32 (N, 3, S, S) → float32 (N, 1, S, S).
+    """Logits of ``x`` float32 (N, 3, S, S) → float32 (N, L, S, S).
 
     "none": ``forward(x)``. "hflip": the mean of the logits of the image and of its mirror image
     (flipped back), the usual flip test-time augmentation. Raises ValueError for another mode.
@@ -124,48 +125,35 @@ def tta_forward(forward: Forward, x: np.ndarray, tta: str) -> np.ndarray:
 
 
 def iter_logits(forward: Forward, images: np.ndarray, batch_size: int, tta: str) -> Iterator[tuple[np.ndarray, float]]:
-    """Logits float32 (B, S, S) of uint8 images (N, S, S, 3), ``batch_size`` images at a time, in order,
-    each with the seconds spent in ``forward`` on it. Memory: one batch, however large ``images`` (a
-    memory map is read one batch at a time)."""
+    """Logits float32 (B, L, S, S) (L = 1 for a binary model, C for C classes) of uint8 images (N, S, S, 3),
+    ``batch_size`` images at a time, in order, each with the seconds spent in ``forward`` on it. Memory: one
+    batch, however large ``images`` (a memory map is read one batch at a time)."""
     for start in range(0, len(images), batch_size):
         x = prepare(images[start : start + batch_size])
         tic = time.perf_counter()
-        logits = tta_forward(forward, x, tta)
-        yield logits[:, 0], time.perf_counter() - tic
+        logits = tta_forward(forward, x, tta)  # hflip flips the last axis, whatever L is
+        yield logits, time.perf_counter() - tic
 
 
 def predict_logits(forward: Forward, images: np.ndarray, batch_size: int, tta: str) -> tuple[np.ndarray, float]:
-    """Logits float32 (N, S, S) for uint8 images (N, S, S, 3), in batches of ``batch_size``: all of
+    """Logits float32 (N, L, S, S) for uint8 images (N, S, S, 3), in batches of ``batch_size``: all of
     :func:`iter_logits` in one array, and the seconds spent in ``forward`` alone (inference
     throughput = N / seconds)."""
-    out = np.empty(images.shape[:3], np.float32)
-    seconds, start = 0.0, 0
-    for logits, spent in iter_logits(forward, images, batch_size, tta):
-        out[start : start + len(logits)] = logits
-        start += len(logits)
-        seconds += spent
-    return out, seconds
+    batches = list(iter_logits(forward, images, batch_size, tta))
+    return np.concatenate([logits for logits, _ in batches]), sum(spent for _, spent in batches)
 
 
-def native_probabilities(logits: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize one image's logits float32 (S, S) to (height, width) pixels, bilinear, then sigmoid.
+def resize_logits(logits: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """One image's logits float32 (L, S, S) resized bilinearly to float32 (1, L, height, width) pixels.
 
-    Interpolating logits (not thresholded masks) keeps the boundary sub-pixel accurate; uses
-    ``align_corners=False``, so a same-size resize is the identity. Returns float32 (height, width).
-    """
-    t = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))[None, None]
-    t = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
-    return torch.sigmoid(t)[0, 0].numpy()
-
-
-def native_labels(logits: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize one image's logits float32 (C, S, S) to (height, width) pixels, bilinear, then take each
-    pixel's highest class: uint8 (height, width) class indices (the lowest index on a tie).
-
-    The multi-class counterpart of :func:`native_probabilities`: logits, not label maps, are interpolated
-    (``align_corners=False``, so a same-size resize is the identity), and argmax of the logits is argmax of
-    the softmax, which is monotonic per pixel. Memory: C x height x width float32 for the one image.
-    """
+    Interpolating logits (not label maps) keeps the boundary sub-pixel accurate; ``align_corners=False``,
+    so a same-size resize is the identity."""
     t = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))[None]
-    t = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
-    return t[0].argmax(0).to(torch.uint8).numpy()
+    return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def native_labels(logits: np.ndarray, height: int, width: int, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """One image's label map uint8 (height, width) from its logits float32 (L, S, S): resized
+    (:func:`resize_logits`), then :func:`~pipeline.evaluate.confusion.to_labels` (a binary model's class 1
+    where sigmoid > ``threshold``; else the highest logit's class). Memory: L x height x width float32."""
+    return to_labels(resize_logits(logits, height, width), threshold)[0].to(torch.uint8).numpy()

@@ -1,27 +1,20 @@
-"""Figures of a multi-class task (C classes): confusion matrices, per-class IoU bars, and class masks drawn
-on test photos in the task's palette (:attr:`pipeline.data.classes.Classes.palette`).
+"""Per-class figures of any task (a binary task's classes are background and pet): the test confusion
+matrices and the per-class IoU bars, from C×C confusion matrices (:mod:`pipeline.evaluate.confusion`).
 
-Masks hold class indices 0..C-1 and :data:`~pipeline.data.masks.IGNORE` (255) for ignored pixels. Drawn
-with matplotlib's object API, as :mod:`pipeline.report.plots` is; save with its ``save_figure``.
+Drawn with matplotlib's object API, as :mod:`pipeline.report.plots` is; save with its ``save_figure``.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 
 from pipeline.data.cache import CachedSplit
-from pipeline.data.masks import IGNORE, PackedMasks, target_mask
+from pipeline.data.masks import PackedMasks, target_mask
 from pipeline.evaluate.confusion import class_scores, confusion_matrix
-from pipeline.report.mask_figures import PANEL_INCHES, native_photo, worst_stems
 
-# Paul Tol's "bad data" pale grey (https://personal.sron.nl/~pault/): the colour of ignored pixels in a
-# palette mask. Apart from the default palette's black and its mid grey (128) for classes past the 7th.
-IGNORE_COLOUR = (221, 221, 221)
 # One colour per model in the IoU bars: Paul Tol's "bright" scheme, told apart by colour-blind readers,
 # and not the class palette, so a bar's colour is never read as its class.
 MODEL_COLOURS = ("#4477AA", "#EE6677", "#228833", "#CCBB44", "#66CCEE", "#AA3377", "#BBBBBB")
@@ -112,89 +105,6 @@ def per_class_iou_bars(scores: dict[str, dict[str, float | None]], names: Sequen
     return fig
 
 
-def palette_mask(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
-    """Class indices (H, W) (uint8) as uint8 (H, W, 3) RGB: index c gets ``palette[c]``, ignored pixels
-    (:data:`~pipeline.data.masks.IGNORE`) :data:`IGNORE_COLOUR`. Raises ValueError on any other index
-    outside 0..len(``palette``) - 1."""
-    bad = (mask < 0) | ((mask >= len(palette)) & (mask != IGNORE))
-    if bad.any():
-        values = np.unique(mask[bad])
-        raise ValueError(
-            f"mask holds class indices {values[:5].tolist()} outside 0..{len(palette) - 1} (and not {IGNORE})"
-        )
-    # A lookup table over every uint8 value: one indexing pass, whatever the number of classes.
-    lut = np.empty((256, 3), np.uint8)
-    lut[: len(palette)] = np.asarray(palette, np.uint8).reshape(-1, 3)
-    lut[IGNORE] = IGNORE_COLOUR
-    return lut[mask]
-
-
-def palette_overlay(
-    image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5
-) -> np.ndarray:
-    """Blend each class's ``palette`` colour into uint8 (H, W, 3) ``image`` with weight ``alpha`` where
-    (H, W) ``mask`` holds that class; uint8 (H, W, 3).
-
-    Class 0, the background, keeps the photo: it covers most of a picture, and its tint (black in the
-    default palette) would darken the very photo the other classes are judged against. Ignored pixels
-    keep the photo too. Raises ValueError on mismatched sizes or an index :func:`palette_mask` rejects.
-    """
-    if image.shape[:2] != mask.shape:
-        raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} differ in size")
-    colours = palette_mask(mask, palette).astype(np.float32)
-    out = image.astype(np.float32)
-    where = (mask != 0) & (mask != IGNORE)
-    # The same blend and rounding as pipeline.report.overlays.tint.
-    out[where] = (1 - alpha) * out[where] + alpha * colours[where]
-    return out.round().astype(np.uint8)
-
-
-def class_legend(palette: Sequence[Sequence[int]], names: Sequence[str]) -> list[Patch]:
-    """Legend entries of :func:`palette_overlay`'s pictures: one patch per class in its colour, the
-    background (class 0) as an empty box, since it is drawn as the photo, as ignored pixels are."""
-    handles = [Patch(facecolor="none", edgecolor="grey", label=f"{names[0]} / ignored: photo")]
-    return handles + [Patch(color=np.asarray(c) / 255, label=n) for c, n in zip(palette[1:], names[1:], strict=True)]
-
-
-Row = tuple[str, np.ndarray, np.ndarray, Mapping[str, np.ndarray]]
-
-
-def class_overlays(
-    rows: Sequence[Row],
-    palette: Sequence[Sequence[int]],
-    names: Sequence[str],
-    title: str = "Test images: ground truth and predictions by class",
-) -> Figure:
-    """One row per test image: the photo, its ground truth, then each prediction, the masks drawn in the
-    class palette (:func:`palette_overlay`); a legend of the class colours below, ``title`` above.
-
-    Each row is ``(stem, photo, truth, predictions)``: photo uint8 (H, W, 3), truth uint8 (H, W) class
-    indices and 255 for ignored pixels, predictions ``{panel title: uint8 (H, W)}`` (a model's name,
-    perhaps with its score of the image), as many in every row. Sizes may differ between rows. Raises
-    ValueError if ``rows`` is empty or a row has another number of predictions than the first.
-    """
-    if not rows:
-        raise ValueError("no images to draw")
-    if len({len(row[3]) for row in rows}) != 1:
-        raise ValueError(f"rows differ in their number of predictions: {[len(row[3]) for row in rows]}")
-    cols = 2 + len(rows[0][3])
-    fig = Figure(figsize=(PANEL_INCHES * cols, PANEL_INCHES * len(rows) + 0.8), layout="constrained")
-    axes = fig.subplots(len(rows), cols, squeeze=False)
-    fig.get_layout_engine().set(h_pad=0.1)  # room between a tall photo and the next row's titles
-    for ax_row, (stem, photo, truth, predictions) in zip(axes, rows, strict=True):
-        panels = [(photo, f"{stem} ({truth.shape[1]}x{truth.shape[0]})")]
-        panels.append((palette_overlay(photo, truth, palette), "ground truth"))
-        panels += [(palette_overlay(photo, mask, palette), label) for label, mask in predictions.items()]
-        for ax, (picture, title) in zip(ax_row, panels, strict=True):
-            ax.imshow(picture)
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    handles = class_legend(palette, names)
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False)
-    return fig
-
-
 def split_confusion(test: CachedSplit, predictions: dict[str, PackedMasks]) -> dict[str, np.ndarray]:
     """Each model's confusion matrix over a split at native size: int64 (C, C), rows the true class and
     columns the predicted one (:func:`pipeline.evaluate.confusion.confusion_matrix`), C = ``test.classes.count``,
@@ -222,44 +132,3 @@ def class_iou(matrices: dict[str, np.ndarray], names: Sequence[str]) -> dict[str
         model: dict(zip(names, class_scores(torch.from_numpy(matrix))["iou"], strict=True))
         for model, matrix in matrices.items()
     }
-
-
-def _labels(test: CachedSplit, i: int) -> tuple[np.ndarray, np.ndarray]:
-    # Image i's truth at native size and its photo resized to that size.
-    truth = target_mask(test.native, test.native_ignore, i)
-    return native_photo(test.images[i], *truth.shape), truth
-
-
-def class_overlay_grid(
-    test: CachedSplit, predictions: dict[str, PackedMasks], per_image: dict[str, pd.DataFrame], rows: Sequence[int]
-) -> Figure:
-    """:func:`pipeline.report.mask_figures.overlay_grid` for a multi-class task: one row per test index in
-    ``rows``, the photo, its truth and each model's prediction in the class palette, each prediction
-    titled with the model's mIoU of the image (``per_image[model]``: columns stem, miou)."""
-    miou = {name: table.set_index("stem")["miou"] for name, table in per_image.items()}
-    drawn = []
-    for i in rows:
-        stem = test.stems[i]
-        predicted = {f"{name}: mIoU {miou[name][stem]:.3f}": masks[i] for name, masks in predictions.items()}
-        drawn.append((stem, *_labels(test, i), predicted))
-    size = test.images.shape[1]
-    title = f"Test images at native size by class (photo shown at {size} px, upsampled)"
-    return class_overlays(drawn, test.classes.palette, test.classes.names, title)
-
-
-def class_worst_grid(
-    test: CachedSplit, predictions: dict[str, PackedMasks], per_image: dict[str, pd.DataFrame], k: int
-) -> Figure:
-    """:func:`pipeline.report.mask_figures.worst_grid` for a multi-class task: for each model in turn, its
-    ``k`` test images of lowest mIoU (:func:`~pipeline.report.mask_figures.worst_stems`), one row each:
-    the photo, its truth and that model's prediction in the class palette, titled with the mIoU."""
-    index = {stem: i for i, stem in enumerate(test.stems)}
-    drawn = []
-    for name, table in per_image.items():
-        miou = table.set_index("stem")["miou"]
-        for stem in worst_stems(table, k, "miou"):
-            i = index[stem]
-            drawn.append((stem, *_labels(test, i), {f"{name}: mIoU {miou[stem]:.3f}": predictions[name][i]}))
-    size = test.images.shape[1]
-    title = f"Each model's {k} lowest-mIoU test images at native size (photo shown at {size} px, upsampled)"
-    return class_overlays(drawn, test.classes.palette, test.classes.names, title)

@@ -11,31 +11,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core.constants import HEADLINE_METRICS, MULTICLASS_HEADLINE_METRICS
 from pipeline.core.errors import UserError
-from pipeline.data.classes import BINARY_PETS, Classes
 from pipeline.data.masks import LABELS, PackedMasks
+from pipeline.evaluate.tables import headline_keys
 
 # dvclive writes one TSV per metric under <live>/plots/metrics/, with columns step (0-based epoch) and <name>.
 CURVES = {"train/loss": "train loss", "valid/loss": "valid loss", "valid/dice": "valid Dice"}
-# A multi-class training also logs the valid mIoU, the score it keeps its best epoch by.
-MULTICLASS_CURVES = {**CURVES, "valid/miou": "valid mIoU"}
-# Numbers the figures need from metrics/<model>.json besides its headline.
-DETAIL_KEYS = ("images", "threshold", "image_size")
-# What a multi-class task's metrics/<model>.json holds as numbers besides its headline: it has no
-# threshold (a pixel takes its highest logit's class).
-MULTICLASS_DETAIL_KEYS = ("images", "image_size")
+# Numbers the figures need from metrics/<model>.json besides its headline (and a binary task's threshold:
+# a multi-class task has none, a pixel taking its highest logit's class).
+DETAIL_KEYS = ("images", "image_size")
 REDO_EVALUATE = "run dvc repro -f for its evaluate stage"
 
 
-def read_curves(live_dir: Path, curves: dict[str, str] = CURVES) -> pd.DataFrame:
+def read_curves(live_dir: Path, score: str = "dice") -> pd.DataFrame:
     """Per-epoch metrics logged by dvclive: a DataFrame indexed by epoch (1-based) with a column per key of
-    ``curves`` (:data:`CURVES`, or :data:`MULTICLASS_CURVES` for a multi-class task).
+    :data:`CURVES` and ``valid/<score>``, the task's score (a multi-class training logs its valid mIoU).
 
     Raises UserError if a TSV is missing or malformed.
     """
     columns = {}
-    for metric in curves:
+    for metric in {**CURVES, f"valid/{score}": None}:
         path = Path(live_dir) / "plots" / "metrics" / f"{metric}.tsv"
         try:
             table = pd.read_csv(path, sep="\t")
@@ -47,11 +42,10 @@ def read_curves(live_dir: Path, curves: dict[str, str] = CURVES) -> pd.DataFrame
     return pd.DataFrame(columns).rename_axis("epoch")
 
 
-def read_metrics(path: Path, classes: Classes = BINARY_PETS) -> dict:
+def read_metrics(path: Path, num_classes: int = 2) -> dict:
     """What an evaluate stage measured about a model (``metrics/<model>.json``), with a number for every
-    key of :data:`~pipeline.core.constants.HEADLINE_METRICS` and of DETAIL_KEYS (a multi-class task's
-    ``classes``: of :data:`~pipeline.core.constants.MULTICLASS_HEADLINE_METRICS` and
-    MULTICLASS_DETAIL_KEYS), and a ``tta``.
+    key of the task's :func:`~pipeline.evaluate.tables.headline_keys` and of DETAIL_KEYS (and ``threshold``
+    for two classes), and a ``tta``.
 
     Raises UserError if the file is missing, not JSON, or lacks one of those keys.
     """
@@ -63,9 +57,7 @@ def read_metrics(path: Path, classes: Classes = BINARY_PETS) -> dict:
         raise UserError(f"{path}: not valid JSON ({err}); {REDO_EVALUATE}") from None
     if not isinstance(metrics, dict):
         raise UserError(f"{path}: not a JSON object; {REDO_EVALUATE}")
-    keys = (
-        (*HEADLINE_METRICS, *DETAIL_KEYS) if classes.binary else (*MULTICLASS_HEADLINE_METRICS, *MULTICLASS_DETAIL_KEYS)
-    )
+    keys = (*headline_keys(num_classes), *DETAIL_KEYS, *(("threshold",) if num_classes == 2 else ()))
     missing = [key for key in keys if not _is_number(metrics.get(key))]
     missing += [] if isinstance(metrics.get("tta"), str) else ["tta"]
     if missing:

@@ -1,8 +1,10 @@
-"""Figures of masks on test photos at native size: chosen images, and each model's worst images.
+"""Figures of masks on test photos at native size, for any task: chosen images, and each model's worst.
 
-Predictions are coloured by outcome against the ground truth (:func:`pipeline.report.overlays.error_overlay`).
-The cache keeps each photo only at ``image_size``, so the photo under the masks is that image resized
-back to the native size: blurrier than the original, which the figures say.
+Masks are drawn in the task's palette (:attr:`pipeline.data.classes.Classes.palette`), a prediction with its
+wrong pixels marked (:func:`pipeline.report.overlays.outcome_overlay`), each titled with its model's score of
+the image (Dice for a binary task, mIoU for more classes). The cache keeps each photo only at
+``image_size``, so the photo under the masks is that image resized back to the native size: blurrier than
+the original, which the figures say.
 """
 
 import math
@@ -12,12 +14,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 from PIL import Image
 
+from pipeline.core.constants import SCORE_LABELS
 from pipeline.data.cache import CachedSplit
 from pipeline.data.masks import PackedMasks, target_mask
-from pipeline.report.overlays import ERROR_COLOURS, PET, error_overlay, tint
+from pipeline.report.overlays import class_legend, outcome_overlay, palette_overlay
 
 PANEL_INCHES = 2.6  # width and height of one picture's box
 WORST_COLUMNS = 4  # worst.png wraps each model's images into rows of this many
@@ -28,16 +30,15 @@ def native_photo(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def worst_stems(per_image: pd.DataFrame, k: int, score: str = "dice") -> list[str]:
+def worst_stems(per_image: pd.DataFrame, k: int, score: str) -> list[str]:
     """The ``k`` stems of a per-image table (columns stem and ``score``) with the lowest score, lowest
     first, ties by stem; all of them if there are fewer. Stems without a score (NaN) come last."""
     return per_image.sort_values([score, "stem"], kind="stable")["stem"].head(k).tolist()
 
 
-def _legend(fig: Figure, extra: dict[str, np.ndarray] | None = None) -> None:
-    colours = {**(extra or {}), **ERROR_COLOURS}
-    handles = [Patch(color=colour / 255, label=label) for label, colour in colours.items()]
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False)
+def _legend(fig: Figure, test: CachedSplit) -> None:
+    handles = class_legend(test.classes.palette, test.classes.names, wrong=True)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False)
 
 
 def _show(ax: Axes, picture: np.ndarray, title: str) -> None:
@@ -46,59 +47,66 @@ def _show(ax: Axes, picture: np.ndarray, title: str) -> None:
     ax.axis("off")
 
 
-def overlay_grid(
-    test: CachedSplit, predictions: dict[str, PackedMasks], per_image: dict[str, pd.DataFrame], rows: Sequence[int]
-) -> Figure:
-    """One row per test index in ``rows``: the photo, its ground truth tinted, then each model's
-    prediction coloured by outcome, titled with that model's native Dice of the image. Ignored
-    pixels (``test.native_ignore``) are drawn untinted in every panel.
+def _scene(test: CachedSplit, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``i``'s photo resized to its truth's size, and the truth (class indices, 255 ignored)."""
+    truth = target_mask(test.native, test.native_ignore, i)
+    return native_photo(test.images[i], *truth.shape), truth
 
-    ``predictions[model][i]`` is uint8 (h, w), the size of ``test.native[i]``; ``per_image[model]``
-    has columns stem, dice. Raises KeyError if a chosen stem has no Dice.
-    """
-    dice = {name: table.set_index("stem")["dice"] for name, table in per_image.items()}
+
+def overlay_grid(
+    test: CachedSplit,
+    predictions: dict[str, PackedMasks],
+    per_image: dict[str, pd.DataFrame],
+    rows: Sequence[int],
+    score: str,
+) -> Figure:
+    """One row per test index in ``rows``: the photo, its ground truth, then each model's prediction
+    (wrong pixels marked), titled with that model's ``score`` of the image (a column of
+    ``per_image[model]``, beside stem). ``predictions[model][i]`` is a label map uint8 (h, w), the size of
+    ``test.native[i]``. Raises KeyError if a chosen stem has no score."""
+    values = {name: table.set_index("stem")[score] for name, table in per_image.items()}
+    palette, label = test.classes.palette, SCORE_LABELS[score]
     cols = 2 + len(predictions)
     fig = Figure(figsize=(PANEL_INCHES * cols, PANEL_INCHES * len(rows) + 0.8), layout="constrained")
     axes = fig.subplots(len(rows), cols, squeeze=False)
     fig.get_layout_engine().set(h_pad=0.1)  # room between a tall photo and the next row's titles
     for ax_row, i in zip(axes, rows, strict=True):
-        truth, stem = target_mask(test.native, test.native_ignore, i), test.stems[i]
-        photo = native_photo(test.images[i], *truth.shape)
-        panels = [(photo, f"{stem} ({truth.shape[1]}x{truth.shape[0]})"), (tint(photo, truth == 1), "ground truth")]
+        (photo, truth), stem = _scene(test, i), test.stems[i]
+        panels = [(photo, f"{stem} ({truth.shape[1]}x{truth.shape[0]})")]
+        panels.append((palette_overlay(photo, truth, palette), "ground truth"))
         for name, masks in predictions.items():
-            panels.append((error_overlay(photo, masks[i], truth), f"{name}: Dice {dice[name][stem]:.3f}"))
+            title = f"{name}: {label} {values[name][stem]:.3f}"
+            panels.append((outcome_overlay(photo, masks[i], truth, palette), title))
         for ax, (picture, title) in zip(ax_row, panels, strict=True):
             _show(ax, picture, title)
     size = test.images.shape[1]
     fig.suptitle(f"Test images at native size (photo shown at {size} px, upsampled)", fontsize=10)
-    _legend(fig, {"ground truth": PET})
+    _legend(fig, test)
     return fig
 
 
 def worst_grid(
-    test: CachedSplit, predictions: dict[str, PackedMasks], per_image: dict[str, pd.DataFrame], k: int
+    test: CachedSplit, predictions: dict[str, PackedMasks], per_image: dict[str, pd.DataFrame], k: int, score: str
 ) -> Figure:
-    """For each model, its ``k`` test images with the lowest native Dice (:func:`worst_stems`), each
-    prediction coloured by outcome and titled with stem and Dice; one block of rows per model.
-
-    ``per_image[model]`` has columns stem, dice over the stems of ``test``; ``predictions`` as in
-    :func:`overlay_grid`.
-    """
+    """For each model, its ``k`` test images of the lowest ``score`` (:func:`worst_stems`), each prediction
+    drawn as in :func:`overlay_grid` and titled with stem and score; one block of rows per model.
+    ``per_image[model]`` has columns stem and ``score`` over the stems of ``test``."""
     index = {stem: i for i, stem in enumerate(test.stems)}
-    worst = {name: worst_stems(table, k) for name, table in per_image.items()}
+    worst = {name: worst_stems(table, k, score) for name, table in per_image.items()}
     cols = min(WORST_COLUMNS, max(len(s) for s in worst.values()))
     block = math.ceil(max(len(s) for s in worst.values()) / cols)
+    label = SCORE_LABELS[score]
     fig = Figure(figsize=(PANEL_INCHES * cols, (PANEL_INCHES * block + 0.4) * len(worst) + 0.8), layout="constrained")
     for subfig, (name, stems) in zip(np.atleast_1d(fig.subfigures(len(worst), 1)), worst.items(), strict=True):
-        subfig.suptitle(f"{name}: {len(stems)} lowest-Dice test images", fontsize=11, fontweight="bold")
-        dice = per_image[name].set_index("stem")["dice"]
+        subfig.suptitle(f"{name}: {len(stems)} lowest-{label} test images", fontsize=11, fontweight="bold")
+        values = per_image[name].set_index("stem")[score]
         axes = subfig.subplots(block, cols, squeeze=False).ravel()
         for ax in axes[len(stems) :]:
             ax.axis("off")
         for ax, stem in zip(axes, stems, strict=False):
-            truth = target_mask(test.native, test.native_ignore, index[stem])
-            photo = native_photo(test.images[index[stem]], *truth.shape)
-            _show(ax, error_overlay(photo, predictions[name][index[stem]], truth), f"{stem}: Dice {dice[stem]:.3f}")
+            photo, truth = _scene(test, index[stem])
+            picture = outcome_overlay(photo, predictions[name][index[stem]], truth, test.classes.palette)
+            _show(ax, picture, f"{stem}: {label} {values[stem]:.3f}")
     fig.suptitle(f"Worst test images at native size (photo shown at {test.images.shape[1]} px, upsampled)", fontsize=10)
-    _legend(fig)
+    _legend(fig, test)
     return fig

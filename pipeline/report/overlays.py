@@ -1,16 +1,22 @@
-"""Masks drawn on photos: a tint for a predicted mask, and true/false positive/negative colouring."""
+"""Masks drawn on photos: a tint, a label map in its classes' palette, and a prediction with its wrong
+pixels marked, for any number of classes (a binary task's classes are background and pet)."""
+
+from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.patches import Patch
 
-# Okabe & Ito's colour-blind-safe palette (https://jfly.uni-koeln.de/color/), RGB.
-PET = np.array([230, 159, 0], np.float32)  # orange: a predicted or true mask on its own
-TP = np.array([0, 158, 115], np.float32)  # bluish green: pet, predicted pet
-FP = np.array([213, 94, 0], np.float32)  # vermillion: background predicted pet
-FN = np.array([0, 114, 178], np.float32)  # blue: pet predicted background
-ERROR_COLOURS = {"true positive": TP, "false positive": FP, "false negative": FN}
+from pipeline.data.masks import IGNORE
+
+# Paul Tol's "bad data" pale grey (https://personal.sron.nl/~pault/): the colour of ignored pixels in a
+# palette mask. Apart from the default palette's black and its mid grey (128) for classes past the 7th.
+IGNORE_COLOUR = (221, 221, 221)
+# Okabe & Ito's reddish purple (https://jfly.uni-koeln.de/color/), the one of their eight colours the
+# default class palette (pipeline.data.classes.OKABE_ITO) leaves out: a wrongly predicted pixel.
+WRONG = np.array([204, 121, 167], np.float32)
 
 
-def tint(image: np.ndarray, mask: np.ndarray, colour: np.ndarray = PET, alpha: float = 0.5) -> np.ndarray:
+def tint(image: np.ndarray, mask: np.ndarray, colour: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend ``colour`` into uint8 (H, W, 3) ``image`` where (H, W) ``mask`` is nonzero; uint8 (H, W, 3)."""
     out = image.astype(np.float32)
     where = mask.astype(bool)
@@ -18,15 +24,60 @@ def tint(image: np.ndarray, mask: np.ndarray, colour: np.ndarray = PET, alpha: f
     return out.round().astype(np.uint8)
 
 
-def error_overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Colour uint8 (H, W, 3) ``image`` by outcome of (H, W) binary ``pred`` against ``truth`` in
-    {0, 1, 255}: true positives :data:`TP`, false positives :data:`FP`, false negatives :data:`FN`;
-    true negatives and ignored pixels (truth 255, :data:`~pipeline.data.masks.IGNORE`) keep the photo.
-    Returns uint8 (H, W, 3). Raises ValueError on mismatched shapes."""
-    if pred.shape != truth.shape or image.shape[:2] != pred.shape:
-        raise ValueError(f"image {image.shape[:2]}, prediction {pred.shape} and truth {truth.shape} differ in size")
-    pred, pet, background = pred.astype(bool), truth == 1, truth == 0
-    out = image
-    for colour, where in ((TP, pred & pet), (FP, pred & background), (FN, ~pred & pet)):
-        out = tint(out, where, colour, alpha)
-    return out
+def palette_mask(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """Class indices (H, W) (uint8) as uint8 (H, W, 3) RGB: index c gets ``palette[c]``, ignored pixels
+    (:data:`~pipeline.data.masks.IGNORE`) :data:`IGNORE_COLOUR`. Raises ValueError on any other index
+    outside 0..len(``palette``) - 1."""
+    bad = (mask < 0) | ((mask >= len(palette)) & (mask != IGNORE))
+    if bad.any():
+        values = np.unique(mask[bad])
+        raise ValueError(
+            f"mask holds class indices {values[:5].tolist()} outside 0..{len(palette) - 1} (and not {IGNORE})"
+        )
+    # A lookup table over every uint8 value: one indexing pass, whatever the number of classes.
+    lut = np.empty((256, 3), np.uint8)
+    lut[: len(palette)] = np.asarray(palette, np.uint8).reshape(-1, 3)
+    lut[IGNORE] = IGNORE_COLOUR
+    return lut[mask]
+
+
+def palette_overlay(
+    image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5
+) -> np.ndarray:
+    """Blend each class's ``palette`` colour into uint8 (H, W, 3) ``image`` with weight ``alpha`` where
+    (H, W) ``mask`` holds that class; uint8 (H, W, 3).
+
+    Class 0, the background, keeps the photo: it covers most of a picture, and its tint (black in the
+    default palette) would darken the very photo the other classes are judged against. Ignored pixels
+    keep the photo too. Raises ValueError on mismatched sizes or an index :func:`palette_mask` rejects.
+    """
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} differ in size")
+    colours = palette_mask(mask, palette).astype(np.float32)
+    out = image.astype(np.float32)
+    where = (mask != 0) & (mask != IGNORE)
+    # The same blend and rounding as pipeline.report.overlays.tint.
+    out[where] = (1 - alpha) * out[where] + alpha * colours[where]
+    return out.round().astype(np.uint8)
+
+
+def outcome_overlay(
+    image: np.ndarray, pred: np.ndarray, truth: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.55
+) -> np.ndarray:
+    """A prediction on its photo: uint8 (H, W, 3) ``image`` with (H, W) label map ``pred`` drawn in the class
+    ``palette`` (:func:`palette_overlay`) where it agrees with ``truth`` (class indices, 255 ignored) and
+    :data:`WRONG` where it does not; ignored pixels show the prediction. Returns uint8 (H, W, 3). Raises
+    ValueError on mismatched shapes or an index :func:`palette_mask` rejects."""
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in size")
+    wrong = (pred != truth) & (truth != IGNORE)
+    return tint(palette_overlay(image, pred, palette), wrong, WRONG, alpha)
+
+
+def class_legend(palette: Sequence[Sequence[int]], names: Sequence[str], wrong: bool = False) -> list[Patch]:
+    """Legend entries of :func:`palette_overlay`'s pictures: one patch per class in its colour, the
+    background (class 0) as an empty box, since it is drawn as the photo, as ignored pixels are; with
+    ``wrong``, a last entry for :func:`outcome_overlay`'s wrong pixels."""
+    handles = [Patch(facecolor="none", edgecolor="grey", label=f"{names[0]} / ignored: photo")]
+    handles += [Patch(color=np.asarray(c) / 255, label=n) for c, n in zip(palette[1:], names[1:], strict=True)]
+    return handles + ([Patch(color=WRONG / 255, label="wrong class")] if wrong else [])

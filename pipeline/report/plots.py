@@ -1,8 +1,7 @@
 """Figures for review: learning curves, the per-image Dice distribution, per-breed and test Dice bars.
 
-A multi-class task's figures show its mIoU where a binary task's show the Dice (``score`` "miou", not
-"dice": the column of the per-image and per-breed tables, the valid curve), and its test bars are
-:func:`class_score_bars`.
+Every figure takes the task's score (``score``: "dice" for a binary task, "miou" for more classes: the
+column of the per-image and per-breed tables, the valid curve), so one set of figures serves every task.
 
 Drawn with matplotlib's object API (:class:`~matplotlib.figure.Figure`), never pyplot's global state,
 so nothing needs a display or a backend switch. The mask pictures are in :mod:`pipeline.report.mask_figures`.
@@ -15,14 +14,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from pipeline.core.constants import SCORE_LABELS
 from pipeline.core.io import atomic_path
+from pipeline.evaluate.tables import headline_keys
 from pipeline.report.inputs import CURVES
 
 # Tick label colours of per_breed.png, so cat and dog breeds read apart: dark enough for text, unlike
 # the bars' blue and orange, and apart for colour-blind readers (Paul Tol's "bright" purple and green).
 SPECIES_COLOURS = {"cat": "#AA3377", "dog": "#228833"}
-# How each score is named on a figure.
-SCORE_LABELS = {"dice": "Dice", "miou": "mIoU"}
 
 
 def save_figure(fig: Figure, path: Path) -> None:
@@ -61,7 +60,7 @@ def ecdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, np.cumsum(counts) / len(values)
 
 
-def dice_distribution(per_image: dict[str, pd.DataFrame], score: str = "dice") -> Figure:
+def score_distribution(per_image: dict[str, pd.DataFrame], score: str = "dice") -> Figure:
     """ECDF of each model's per-image native ``score`` (that column of its per-image table), shared axes.
     Images without a score (NaN: a multi-class image whose every pixel is ignored) are left out."""
     label = SCORE_LABELS[score]
@@ -134,60 +133,45 @@ def per_breed_bars(per_breed: dict[str, pd.DataFrame], score: str = "dice") -> F
     return fig
 
 
-def dice_bars(metrics: dict[str, dict]) -> Figure:
-    """Grouped bars per model of native Dice, per-image Dice, IoU and Dice at the cache's image size
-    (what resizing the masks to each photo costs), values printed on the bars; the title gives the
-    number of test images and each model's threshold and TTA. Each dict is what
+def _bar_label(key: str, image_size: int, binary: bool) -> str:
+    base = key.removesuffix("_at_image_size")
+    names = {"dice": "Dice" if binary else "mean class Dice", "iou": "IoU", "miou": "mIoU"}
+    names |= {"dice_per_image": "Dice per image", "pixel_accuracy": "pixel accuracy"}
+    return names[base] + (f" at {image_size} px" if base != key else "")
+
+
+def score_bars(metrics: dict[str, dict], num_classes: int) -> Figure:
+    """Grouped bars per model of its headline test scores (:func:`pipeline.evaluate.tables.headline_keys` but
+    the training's best valid score and epoch), values printed on the bars: the task's score, and the same
+    at the cache's image size (what resizing the masks to each photo costs). The title gives the number of
+    test images and each model's threshold (a binary task's) and TTA. Each dict is what
     :func:`pipeline.report.inputs.read_metrics` returns; image_size and images are taken from the first."""
     first = next(iter(metrics.values()))
-    bars = {
-        "Dice": lambda m: m["dice"],
-        "Dice per image": lambda m: m["dice_per_image"],
-        "IoU": lambda m: m["iou"],
-        f"Dice at {first['image_size']} px": lambda m: m["dice_at_image_size"],
-    }
+    keys = [k for k in headline_keys(num_classes) if not k.startswith("best_")]
     fig = Figure(figsize=(max(6.0, 2 + 2.4 * len(metrics)), 4))  # wide enough for the legend
     ax = fig.subplots()
-    width = 0.8 / len(bars)
+    width = 0.8 / len(keys)
     x = np.arange(len(metrics))
-    for i, (label, value) in enumerate(bars.items()):
-        drawn = ax.bar(x + (i - (len(bars) - 1) / 2) * width, [value(m) for m in metrics.values()], width, label=label)
+    for i, key in enumerate(keys):
+        label = _bar_label(key, first["image_size"], num_classes == 2)
+        drawn = ax.bar(x + (i - (len(keys) - 1) / 2) * width, [m[key] for m in metrics.values()], width, label=label)
         ax.bar_label(drawn, fmt="%.3f", fontsize=7, padding=1)
     ax.set_xticks(x, list(metrics))
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("test score")
-    settings = [f"{name}: threshold {m['threshold']:g}, TTA {m['tta']}" for name, m in metrics.items()]
-    if len({(m["threshold"], m["tta"]) for m in metrics.values()}) == 1:
-        settings = [f"threshold {first['threshold']:g}, TTA {first['tta']}"]
-    resolution = f"at each photo's own size but the last bar ({first['image_size']}x{first['image_size']} px)"
-    ax.set_title(f"Test set ({first['images']} images), {resolution}\n" + "; ".join(settings), fontsize=10)
-    ax.legend(loc="upper center", ncol=len(bars), fontsize=8, frameon=False)
+    settings = {name: _settings(m) for name, m in metrics.items()}
+    said = (
+        [next(iter(settings.values()))]
+        if len(set(settings.values())) == 1
+        else [f"{n}: {s}" for n, s in settings.items()]
+    )
+    resolution = f"at each photo's own size but the {first['image_size']} px bar"
+    ax.set_title(f"Test set ({first['images']} images), {resolution}\n" + "; ".join(said), fontsize=10)
+    ax.legend(loc="upper center", ncol=len(keys), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
 
-def class_score_bars(metrics: dict[str, dict]) -> Figure:
-    """A multi-class task's :func:`dice_bars`: grouped bars per model of its test mIoU, mean class Dice,
-    pixel accuracy and, where every model has it, the mean per-image mIoU (``miou_per_image``), at each
-    photo's own size, values printed on the bars; the title gives the number of test images and each
-    model's TTA. Each dict is what :func:`pipeline.report.inputs.read_metrics` returns for the task."""
-    first = next(iter(metrics.values()))
-    bars = {"mIoU": "miou", "mean class Dice": "dice", "pixel accuracy": "pixel_accuracy"}
-    if all("miou_per_image" in m for m in metrics.values()):
-        bars["mIoU per image"] = "miou_per_image"
-    fig = Figure(figsize=(max(6.0, 2 + 2.4 * len(metrics)), 4))
-    ax = fig.subplots()
-    width = 0.8 / len(bars)
-    x = np.arange(len(metrics))
-    for i, (label, key) in enumerate(bars.items()):
-        drawn = ax.bar(x + (i - (len(bars) - 1) / 2) * width, [m[key] for m in metrics.values()], width, label=label)
-        ax.bar_label(drawn, fmt="%.3f", fontsize=7, padding=1)
-    ax.set_xticks(x, list(metrics))
-    ax.set_ylim(0, 1.15)
-    ax.set_ylabel("test score")
-    tta = {m["tta"] for m in metrics.values()}
-    settings = f"TTA {first['tta']}" if len(tta) == 1 else "; ".join(f"{n}: TTA {m['tta']}" for n, m in metrics.items())
-    ax.set_title(f"Test set ({first['images']} images), at each photo's own size\n{settings}", fontsize=10)
-    ax.legend(loc="upper center", ncol=len(bars), fontsize=8, frameon=False)
-    fig.tight_layout()
-    return fig
+def _settings(metrics: dict) -> str:
+    threshold = metrics.get("threshold")
+    return ("" if threshold is None else f"threshold {threshold:g}, ") + f"TTA {metrics['tta']}"

@@ -6,18 +6,9 @@ next score (``dice.unet``, ``dice.resnet34_unet``, ``iou.unet``, ...): the model
 first two metric columns, or, for a multi-class task, their test mIoU.
 """
 
-from pipeline.core.constants import HEADLINE_METRICS, MULTICLASS_HEADLINE_METRICS
-from pipeline.data.classes import BINARY_PETS, Classes
 
-
-def headline_keys(classes: Classes = BINARY_PETS) -> tuple[str, ...]:
-    """The scores a task's test results compare: :data:`~pipeline.core.constants.HEADLINE_METRICS` for a
-    binary task, :data:`~pipeline.core.constants.MULTICLASS_HEADLINE_METRICS` for a multi-class one."""
-    return HEADLINE_METRICS if classes.binary else MULTICLASS_HEADLINE_METRICS
-
-
-def side_by_side(metrics: dict[str, dict], keys: tuple[str, ...] = HEADLINE_METRICS) -> dict[str, dict[str, float]]:
-    """``{score: {model: value}}`` for each score of ``keys`` (default
-    :data:`~pipeline.core.constants.HEADLINE_METRICS`; see :func:`headline_keys`), from each model's measured
+def side_by_side(metrics: dict[str, dict], keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """``{score: {model: value}}`` for each score of ``keys`` (the task's
+    :func:`~pipeline.evaluate.tables.headline_keys`), from each model's measured
     metrics (``{model: metrics/<model>.json}``), in the models' order."""
     return {key: {model: values[key] for model, values in metrics.items()} for key in keys}

@@ -12,8 +12,7 @@ from torch.utils.data import DataLoader
 from pipeline.core.constants import DEFAULT_THRESHOLD
 from pipeline.core.device import autocast
 from pipeline.data.colour import model_input
-from pipeline.evaluate.confusion import class_scores, confusion_matrix
-from pipeline.evaluate.metrics import confusion_counts, dice_from_counts
+from pipeline.evaluate.confusion import ConfusionMeter, task_scores
 from pipeline.train import distributed
 from pipeline.train.losses import LossFn
 from pipeline.train.schedules import LrSchedule
@@ -55,10 +54,11 @@ class Batch:
 def validate(
     model: nn.Module, loader: DataLoader, loss_fn: LossFn, move: Batch, dtype: torch.dtype | None, classes: int = 2
 ) -> tuple[float, dict[str, float]]:
-    """Mean loss (weighted by batch size) and dataset-level scores over ``loader``: for ``classes`` = 2
-    (one logit) ``{"dice"}`` at the default threshold (:data:`~pipeline.core.constants.DEFAULT_THRESHOLD`);
-    for C > 2 (C logits, argmax) ``{"dice", "miou"}``, the mean class Dice and the mIoU of one C×C
-    confusion matrix (:func:`pipeline.evaluate.confusion.class_scores`).
+    """Mean loss (weighted by batch size) and dataset-level scores over ``loader`` from one ``classes`` x
+    ``classes`` confusion matrix (:class:`pipeline.evaluate.confusion.ConfusionMeter`, at the default
+    threshold :data:`~pipeline.core.constants.DEFAULT_THRESHOLD` for one logit): ``{"dice"}`` (of class 1)
+    for two classes, ``{"dice", "miou"}`` (mean class Dice, mIoU) for more
+    (:func:`pipeline.evaluate.confusion.task_scores`).
 
     ``loader`` yields (images float (N, 3, S, S), masks float (N, 1, S, S): class indices, 255 = ignore).
     Sums stay on the device in fp32 (loss) and int64 (counts, images) and are read once, after
@@ -67,7 +67,7 @@ def validate(
     """
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float32, device=move.device)
-    counts = torch.zeros(4 if classes == 2 else (classes, classes), dtype=torch.int64, device=move.device)
+    meter = ConfusionMeter(classes, DEFAULT_THRESHOLD, move.device, check=False)
     images_seen = 0
     for batch in loader:
         images, masks = move(*batch)
@@ -75,19 +75,11 @@ def validate(
             logits = model(images)
         logits = logits.float()
         loss_sum += loss_fn(logits, masks) * len(images)
-        if classes == 2:
-            counts += confusion_counts(torch.sigmoid(logits) > DEFAULT_THRESHOLD, masks).sum(0)
-        else:
-            counts += confusion_matrix(logits.argmax(1, keepdim=True), masks, classes, check=False).sum(0)
+        meter.update(logits, masks)
         images_seen += len(images)
     seen = torch.tensor(images_seen, device=move.device)
-    distributed.sum_over_ranks(loss_sum, counts, seen)
-    loss = loss_sum.item() / seen.item()
-    if classes == 2:
-        tp, fp, fn, _ = counts.cpu()
-        return loss, {"dice": float(dice_from_counts(tp, fp, fn))}
-    scores = class_scores(counts.cpu())
-    return loss, {"dice": scores["mdice"], "miou": scores["miou"]}
+    distributed.sum_over_ranks(loss_sum, meter.total, seen)
+    return loss_sum.item() / seen.item(), task_scores(meter.total.cpu())
 
 
 @dataclass

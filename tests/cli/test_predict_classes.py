@@ -9,14 +9,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.cli.predict import native_labels, read_image
+from pipeline.cli.predict import read_image
 from pipeline.data.classes import Classes, classes_to_json
 from pipeline.data.colour import model_input
 from pipeline.data.decode import resize_image
 from pipeline.evaluate.export import export_checked
+from pipeline.evaluate.inference import native_labels
 from pipeline.models.checkpoint import save_checkpoint
 from pipeline.models.registry import build_model
-from pipeline.report.class_figures import palette_overlay
+from pipeline.report.overlays import palette_overlay
 from tests.cli import test_predict
 from tests.cli.test_predict import SIZE, error_lines, predict, scene
 

@@ -1,4 +1,5 @@
-"""Figures of a multi-class task: palette masks and overlays, confusion matrices, per-class IoU bars."""
+"""Per-class figures and mask drawing for any task: palette masks and overlays, a prediction with its wrong
+pixels marked, confusion matrices, per-class IoU bars."""
 
 import sys
 
@@ -8,14 +9,8 @@ from matplotlib.patches import Rectangle
 
 from pipeline.data.classes import Classes
 from pipeline.data.masks import IGNORE
-from pipeline.report.class_figures import (
-    IGNORE_COLOUR,
-    class_overlays,
-    confusion_figure,
-    palette_mask,
-    palette_overlay,
-    per_class_iou_bars,
-)
+from pipeline.report.class_figures import confusion_figure, per_class_iou_bars
+from pipeline.report.overlays import IGNORE_COLOUR, WRONG, class_legend, outcome_overlay, palette_mask, palette_overlay
 from pipeline.report.plots import save_figure
 
 CLASSES = Classes(("background", "road", "car"))
@@ -119,29 +114,24 @@ def test_per_class_iou_bars_want_every_class_of_every_model():
         per_class_iou_bars({"unet": {"background": 0.9, "road": 0.5}}, NAMES)
 
 
-def test_class_overlays_draw_photo_truth_and_each_prediction_per_row(tmp_path):
-    rng = np.random.default_rng(1)
-    rows = []
-    for stem, (h, w) in (("a", (12, 9)), ("b", (8, 14))):
-        photo = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        truth = rng.choice(np.array([0, 1, 2, IGNORE], np.uint8), (h, w))
-        preds = {m: rng.integers(0, 3, (h, w), dtype=np.uint8) for m in ("unet", "deeplab")}
-        rows.append((stem, photo, truth, preds))
-    fig = class_overlays(rows, PALETTE, NAMES)
-    axes = np.array(fig.axes).reshape(2, 4)
-    for ax_row, (stem, photo, truth, preds) in zip(axes, rows, strict=True):
-        assert [ax.get_title() for ax in ax_row] == [
-            f"{stem} ({truth.shape[1]}x{truth.shape[0]})",
-            "ground truth",
-            "unet",
-            "deeplab",
-        ]
-        pictures = [ax.get_images()[0].get_array() for ax in ax_row]
-        np.testing.assert_array_equal(pictures[0], photo)
-        np.testing.assert_array_equal(pictures[1], palette_overlay(photo, truth, PALETTE))
-        np.testing.assert_array_equal(pictures[3], palette_overlay(photo, preds["deeplab"], PALETTE))
-    legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend == ["background / ignored: photo", "road", "car"]
-    _saves_png(fig, tmp_path / "overlays.png")
-    with pytest.raises(ValueError, match="no images"):
-        class_overlays([], PALETTE, NAMES)
+@pytest.mark.parametrize("classes", [Classes(("background", "pet")), CLASSES], ids=["binary", "3 classes"])
+def test_outcome_overlay_draws_right_pixels_in_the_palette_and_wrong_ones_marked(classes):
+    image = np.full((2, 4, 3), 100, np.uint8)
+    truth = np.array([[1, 1, 0, 0], [0, 1, IGNORE, 0]], np.uint8)
+    pred = np.array([[1, 0, 1, 0], [0, 1, 1, 0]], np.uint8)
+    out = outcome_overlay(image, pred, truth, classes.palette, alpha=0.5)
+    drawn = palette_overlay(image, pred, classes.palette)  # class 1 tinted at 0.5, class 0 the photo
+    expected = drawn.copy()
+    for y, x in ((0, 1), (0, 2)):  # a missed class-1 pixel and a wrong class-1 pixel
+        expected[y, x] = np.round(drawn[y, x] / 2 + WRONG / 2)
+    np.testing.assert_array_equal(out, expected)
+    assert (out[1, 2] == drawn[1, 2]).all()  # an ignored pixel shows the prediction, never marked wrong
+    assert (out[0, 3] == image[0, 3]).all()  # class 0 predicted right keeps the photo
+    with pytest.raises(ValueError, match="differ in size"):
+        outcome_overlay(image, pred[:, :3], truth, classes.palette)
+
+
+def test_the_class_legend_names_every_class_and_the_wrong_pixels():
+    names = [h.get_label() for h in class_legend(PALETTE, NAMES, wrong=True)]
+    assert names == ["background / ignored: photo", "road", "car", "wrong class"]
+    assert [h.get_label() for h in class_legend(PALETTE, NAMES)] == names[:-1]

@@ -24,9 +24,9 @@ from tests.support import write_params
 
 # After the headline (MULTICLASS_HEADLINE_METRICS, first and in that order), what else was measured.
 DETAIL_KEYS = [
-    "per_class", "miou_per_image", "species", "images", "threshold", "tta", "image_size", "images_per_s", "device",
-    "onnx_max_abs_diff",
-]  # fmt: skip
+    *("per_class", "miou_per_image", "at_image_size", "species", "images", "threshold", "tta", "image_size"),
+    *("images_per_s", "device", "onnx_max_abs_diff"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,8 @@ def test_multiclass_metrics_keys_and_values(evaluated):
     assert metrics["threshold"] is None and metrics["tta"] == "none" and metrics["image_size"] == 32
     assert metrics["device"] == "cpu" and metrics["images_per_s"] > 0 and 0 <= metrics["onnx_max_abs_diff"] <= 1e-3
     assert list(metrics["per_class"]) == ["background", "part1", "part2"]
-    assert all(set(c) == {"iou", "dice", "pixels"} for c in metrics["per_class"].values())
+    assert all(set(c) == {"iou", "dice", "precision", "recall", "pixels"} for c in metrics["per_class"].values())
+    assert metrics["at_image_size"]["miou_per_image"] is not None and "miou" not in metrics["at_image_size"]
     assert metrics["species"] == {"unknown": {"miou": metrics["miou"], "miou_per_image": pytest.approx(
         metrics["miou_per_image"]), "images": 6}}  # fmt: skip
     for key in ("miou", "dice", "dice_per_image", "miou_at_image_size", "pixel_accuracy"):

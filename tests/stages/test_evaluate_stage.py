@@ -17,7 +17,7 @@ from pipeline.data.masks import PackedMasks
 
 # After the headline a reviewer compares (HEADLINE_METRICS, first and in that order), what else was measured.
 DETAIL_KEYS = [
-    "dice_per_image_median", "pixel_accuracy", "at_image_size", "species", "images", "threshold", "tta",
+    "per_class", "dice_per_image_median", "pixel_accuracy", "at_image_size", "species", "images", "threshold", "tta",
     "image_size", "images_per_s", "device", "onnx_max_abs_diff",
 ]  # fmt: skip
 
@@ -37,7 +37,12 @@ def _evaluate(trained, evaluate_args, out, valid=None, **evaluate):
 def test_evaluate_writes_every_key_and_file(trained):
     metrics = json.loads((trained / "unet.json").read_text())
     assert list(metrics) == [*HEADLINE_METRICS, *DETAIL_KEYS]
-    assert set(metrics["at_image_size"]) == {"iou", "dice_per_image"}
+    assert set(metrics["at_image_size"]) == {"iou", "dice_per_image", "dice_per_image_median", "pixel_accuracy"}
+    # Per class from the same matrices as the headline: the pet's Dice and IoU are the headline's.
+    assert list(metrics["per_class"]) == ["background", "pet"]
+    pet = metrics["per_class"]["pet"]
+    assert set(pet) == {"iou", "dice", "precision", "recall", "pixels"}
+    assert (pet["dice"], pet["iou"]) == (metrics["dice"], metrics["iou"])
     assert set(metrics["species"]) == {"cat", "dog"}  # synthetic stems are Synthcat_* / synthdog_*
     assert sum(s["images"] for s in metrics["species"].values()) == metrics["images"]
     assert metrics["device"] == "cpu" and metrics["images_per_s"] > 0 and metrics["tta"] == "none"

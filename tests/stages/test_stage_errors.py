@@ -14,6 +14,7 @@ from pipeline.core.constants import HEADLINE_METRICS
 from pipeline.core.runner import run_stage
 from pipeline.data.cache import CachedSplit, save_cache
 from pipeline.data.masks import PackedMasks
+from pipeline.report.files import FIGURES
 
 
 def _one_error_line(capsys) -> str:
@@ -24,25 +25,35 @@ def _one_error_line(capsys) -> str:
 
 
 def _plot_args(root, out, metrics=None, predictions=None):
-    """The plot stage's arguments on the ``trained`` fixture (one model), writing the figures into ``out``."""
-    figures = ("curves", "overlays", "worst", "distribution", "breeds", "dice", "confusion", "per-class-iou")
+    """The plot stage's arguments on the ``trained`` fixture (one model), its files linked into the folders the
+    stage reads (beside ``out``, where the figures go), with its metrics or predictions replaced."""
+    folders = out.parent / "inputs"
+    links = {
+        folders / "live" / "unet": root / "live",
+        folders / "evaluation" / "unet.json": metrics or root / "unet.json",
+        folders / "evaluation" / "unet_per_image.csv": root / "unet_per_image.csv",
+        folders / "evaluation" / "unet_per_breed.csv": root / "unet_per_breed.csv",
+        folders / "predictions" / "unet.npz": predictions or root / "pred.npz",
+    }
+    for link, target in links.items():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
     return out, [
-        "--params", str(root / "params.yaml"), "--models", "unet", "--live", str(root / "live"),
-        "--metrics", str(metrics or root / "unet.json"), "--per-image", str(root / "unet_per_image.csv"),
-        "--per-breed", str(root / "unet_per_breed.csv"), "--predictions", str(predictions or root / "pred.npz"),
-        "--test", str(root / "test.npz"), *[a for f in figures for a in (f"--{f}-png", str(out / f"{f}.png"))],
-        "--summary", str(out / "test.json"),
+        "--params", str(root / "params.yaml"), "--models", "unet", "--live", str(folders / "live"),
+        "--evaluation", str(folders / "evaluation"), "--predictions", str(folders / "predictions"),
+        "--test", str(root / "test.npz"), "--plots", str(out), "--summary", str(out.parent / "test.json"),
     ]  # fmt: skip
 
 
-def test_plot_stage_writes_eight_pngs(trained, tmp_path):
+def test_plot_stage_writes_every_figure(trained, tmp_path):
     out, args = _plot_args(trained, out=tmp_path / "figs")
     assert run_stage(stages.plot.main, args) == 0
-    names = ["breeds", "confusion", "curves", "dice", "distribution", "overlays", "per-class-iou", "worst"]
-    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in names]
+    assert sorted(p.name for p in out.iterdir()) == sorted(FIGURES.values())
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in out.glob("*.png"))
     metrics = json.loads((trained / "unet.json").read_text())
-    assert json.loads((out / "test.json").read_text()) == {key: {"unet": metrics[key]} for key in HEADLINE_METRICS}
+    summary = json.loads((tmp_path / "test.json").read_text())
+    assert summary == {key: {"unet": metrics[key]} for key in HEADLINE_METRICS}
 
 
 def test_plot_stage_checks_all_inputs_before_writing(trained, tmp_path, capsys):
@@ -71,7 +82,8 @@ def test_plot_stage_rejects_predictions_of_another_test_set(trained, tmp_path, c
     out, args = _plot_args(trained, out=tmp_path / "figs", predictions=other)
     assert run_stage(stages.plot.main, args) == 1
     line = _one_error_line(capsys)
-    assert f"{other}: not about the" in line and "run dvc repro -f for its evaluate stage" in line
+    read = tmp_path / "inputs" / "predictions" / "unet.npz"  # the model's file in the folder the stage was given
+    assert f"{read}: not about the" in line and "run dvc repro -f for its evaluate stage" in line
     assert not out.exists()
 
 

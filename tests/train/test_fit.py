@@ -20,7 +20,6 @@ from pipeline.data.masks import IGNORE
 from pipeline.data.synthetic import make_synthetic_folder
 from pipeline.evaluate.confusion import ConfusionMeter
 from pipeline.evaluate.inference import predict_logits, prepare, torch_forward
-from pipeline.evaluate.metrics import SegmentationMeter
 from pipeline.models.checkpoint import load_checkpoint
 from pipeline.models.registry import build_model
 from pipeline.train.config import TrainConfig
@@ -95,10 +94,10 @@ def test_fit_logs_every_epoch_and_keeps_the_best_valid_weights(tmp_path, tiny_da
     assert ckpt["image_size"] == 32 and ckpt["model"] == "unet"
     # The saved weights reproduce the logged valid Dice of the best epoch.
     images, masks = tiny_data[1]
-    meter = SegmentationMeter()
+    meter = ConfusionMeter(2)
     logits, _ = predict_logits(torch_forward(model, torch.device("cpu")), images, 4, "none")
     meter.update(torch.from_numpy(logits), torch.tensor(masks))
-    assert meter.compute()["dice"] == pytest.approx(result.best_valid, abs=1e-6)
+    assert meter.compute()["task"]["dice"] == pytest.approx(result.best_valid, abs=1e-6)
 
 
 def test_the_checkpoint_holds_the_best_epochs_weights_not_the_last(tmp_path, tiny_data, monkeypatch):
