@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.cli.predict import native_labels, read_image
+from pipeline.cli.photos import read_image
+from pipeline.cli.segment import native_labels
 from pipeline.data.classes import Classes, classes_to_json
 from pipeline.data.colour import model_input
 from pipeline.data.decode import resize_image
