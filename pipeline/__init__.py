@@ -6,5 +6,5 @@ Sub-packages by concern, each importing only those listed before it (a test read
 pets' tasks and folder datasets, the split, the cache and its loaders), ``models`` (architectures,
 registry, checkpoints), ``evaluate`` (metrics, scoring, inference, ONNX export), ``train`` (the loop,
 losses, schedules, resume, DDP), ``report`` (figures), ``cli`` (the ``petseg``
-command line: ``petseg predict``, ``petseg diff``).
+command line: ``petseg predict``, ``petseg diff``, ``petseg params``).
 """

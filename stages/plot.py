@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.core.constants import headline_keys
 from pipeline.core.errors import UserError
 from pipeline.core.io import write_json
 from pipeline.core.params import load_params
@@ -26,7 +27,6 @@ from pipeline.core.runner import run_stage
 from pipeline.data.cache import CachedSplit, load_cache
 from pipeline.data.masks import PackedMasks
 from pipeline.evaluate.confusion import task_metric
-from pipeline.evaluate.tables import headline_keys
 from pipeline.report.class_figures import class_iou, confusion_figure, per_class_iou_bars, split_confusion
 from pipeline.report.files import FIGURES, model_files
 from pipeline.report.inputs import REDO_EVALUATE, load_predictions, read_curves, read_metrics, read_table

@@ -1,2 +1,2 @@
-"""The ``petseg`` command line: ``petseg predict`` (a trained model on any photos) and ``petseg diff``
-(two evaluations compared, with a paired bootstrap)."""
+"""The ``petseg`` command line: ``petseg predict`` (a trained model on any photos), ``petseg diff``
+(two evaluations compared, with a paired bootstrap) and ``petseg params`` (every params.yaml key)."""

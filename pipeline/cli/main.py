@@ -1,4 +1,4 @@
-"""The ``petseg`` command (``python -m pipeline``): ``predict`` and ``diff``.
+"""The ``petseg`` command (``python -m pipeline``): ``predict``, ``diff`` and ``params``.
 
 Nothing here imports torch: ``petseg --help`` and a usage error print at once, and each subcommand
 imports its code only when it runs.
@@ -35,24 +35,47 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# Each subcommand's line in `petseg --help`, and the description its own --help starts with.
+_PREDICT = (
+    "write a mask and an overlay for each photo",
+    "Write DIR/<stem>_mask.png (the photo's size; a binary model's: 0 background, 255 pet; a multi-class "
+    "model's: a palette PNG of class indices in the task's colours) and DIR/<stem>_overlay.png for "
+    f"each INPUT: an image file, or a folder (its {' '.join(options.IMAGE_EXTENSIONS)} files, not recursive). "
+    "Exit status: 0 if every image was written; 1 if an input could not be read (the others are still "
+    "written), no image was found, or the weights, evaluate record, output folder or device are unusable, "
+    "or two inputs share a stem (nothing is written); 2 for bad arguments.",
+)
+_DIFF = (
+    "compare each model's test metrics with a git revision, with a confidence interval",
+    "Each model's headline metrics (metrics/<model>.json) in the workspace against REV, read through git "
+    "as `dvc metrics diff` does, and whether its test Dice changed by more than the noise: a "
+    f"{100 * options.CONFIDENCE:g} % confidence interval of the change from a paired bootstrap over the "
+    "test images (metrics/<model>_per_image.csv of both sides), the number of images that got better and "
+    "worse, and a verdict: better, worse, or within noise. Exit status 0, or 1 if something cannot be read.",
+)
+_PARAMS = (
+    "list every params.yaml key: the values it takes, its default and what it does",
+    "Every key of params.yaml, from the schema (pipeline/core/param_schema.py and param_training.py): "
+    "the values it takes, its default (required: the file must set it) and what it does. Exit status 0.",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``petseg`` argument parser: one subcommand per action (``predict``, ``diff``)."""
+    """The ``petseg`` argument parser: one subcommand per action (``predict``, ``diff``, ``params``)."""
     parser = argparse.ArgumentParser(
         prog="petseg", description="petseg: segmentation of photos (pets, or your classes)."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    predict = commands.add_parser(
-        "predict",
-        help="write a mask and an overlay for each photo",
-        description=(
-            "Write DIR/<stem>_mask.png (the photo's size; a binary model's: 0 background, 255 pet; a multi-class "
-            "model's: a palette PNG of class indices in the task's colours) and DIR/<stem>_overlay.png for "
-            f"each INPUT: an image file, or a folder (its {' '.join(options.IMAGE_EXTENSIONS)} files, not recursive). "
-            "Exit status: 0 if every image was written; 1 if an input could not be read (the others are still "
-            "written), no image was found, or the weights, evaluate record, output folder or device are unusable, "
-            "or two inputs share a stem (nothing is written); 2 for bad arguments."
-        ),
-    )
+    for name, (summary, description), add_arguments in (
+        ("predict", _PREDICT, _predict_arguments),
+        ("diff", _DIFF, _diff_arguments),
+        ("params", _PARAMS, _params_arguments),
+    ):
+        add_arguments(commands.add_parser(name, help=summary, description=description))
+    return parser
+
+
+def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
     predict.add_argument(
         "--weights", required=True, metavar="PATH", help="a petseg checkpoint (.pt) or ONNX export (.onnx)"
@@ -70,13 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=TTA_MODES,
         help="test-time augmentation (default: the weights' <stem>.eval.json record, else none)",
     )
-    predict.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=options.DEFAULT_BATCH_SIZE,
-        metavar="N",
-        help=f"images per forward pass (default: {options.DEFAULT_BATCH_SIZE})",
-    )
+    _count_option(predict, "--batch-size", options.DEFAULT_BATCH_SIZE, "images per forward pass")
     predict.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda if usable, else cpu")
     predict.add_argument(
         "--precision",
@@ -84,29 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="a .pt's inference precision (auto: bf16 where the device runs it natively, fp16 on older GPUs)",
     )
-    diff = commands.add_parser(
-        "diff",
-        help="compare each model's test metrics with a git revision, with a confidence interval",
-        description=(
-            "Each model's headline metrics (metrics/<model>.json) in the workspace against REV, read through git "
-            "as `dvc metrics diff` does, and whether its test Dice changed by more than the noise: a "
-            f"{100 * options.CONFIDENCE:g} % confidence interval of the change from a paired bootstrap over the "
-            "test images (metrics/<model>_per_image.csv of both sides), the number of images that got better and "
-            "worse, and a verdict: better, worse, or within noise. Exit status 0, or 1 if something cannot be read."
-        ),
-    )
+
+
+def _diff_arguments(diff: argparse.ArgumentParser) -> None:
     diff.add_argument(
         "rev", nargs="?", default="HEAD", metavar="REV", help="git revision to compare with (default: HEAD)"
     )
-    diff.add_argument("--md", action="store_true", help="print a Markdown table for a pull-request comment")
     diff.add_argument(
-        "--resamples",
-        type=_positive_int,
-        default=options.BOOTSTRAP_RESAMPLES,
-        metavar="N",
-        help=f"bootstrap resamples (default: {options.BOOTSTRAP_RESAMPLES})",
+        "--md", "--markdown", action="store_true", help="print a Markdown table for a pull-request comment"
     )
-    return parser
+    _count_option(diff, "--resamples", options.BOOTSTRAP_RESAMPLES, "bootstrap resamples")
+
+
+def _params_arguments(params: argparse.ArgumentParser) -> None:
+    params.add_argument(
+        "--markdown", "--md", action="store_true", help="print a Markdown table (the one docs/training.md holds)"
+    )
+
+
+def _count_option(parser: argparse.ArgumentParser, flag: str, default: int, what: str) -> None:
+    parser.add_argument(flag, type=_positive_int, default=default, metavar="N", help=f"{what} (default: {default})")
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -123,6 +137,13 @@ def _predict(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     return 1 if problems else 0
+
+
+def _params(args: argparse.Namespace) -> int:
+    from pipeline.cli.params_table import render_markdown, render_text, rows
+
+    print((render_markdown if args.markdown else render_text)(rows()), end="")
+    return 0
 
 
 def _diff(args: argparse.Namespace) -> int:
@@ -149,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help or a usage error, already printed by argparse
         return exit_.code if isinstance(exit_.code, int) else 1
     try:
-        return {"predict": _predict, "diff": _diff}[args.command](args)
+        return {"predict": _predict, "diff": _diff, "params": _params}[args.command](args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

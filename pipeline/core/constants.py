@@ -41,6 +41,14 @@ MULTICLASS_HEADLINE_METRICS = (
     "best_epoch",
 )
 
+
+def headline_keys(num_classes: int) -> tuple[str, ...]:
+    """The test scores a reviewer compares for a task of ``num_classes`` classes: :data:`HEADLINE_METRICS`
+    for two, :data:`MULTICLASS_HEADLINE_METRICS` for more (the last two, the training's best valid score and
+    epoch, come from the checkpoint)."""
+    return HEADLINE_METRICS if num_classes == 2 else MULTICLASS_HEADLINE_METRICS
+
+
 # Both architectures downsample five times (2**5), so image height and width in pixels must divide by it.
 SIZE_MULTIPLE = 32
 # A pixel is pet when sigmoid(logit) > this probability, unless evaluate.threshold or --threshold says otherwise:

@@ -1,10 +1,17 @@
-"""Value types of the params schema (:mod:`pipeline.core.params`): numbers, counts, flags and the
+"""Value types of the params schema (:mod:`pipeline.core.param_schema`): numbers, counts, flags and the
 "auto"-or-value kinds, with the checks YAML needs (its ``true`` is not 1, ``3e-4`` is a number), and
 the base of every section."""
 
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.fields import FieldInfo
+
+
+def allowed(text: str) -> FieldInfo:
+    """Field metadata saying in words which values a key takes, as ``petseg params`` shows them: for a
+    type checked by a function (whose bounds the table cannot read) or by a check across its section."""
+    return Field(json_schema_extra={"allowed": text})
 
 
 def _no_bool(value: Any) -> Any:
@@ -25,6 +32,12 @@ Seed = Annotated[int, Field(strict=True, ge=0)]
 Flag = Annotated[bool, Field(strict=True)]
 Name = Annotated[str, Field(strict=True, min_length=1)]
 
+# What the "auto"-or-value kinds and the class count take; each error message and `petseg params` say it.
+_AUTO_OR_COUNT = "auto or a whole number >= 1"
+_AUTO_OR_WORKERS = "auto or a whole number >= 0"
+_AUTO_OR_PROBABILITY = "a number strictly between 0 and 1, or auto"
+_CLASS_COUNT = "0 (synthetic pets) or a number of classes from 2 to 255 (a synthetic folder dataset)"
+
 
 def auto_or(check):
     """A BeforeValidator accepting "auto" or what ``check`` returns (it raises ValueError otherwise)."""
@@ -34,7 +47,7 @@ def auto_or(check):
 def loader_workers(value: Any) -> int:
     """A DataLoader worker count: a whole number >= 0 (not true/false). Raises ValueError otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("must be auto or a whole number >= 0")
+        raise ValueError(f"must be {_AUTO_OR_WORKERS}")
     return value
 
 
@@ -45,14 +58,8 @@ def probability(value: Any) -> float:
     except (TypeError, ValueError):
         number = float("nan")
     if not 0 < number < 1:  # NaN fails this too
-        raise ValueError("must be a number strictly between 0 and 1, or auto")
+        raise ValueError(f"must be {_AUTO_OR_PROBABILITY}")
     return number
-
-
-class Section(BaseModel):
-    """Base of every section: unknown keys are errors; values are immutable once read."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def auto_or_count(value: Any) -> int | str:
@@ -60,7 +67,7 @@ def auto_or_count(value: Any) -> int | str:
     # bool is an int subclass, but `workers: yes` in YAML is a mistake, not one process.
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return value
-    raise ValueError("must be auto or a whole number >= 1")
+    raise ValueError(f"must be {_AUTO_OR_COUNT}")
 
 
 def class_count(value: Any) -> int:
@@ -68,4 +75,16 @@ def class_count(value: Any) -> int:
     ValueError otherwise."""
     if isinstance(value, int) and not isinstance(value, bool) and (value == 0 or 2 <= value <= 255):
         return value
-    raise ValueError("must be 0 (synthetic pets) or a number of classes from 2 to 255 (a synthetic folder dataset)")
+    raise ValueError(f"must be {_CLASS_COUNT}")
+
+
+AutoOrCount = Annotated[int | str, BeforeValidator(auto_or_count), allowed(_AUTO_OR_COUNT)]
+AutoOrWorkers = Annotated[int | str, auto_or(loader_workers), allowed(_AUTO_OR_WORKERS)]
+AutoOrProbability = Annotated[float | str, auto_or(probability), allowed(_AUTO_OR_PROBABILITY)]
+ClassCount = Annotated[int, BeforeValidator(class_count), allowed(_CLASS_COUNT)]
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors; values are immutable once read."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)

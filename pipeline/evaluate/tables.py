@@ -6,7 +6,8 @@ images (the split, a species, a breed) is scored from its matrices summed. A tas
 (:func:`~pipeline.evaluate.confusion.task_metric`) is ``dice`` for two classes (class 1's Dice; an image
 whose truth and prediction are both empty scores 1) and ``miou`` for more (over the classes present; an
 image whose every pixel is ignored has none, NaN, and is left out of the means over images, which JSON
-gets as null). The key names are the ones users know from `dvc exp show`: :func:`headline_keys`.
+gets as null). The key names are the ones users know from `dvc exp show`:
+:func:`~pipeline.core.constants.headline_keys`.
 """
 
 import math
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.core.constants import HEADLINE_METRICS, MULTICLASS_HEADLINE_METRICS
+from pipeline.core.constants import headline_keys
 from pipeline.evaluate.confusion import (
     class_counts,
     class_scores,
@@ -28,13 +29,6 @@ from pipeline.evaluate.scoring import Scored
 
 # A per-class entry of metrics/<model>.json: these lists of class_scores, by class name.
 PER_CLASS_KEYS = ("iou", "dice", "precision", "recall", "pixels")
-
-
-def headline_keys(num_classes: int) -> tuple[str, ...]:
-    """The test scores a reviewer compares for a task of ``num_classes`` classes: ``HEADLINE_METRICS`` for
-    two, ``MULTICLASS_HEADLINE_METRICS`` for more (:mod:`pipeline.core.constants`; the last two, the
-    training's best valid score and epoch, come from the checkpoint)."""
-    return HEADLINE_METRICS if num_classes == 2 else MULTICLASS_HEADLINE_METRICS
 
 
 def _mean(values: torch.Tensor) -> float:

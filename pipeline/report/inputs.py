@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.core.constants import headline_keys
 from pipeline.core.errors import UserError
 from pipeline.data.masks import LABELS, PackedMasks
-from pipeline.evaluate.tables import headline_keys
 
 # dvclive writes one TSV per metric under <live>/plots/metrics/, with columns step (0-based epoch) and <name>.
 CURVES = {"train/loss": "train loss", "valid/loss": "valid loss", "valid/dice": "valid Dice"}
@@ -44,7 +44,7 @@ def read_curves(live_dir: Path, score: str = "dice") -> pd.DataFrame:
 
 def read_metrics(path: Path, num_classes: int = 2) -> dict:
     """What an evaluate stage measured about a model (``metrics/<model>.json``), with a number for every
-    key of the task's :func:`~pipeline.evaluate.tables.headline_keys` and of DETAIL_KEYS (and ``threshold``
+    key of the task's :func:`~pipeline.core.constants.headline_keys` and of DETAIL_KEYS (and ``threshold``
     for two classes), and a ``tta``.
 
     Raises UserError if the file is missing, not JSON, or lacks one of those keys.

@@ -14,9 +14,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from pipeline.core.constants import SCORE_LABELS
+from pipeline.core.constants import SCORE_LABELS, headline_keys
 from pipeline.core.io import atomic_path
-from pipeline.evaluate.tables import headline_keys
 from pipeline.report.inputs import CURVES
 
 # Tick label colours of per_breed.png, so cat and dog breeds read apart: dark enough for text, unlike
@@ -141,7 +140,7 @@ def _bar_label(key: str, image_size: int, binary: bool) -> str:
 
 
 def score_bars(metrics: dict[str, dict], num_classes: int) -> Figure:
-    """Grouped bars per model of its headline test scores (:func:`pipeline.evaluate.tables.headline_keys` but
+    """Grouped bars per model of its headline test scores (:func:`pipeline.core.constants.headline_keys` but
     the training's best valid score and epoch), values printed on the bars: the task's score, and the same
     at the cache's image size (what resizing the masks to each photo costs). The title gives the number of
     test images and each model's threshold (a binary task's) and TTA. Each dict is what

@@ -14,7 +14,7 @@ from PIL import Image
 
 import pipeline.cli.predict
 from pipeline.cli.main import main
-from pipeline.cli.predict import read_image
+from pipeline.cli.photos import read_image
 from pipeline.data.classes import BINARY_PETS, classes_to_json
 from pipeline.data.colour import model_input
 from pipeline.data.decode import load_pair, resize_image, resize_pair

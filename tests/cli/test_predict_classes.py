@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.cli.predict import read_image
+from pipeline.cli.photos import read_image
 from pipeline.data.classes import Classes, classes_to_json
 from pipeline.data.colour import model_input
 from pipeline.data.decode import resize_image

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.core.constants import HEADLINE_METRICS, MULTICLASS_HEADLINE_METRICS
+from pipeline.core.constants import HEADLINE_METRICS, MULTICLASS_HEADLINE_METRICS, headline_keys
 from pipeline.data.decode import trimap_to_mask
 from pipeline.data.masks import IGNORE, LABELS, PackedMasks
 from pipeline.evaluate.scoring import score
-from pipeline.evaluate.tables import details, headline, headline_keys, per_breed_table, per_image_table, summary
+from pipeline.evaluate.tables import details, headline, per_breed_table, per_image_table, summary
 
 TASKS = ["binary", "3 classes"]
 BINARY, CLASSES = ("background", "pet"), ("background", "pet", "boundary")

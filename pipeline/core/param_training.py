@@ -1,0 +1,176 @@
+"""The training keys of params.yaml: the shared ones at the top level, each model's section (its
+architecture options, and any shared key overridden for that model alone), the augmentation options
+and data-parallel training. Part of the schema (:mod:`pipeline.core.param_schema`); the training
+stage's view of them is :class:`pipeline.train.config.TrainConfig`.
+"""
+
+from typing import Annotated, Literal
+
+from pydantic import Field, create_model, model_validator
+
+from pipeline.core import constants
+from pipeline.core.param_types import (
+    AutoOrWorkers,
+    Count,
+    CountOrZero,
+    Flag,
+    Fraction,
+    Name,
+    NonNegative,
+    Number,
+    Section,
+    Seed,
+    allowed,
+)
+
+
+class TrainKeys(Section):
+    """Shared training keys (top level of params.yaml, so ``dvc exp run -S lr=3e-4`` works).
+
+    Keys added after the first params.yaml have defaults that keep the first release's behaviour.
+    """
+
+    epochs: Count = Field(description="passes over the train split")
+    batch_size: Count = Field(description="images per batch (the global batch when `train.nproc` > 1)")
+    lr: Annotated[Number, Field(gt=0)] = Field(description="the peak learning rate of the schedule")
+    weight_decay: NonNegative = Field(description="weight decay: AdamW's decoupled decay, or SGD's L2 term")
+    optimizer: Literal[constants.OPTIMIZERS] = Field(
+        "adamw", description="AdamW (decoupled weight decay) or SGD with heavy-ball `momentum`"
+    )
+    momentum: Fraction = Field(0.9, description="SGD's momentum (`adamw` ignores it)")
+    scheduler: Literal[constants.SCHEDULERS] = Field(
+        description="the lr schedule, stepped per optimiser step: `cosine` (to 0), `constant`, `onecycle` "
+        "(torch's OneCycleLR, peak `lr`; also cycles momentum/β1), `plateau` (halve the lr after 3 epochs "
+        "without a better valid score)"
+    )
+    warmup_epochs: NonNegative = Field(
+        0.0,
+        description="linear warmup from lr/steps to `lr` before `cosine`, `constant` or `plateau`, in epochs; "
+        "sets the rise of `onecycle`; must leave at least one epoch of the schedule",
+    )
+    loss: Literal[constants.LOSSES] = Field(
+        description="cross-entropy + soft Dice, soft Dice, or cross-entropy: the sigmoid form for a binary task, "
+        "the softmax form for C classes (docs/training.md#tasks-and-losses)"
+    )
+    seed: Seed = Field(description="the seed of the initial weights, the data order and each sample's augmentation")
+    augment: Literal[constants.AUGMENT_LEVELS] = Field(
+        description="`none`, `flip` (random horizontal flip), or `full`: what the `augmentation` section says"
+    )
+    grad_clip: NonNegative = Field(
+        0.0, description="clip the global gradient norm to this (after unscaling under fp16); 0 = off"
+    )
+    accumulate_steps: Count = Field(
+        1, description="batches per optimiser step: the effective batch is `batch_size` x `accumulate_steps`"
+    )
+    patience: CountOrZero = Field(
+        0,
+        description="stop after this many epochs without a better valid score (Dice, or mIoU for C classes); "
+        "0 = off; `live/<model>/metrics.json` records `last_epoch`",
+    )
+    init: Literal[constants.INIT_SCHEMES] = Field(
+        "default",
+        description="`default`: PyTorch's; `kaiming`: He-normal convolutions (fan-out) and BatchNorm 1/0, as "
+        "torchvision's ResNet",
+    )
+    num_workers: AutoOrWorkers = Field(
+        "auto",
+        description="DataLoader worker processes: `auto` = min(8, CPUs / `train.nproc`) on CUDA, 0 on a CPU; "
+        "each sample's augmentation is seeded from the run seed, so results do not depend on it",
+    )
+    compile: Flag = Field(False, description="`torch.compile` the model (speed only; the first epoch pays for it)")
+
+
+# A model section may override any shared key; None = not overridden.
+TrainOverrides = create_model(
+    "TrainOverrides",
+    __base__=Section,
+    __doc__="any shared training key, for this model only (e.g. `resnet34_unet: {lr: 3e-4}`)",
+    **{name: (info.rebuild_annotation() | None, None) for name, info in TrainKeys.model_fields.items()},
+)
+
+
+class ModelTraining(Section):
+    """Training settings that only some models' sections hold; every model trains with these defaults
+    unless its section sets them (see :func:`pipeline.models.init.init_weights`)."""
+
+    encoder_weights: Annotated[Name, allowed("none, imagenet or a file path")] = Field(
+        "none",
+        description="the encoder's initial weights: `none` (random), `imagenet` (torchvision's IMAGENET1K_V1, "
+        "downloaded into torch.hub's cache) or the path of a saved torchvision `resnet34` state dict (offline; "
+        "the encoder's parameter names are torchvision's, so the file loads as is). The file is not a DVC "
+        "dependency: after replacing it, run `dvc repro -f train-resnet34unet`",
+    )
+    zero_init_residual: Flag = Field(
+        False,
+        description="zero-init the last BatchNorm of each residual block, so that each starts as the identity "
+        "(Goyal et al. 2017)",
+    )
+
+
+Bilinear = Annotated[
+    Flag, Field(description="upsample by bilinear interpolation + a 1x1 conv instead of a transposed conv")
+]
+
+
+class UNetSection(TrainOverrides):
+    """``unet``: architecture options of :class:`pipeline.models.unet.UNet` and training overrides."""
+
+    base_channels: Count = Field(description="width of the first level, doubled at each of the four downsamplings")
+    bilinear: Bilinear
+
+
+class ResNet34UNetSection(TrainOverrides, ModelTraining):
+    """``resnet34_unet``: architecture options of :class:`pipeline.models.resnet34_unet.ResNet34UNet`,
+    its encoder's initial weights and training overrides."""
+
+    decoder_channels: Annotated[list[Count], Field(min_length=5, max_length=5)] = Field(
+        description="widths of the five decoder steps, deepest first"
+    )
+    bilinear: Bilinear
+
+
+class AugmentOptions(Section):
+    """What the "full" augmentation does (``augmentation`` section); the defaults are the original "full".
+
+    Raises pydantic's ValidationError (a ValueError) unless 0 < lo <= hi <= 1 for ``crop_scale``,
+    0 <= ``degrees`` <= 180 and ``jitter`` >= 0.
+    """
+
+    hflip: Flag = Field(True, description="random horizontal flip, with probability 0.5")
+    vflip: Flag = Field(
+        False, description="random vertical flip, with probability 0.5 (off by default: pets are rarely upside down)"
+    )
+    degrees: Annotated[Number, Field(ge=0, le=180)] = Field(
+        0.0,
+        description="random rotation by an angle uniform in [-degrees, degrees], in degrees; the corners it "
+        "uncovers count in no loss; 0 = off",
+    )
+    crop_scale: Annotated[tuple[Number, Number], allowed("[lo, hi], 0 < lo <= hi <= 1")] = Field(
+        (0.5, 1.0), description="range of the area fraction of the random resized crop"
+    )
+    jitter: NonNegative = Field(
+        0.2,
+        description="brightness, contrast and saturation strength: factors in [1 - jitter, 1 + jitter]; 0 = off",
+    )
+
+    @model_validator(mode="after")
+    def _crop_scale_order(self):
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must be two area fractions 0 < lo <= hi <= 1, got {[lo, hi]}")
+        return self
+
+
+class Train(Section):
+    """``train``: data-parallel training on this machine (docs/scaling.md)."""
+
+    nproc: Count = Field(
+        1,
+        description="training processes: 1 = one plain process; more run under torchrun (DistributedDataParallel, "
+        "one a GPU), `batch_size` staying the global batch (docs/scaling.md)",
+    )
+    sync_batchnorm: Flag = Field(
+        False,
+        description="BatchNorm statistics over the global batch rather than each process's share (CUDA only; "
+        "nothing to sync with one process)",
+    )
