@@ -1,4 +1,4 @@
-"""Stages `evaluate-unet`, `evaluate-resnet34unet`: test metrics at native resolution, breakdowns, masks.
+"""Stages `evaluate@unet`, `evaluate@resnet34_unet`: test metrics at native resolution, breakdowns, masks.
 
 One path for every task (:mod:`pipeline.evaluate.scoring`: per-image C×C confusion matrices, a binary
 task being C = 2). ``--metrics`` is everything measured, git-tracked: the headline scores first (those the

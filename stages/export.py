@@ -1,4 +1,4 @@
-"""Stages `export-unet`, `export-resnet34unet`: the trained model as ONNX, checked against PyTorch."""
+"""Stages `export@unet`, `export@resnet34_unet`: the trained model as ONNX, checked against PyTorch."""
 
 import argparse
 import json

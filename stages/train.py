@@ -1,4 +1,4 @@
-"""Stages `train-unet`, `train-resnet34unet`: fit one model, keep the best-valid-Dice weights.
+"""Stages `train@unet`, `train@resnet34_unet`: fit one model, keep the best-valid-Dice weights.
 
 Resumable: a run killed at any moment continues after its last completed epoch when the stage
 runs again with the same settings (see pipeline/train/resume.py for where the state lives and why).

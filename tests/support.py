@@ -72,12 +72,12 @@ ALL_STAGES = {
     "download",
     "split",
     "preprocess",
-    "train-unet",
-    "train-resnet34unet",
-    "export-unet",
-    "export-resnet34unet",
-    "evaluate-unet",
-    "evaluate-resnet34unet",
+    "train@unet",
+    "train@resnet34_unet",
+    "export@unet",
+    "export@resnet34_unet",
+    "evaluate@unet",
+    "evaluate@resnet34_unet",
     "plot",
 }
 REPRO_LOG = "repro.log"  # the finished pipeline's `dvc repro` output, beside its repository (conftest.py)

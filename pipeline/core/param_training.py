@@ -98,7 +98,7 @@ class ModelTraining(Section):
         description="the encoder's initial weights: `none` (random), `imagenet` (torchvision's IMAGENET1K_V1, "
         "downloaded into torch.hub's cache) or the path of a saved torchvision `resnet34` state dict (offline; "
         "the encoder's parameter names are torchvision's, so the file loads as is). The file is not a DVC "
-        "dependency: after replacing it, run `dvc repro -f train-resnet34unet`",
+        "dependency: after replacing it, run `dvc repro -f train@resnet34_unet`",
     )
     zero_init_residual: Flag = Field(
         False,

@@ -31,8 +31,8 @@ PNGS = (
 )
 PER_IMAGE_CHART = "Test Dice per image vs pet fraction (native resolution)"
 BASELINE_LR = shipped_params()["lr"]  # the finished pipeline's (TINY leaves lr alone)
-EVALUATION = {"validate", "evaluate-unet", "evaluate-resnet34unet"}
-EXPORTS = {"export-unet", "export-resnet34unet"}
+EVALUATION = {"validate", "evaluate@unet", "evaluate@resnet34_unet"}
+EXPORTS = {"export@unet", "export@resnet34_unet"}
 AFTER_TRAINING = ALL_STAGES - {"download", "split", "preprocess"}
 LR = "lr=0.0003"
 
@@ -41,7 +41,7 @@ LR = "lr=0.0003"
 # what the key decides, and what depends on an output that changes.
 RERUNS = {
     LR: (AFTER_TRAINING, AFTER_TRAINING),  # a training key both models share
-    "unet.base_channels=6": ({"validate", "train-unet", "export-unet", "evaluate-unet", "plot"},) * 2,
+    "unet.base_channels=6": ({"validate", "train@unet", "export@unet", "evaluate@unet", "plot"},) * 2,
     "evaluate.tta=hflip": (EVALUATION | {"plot"},) * 2,
     # Export and what depends on it (evaluate reads the parity it records, plot reads evaluate).
     "export.check_images=3": (EXPORTS, {"validate", *EXPORTS, *EVALUATION, "plot"}),
@@ -129,7 +129,7 @@ def _review(repo: Path) -> dict:
 def _reevaluate(repo: Path) -> dict:
     """The same models evaluated again (new throughput, same scores), what follows from it, then `dvc
     metrics diff`."""
-    ran = stages_run(run(repo, "dvc", "repro", "-f", "evaluate-unet", "evaluate-resnet34unet"))
+    ran = stages_run(run(repo, "dvc", "repro", "-f", "evaluate@unet", "evaluate@resnet34_unet"))
     ran |= stages_run(run(repo, "dvc", "repro"))
     return {"ran": ran, "diff": json.loads(run(repo, "dvc", "metrics", "diff", "--json"))}
 
@@ -215,7 +215,7 @@ def test_repro_writes_metrics_models_and_plots_for_both_models(dvc_repo, finishe
     got = repo.parent / "got.onnx"
     run(repo, "dvc", "artifacts", "get", str(repo), "unet-onnx", "-o", str(got))
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert hashlib.md5(got.read_bytes()).hexdigest() == lock["stages"]["export-unet"]["outs"][0]["md5"]
+    assert hashlib.md5(got.read_bytes()).hexdigest() == lock["stages"]["export@unet"]["outs"][0]["md5"]
     # Nothing left to do: the lock file matches the workspace.
     assert stages_run(run(repo, "dvc", "repro")) == set()
 
@@ -322,8 +322,8 @@ def test_metrics_diff_shows_the_dice_of_an_lr_experiment_and_the_run_cache_resto
     assert {"dice.unet", "dice.resnet34_unet"} <= set(lr["diff"]["metrics/test.json"])
     # Back to the baseline lr: the run-cache restores the finished trainings instead of rerunning
     # them (the resume state is kept out of DVC's outputs so that this still works).
-    assert not stages_run(lr["back"]) & {"train-unet", "train-resnet34unet"}
-    assert "Stage 'train-unet' is cached - skipping run" in lr["back"]
+    assert not stages_run(lr["back"]) & {"train@unet", "train@resnet34_unet"}
+    assert "Stage 'train@unet' is cached - skipping run" in lr["back"]
 
 
 @pytest.mark.parametrize("change", _with_its_job(DOWNLOAD_RERUNS))
@@ -378,5 +378,5 @@ def test_exp_show_puts_both_models_dice_first_and_only_changed_fits_160_columns(
 @pytest.mark.dvc_jobs("reevaluate")
 def test_metrics_diff_shows_no_change_when_the_same_models_are_evaluated_again(dvc_jobs):
     reevaluated = dvc_jobs["reevaluate"]
-    assert {"evaluate-unet", "evaluate-resnet34unet", "plot"} <= reevaluated["ran"]  # the metrics were rewritten
+    assert {"evaluate@unet", "evaluate@resnet34_unet", "plot"} <= reevaluated["ran"]  # the metrics were rewritten
     assert reevaluated["diff"] == {}
