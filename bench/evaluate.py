@@ -21,6 +21,7 @@ predictions any run keeps for its output (MB), and wall seconds.
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -137,32 +138,8 @@ def main() -> None:
         stage = [sys.executable, "-m", "stages.evaluate", *setup(work, args.size, args.batch_size)]
         for n in args.images:
             print(f"N = {n}: cache, stage, whole-split ...", file=sys.stderr, flush=True)
-            test = work / f"test-{n}"
-            write_split(test, n, args.size, seed=0)
-            streamed = peak_memory([*stage, "--test", str(test)])
-            whole = peak_memory(
-                [sys.executable, "-c", WHOLE_SPLIT, str(work / "unet.pt"), str(test), str(args.batch_size)]
-            )
-            runs[n] = streamed, whole
-            rows.append(
-                {
-                    "N": n,
-                    "S (px)": args.size,
-                    "logits N·S·S·4 (MB)": f"{n * args.size**2 * 4 / MB:.0f}",
-                    "packed predictions (MB)": f"{packed_bytes(n) / MB:.0f}",
-                    "stage peak RSS (MB)": f"{streamed['rss']:.0f}",
-                    "stage peak anon RSS (MB)": f"{streamed['anon']:.0f}",
-                    "whole-split peak RSS (MB)": f"{whole['rss']:.0f}",
-                    "whole-split peak anon RSS (MB)": f"{whole['anon']:.0f}",
-                    "whole-split / stage, RSS": f"{whole['rss'] / streamed['rss']:.2f}x",
-                    "whole-split / stage, anon": f"{whole['anon'] / streamed['anon']:.2f}x",
-                    "stage (s)": f"{streamed['seconds']:.1f}",
-                    "whole-split (s)": f"{whole['seconds']:.1f}",
-                }
-            )
-            for path in test.iterdir():  # the next N's cache replaces it
-                path.unlink()
-            test.rmdir()
+            runs[n] = measure(work, stage, n, args.size, args.batch_size)
+            rows.append(row(n, args.size, *runs[n]))
     print(f"Machine at the start: {before}\n")
     print(f"Evaluate stage vs whole-split logits, UNet base_channels 4, batch {args.batch_size}, CPU children:\n")
     print(table(rows) + "\n")
@@ -176,6 +153,35 @@ def main() -> None:
             f"(whole-split anon {runs[large][1]['anon'] - runs[small][1]['anon']:+.0f} MB).\n"
         )
     print(f"Machine at the end: {machine()}")
+
+
+def measure(work: Path, stage: list[str], n: int, size: int, batch_size: int) -> tuple[dict, dict]:
+    """:func:`peak_memory` of the stage and of the whole-split reference on a test cache of ``n`` pairs
+    at ``size`` px, written in ``work`` and deleted afterwards (the next N's cache replaces it)."""
+    test = work / f"test-{n}"
+    write_split(test, n, size, seed=0)
+    streamed = peak_memory([*stage, "--test", str(test)])
+    whole = peak_memory([sys.executable, "-c", WHOLE_SPLIT, str(work / "unet.pt"), str(test), str(batch_size)])
+    shutil.rmtree(test)
+    return streamed, whole
+
+
+def row(n: int, size: int, streamed: dict, whole: dict) -> dict[str, object]:
+    """The table's row for ``n`` pairs at ``size`` px: sizes in MB, peaks in MB and their ratios, seconds."""
+    return {
+        "N": n,
+        "S (px)": size,
+        "logits N·S·S·4 (MB)": f"{n * size**2 * 4 / MB:.0f}",
+        "packed predictions (MB)": f"{packed_bytes(n) / MB:.0f}",
+        "stage peak RSS (MB)": f"{streamed['rss']:.0f}",
+        "stage peak anon RSS (MB)": f"{streamed['anon']:.0f}",
+        "whole-split peak RSS (MB)": f"{whole['rss']:.0f}",
+        "whole-split peak anon RSS (MB)": f"{whole['anon']:.0f}",
+        "whole-split / stage, RSS": f"{whole['rss'] / streamed['rss']:.2f}x",
+        "whole-split / stage, anon": f"{whole['anon'] / streamed['anon']:.2f}x",
+        "stage (s)": f"{streamed['seconds']:.1f}",
+        "whole-split (s)": f"{whole['seconds']:.1f}",
+    }
 
 
 if __name__ == "__main__":
