@@ -20,6 +20,7 @@ predictions any run keeps for its output (MB), and wall seconds.
 """
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -37,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.report import machine, table  # noqa: E402
 from pipeline.data.cache import CacheRow, CacheWriter, load_cache  # noqa: E402
+from pipeline.data.classes import BINARY_PETS, classes_to_json  # noqa: E402
 from pipeline.data.masks import pack_mask  # noqa: E402
 from pipeline.evaluate.export import export_checked  # noqa: E402
 from pipeline.evaluate.inference import prepare  # noqa: E402
@@ -51,10 +53,10 @@ WHOLE_SPLIT = """
 import sys
 from pathlib import Path
 from pipeline.data.cache import load_cache
-from pipeline.core.device import select_device
+from pipeline.core.device import choose_device
 from pipeline.evaluate.scoring import score
 from pipeline.evaluate.inference import load_model, predict_logits
-model = load_model(Path(sys.argv[1]), select_device())
+model = load_model(Path(sys.argv[1]), choose_device("auto").value)
 test = load_cache(Path(sys.argv[2]))
 logits, _ = predict_logits(model.forward, test.images, int(sys.argv[3]), "none")
 score(logits, test.masks, test.native, 0.5, test.native_ignore)
@@ -113,9 +115,11 @@ def setup(work: Path, size: int, batch_size: int) -> list[str]:
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     write_split(work / "valid", 8, size, seed=1)  # not read under threshold 0.5, but a real cache
     model = build_model("unet", **ARCH)
-    save_checkpoint(work / "unet.pt", "unet", ARCH, model.state_dict(), epoch=1, valid_dice=0.0, image_size=size)
+    classes = classes_to_json(BINARY_PETS)
+    info = {"epoch": 1, "valid_dice": 0.0, "image_size": size, "out_channels": 1, "classes": classes}
+    save_checkpoint(work / "unet.pt", "unet", ARCH, model.state_dict(), **info)
     images = prepare(load_cache(work / "valid").images[: params["export"]["check_images"]])
-    metadata = {"model": "unet", "image_size": str(size), "best_epoch": "1"}
+    metadata = {"model": "unet", "image_size": str(size), "best_epoch": "1", "classes": json.dumps(classes)}
     export_checked(model, work / "unet.onnx", metadata, images, params["export"]["opset"], 1e-3)
     names = ("metrics", "per-image", "per-breed", "predictions", "record")
     outputs = ("unet.json", "per_image.csv", "per_breed.csv", "pred.npz", "unet.eval.json")
