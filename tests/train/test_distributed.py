@@ -230,11 +230,11 @@ def workdir(tmp_path_factory):
 
 def _args(root, nproc, run):
     return [
-        "--params", str(root / f"params{nproc}.yaml"), "--model", "unet",
-        "--train", str(root / "train"), "--valid", str(root / "valid"),
-        "--checkpoint", str(root / run / "unet.pt"), "--live", str(root / run / "live"),
-        "--resume", str(root / run / ".resume" / "unet.pt"),
-    ]  # fmt: skip
+        *("--params", str(root / f"params{nproc}.yaml"), "--model", "unet"),
+        *("--train", str(root / "train"), "--valid", str(root / "valid")),
+        *("--checkpoint", str(root / run / "unet.pt"), "--live", str(root / run / "live")),
+        *("--resume", str(root / run / ".resume" / "unet.pt")),
+    ]
 
 
 def _stage(root, nproc, run, **kwargs):
