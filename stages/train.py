@@ -31,17 +31,23 @@ from pipeline.train.fit import FitResult, fit
 from pipeline.train.resume import ResumeStore, load_state, training_inputs
 from pipeline.train.setup import Arrays
 
+# The stage's options, every one required (dvc.yaml passes them all): name → help.
+OPTIONS = {
+    "params": "params.yaml",
+    "model": "registry name: unet or resnet34_unet",
+    "train": "train split cache folder",
+    "valid": "valid split cache folder",
+    "checkpoint": "output .pt file",
+    "live": "dvclive output folder",
+    "resume": "resume state file (untracked; deleted when training ends)",
+}
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse args, read the shared training keys and the model's section, train, log with dvclive."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", required=True)
-    parser.add_argument("--model", required=True, help="registry name: unet or resnet34_unet")
-    parser.add_argument("--train", required=True, help="train split cache folder")
-    parser.add_argument("--valid", required=True, help="valid split cache folder")
-    parser.add_argument("--checkpoint", required=True, help="output .pt file")
-    parser.add_argument("--live", required=True, help="dvclive output folder")
-    parser.add_argument("--resume", required=True, help="resume state file (untracked; deleted when training ends)")
+    for name, text in OPTIONS.items():
+        parser.add_argument(f"--{name}", required=True, help=text)
     args = parser.parse_args(argv)
     params = load_params(args.params)
     cfg, arch = train_config(params, args.model)
