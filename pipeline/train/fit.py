@@ -126,10 +126,9 @@ def _keep(config: RunConfig, run: Run, best: Best) -> None:
     """Write ``best``'s weights as the checkpoint, on rank 0 only (every rank holds the same weights)."""
     if run.main:
         valid = {f"valid_{name}": value for name, value in best.scores.items()}
-        owner = {"classes": classes_to_json(config.classes), "image_size": run.image_size}
-        checkpoint, weights = config.checkpoint, best.weights
-        info = {"epoch": best.epoch, **valid, "out_channels": config.classes.logits, **owner}
-        save_checkpoint(checkpoint, config.model, config.arch, weights, **info)
+        classes = {"out_channels": config.classes.logits, "classes": classes_to_json(config.classes)}
+        info = {"epoch": best.epoch, **valid, **classes, "image_size": run.image_size}
+        save_checkpoint(config.checkpoint, config.model, config.arch, best.weights, **info)
 
 
 def _epochs(
