@@ -20,7 +20,9 @@ predictions any run keeps for its output (MB), and wall seconds.
 """
 
 import argparse
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.report import machine, table  # noqa: E402
 from pipeline.data.cache import CacheRow, CacheWriter, load_cache  # noqa: E402
+from pipeline.data.classes import BINARY_PETS, classes_to_json  # noqa: E402
 from pipeline.data.masks import pack_mask  # noqa: E402
 from pipeline.evaluate.export import export_checked  # noqa: E402
 from pipeline.evaluate.inference import prepare  # noqa: E402
@@ -50,10 +53,10 @@ WHOLE_SPLIT = """
 import sys
 from pathlib import Path
 from pipeline.data.cache import load_cache
-from pipeline.core.device import select_device
+from pipeline.core.device import choose_device
 from pipeline.evaluate.scoring import score
 from pipeline.evaluate.inference import load_model, predict_logits
-model = load_model(Path(sys.argv[1]), select_device())
+model = load_model(Path(sys.argv[1]), choose_device("auto").value)
 test = load_cache(Path(sys.argv[2]))
 logits, _ = predict_logits(model.forward, test.images, int(sys.argv[3]), "none")
 score(logits, test.masks, test.native, test.classes.count, 0.5, test.native_ignore)
@@ -112,9 +115,11 @@ def setup(work: Path, size: int, batch_size: int) -> list[str]:
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     write_split(work / "valid", 8, size, seed=1)  # not read under threshold 0.5, but a real cache
     model = build_model("unet", **ARCH)
-    save_checkpoint(work / "unet.pt", "unet", ARCH, model.state_dict(), epoch=1, valid_dice=0.0, image_size=size)
+    classes = classes_to_json(BINARY_PETS)
+    info = {"epoch": 1, "valid_dice": 0.0, "image_size": size, "out_channels": 1, "classes": classes}
+    save_checkpoint(work / "unet.pt", "unet", ARCH, model.state_dict(), **info)
     images = prepare(load_cache(work / "valid").images[: params["export"]["check_images"]])
-    metadata = {"model": "unet", "image_size": str(size), "best_epoch": "1"}
+    metadata = {"model": "unet", "image_size": str(size), "best_epoch": "1", "classes": json.dumps(classes)}
     export_checked(model, work / "unet.onnx", metadata, images, params["export"]["opset"], 1e-3)
     names = ("metrics", "per-image", "per-breed", "predictions", "record")
     outputs = ("unet.json", "per_image.csv", "per_breed.csv", "pred.npz", "unet.eval.json")
@@ -137,32 +142,8 @@ def main() -> None:
         stage = [sys.executable, "-m", "stages.evaluate", *setup(work, args.size, args.batch_size)]
         for n in args.images:
             print(f"N = {n}: cache, stage, whole-split ...", file=sys.stderr, flush=True)
-            test = work / f"test-{n}"
-            write_split(test, n, args.size, seed=0)
-            streamed = peak_memory([*stage, "--test", str(test)])
-            whole = peak_memory(
-                [sys.executable, "-c", WHOLE_SPLIT, str(work / "unet.pt"), str(test), str(args.batch_size)]
-            )
-            runs[n] = streamed, whole
-            rows.append(
-                {
-                    "N": n,
-                    "S (px)": args.size,
-                    "logits N·S·S·4 (MB)": f"{n * args.size**2 * 4 / MB:.0f}",
-                    "packed predictions (MB)": f"{packed_bytes(n) / MB:.0f}",
-                    "stage peak RSS (MB)": f"{streamed['rss']:.0f}",
-                    "stage peak anon RSS (MB)": f"{streamed['anon']:.0f}",
-                    "whole-split peak RSS (MB)": f"{whole['rss']:.0f}",
-                    "whole-split peak anon RSS (MB)": f"{whole['anon']:.0f}",
-                    "whole-split / stage, RSS": f"{whole['rss'] / streamed['rss']:.2f}x",
-                    "whole-split / stage, anon": f"{whole['anon'] / streamed['anon']:.2f}x",
-                    "stage (s)": f"{streamed['seconds']:.1f}",
-                    "whole-split (s)": f"{whole['seconds']:.1f}",
-                }
-            )
-            for path in test.iterdir():  # the next N's cache replaces it
-                path.unlink()
-            test.rmdir()
+            runs[n] = measure(work, stage, n, args.size, args.batch_size)
+            rows.append(row(n, args.size, *runs[n]))
     print(f"Machine at the start: {before}\n")
     print(f"Evaluate stage vs whole-split logits, UNet base_channels 4, batch {args.batch_size}, CPU children:\n")
     print(table(rows) + "\n")
@@ -176,6 +157,35 @@ def main() -> None:
             f"(whole-split anon {runs[large][1]['anon'] - runs[small][1]['anon']:+.0f} MB).\n"
         )
     print(f"Machine at the end: {machine()}")
+
+
+def measure(work: Path, stage: list[str], n: int, size: int, batch_size: int) -> tuple[dict, dict]:
+    """:func:`peak_memory` of the stage and of the whole-split reference on a test cache of ``n`` pairs
+    at ``size`` px, written in ``work`` and deleted afterwards (the next N's cache replaces it)."""
+    test = work / f"test-{n}"
+    write_split(test, n, size, seed=0)
+    streamed = peak_memory([*stage, "--test", str(test)])
+    whole = peak_memory([sys.executable, "-c", WHOLE_SPLIT, str(work / "unet.pt"), str(test), str(batch_size)])
+    shutil.rmtree(test)
+    return streamed, whole
+
+
+def row(n: int, size: int, streamed: dict, whole: dict) -> dict[str, object]:
+    """The table's row for ``n`` pairs at ``size`` px: sizes in MB, peaks in MB and their ratios, seconds."""
+    return {
+        "N": n,
+        "S (px)": size,
+        "logits N·S·S·4 (MB)": f"{n * size**2 * 4 / MB:.0f}",
+        "packed predictions (MB)": f"{packed_bytes(n) / MB:.0f}",
+        "stage peak RSS (MB)": f"{streamed['rss']:.0f}",
+        "stage peak anon RSS (MB)": f"{streamed['anon']:.0f}",
+        "whole-split peak RSS (MB)": f"{whole['rss']:.0f}",
+        "whole-split peak anon RSS (MB)": f"{whole['anon']:.0f}",
+        "whole-split / stage, RSS": f"{whole['rss'] / streamed['rss']:.2f}x",
+        "whole-split / stage, anon": f"{whole['anon'] / streamed['anon']:.2f}x",
+        "stage (s)": f"{streamed['seconds']:.1f}",
+        "whole-split (s)": f"{whole['seconds']:.1f}",
+    }
 
 
 if __name__ == "__main__":

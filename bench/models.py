@@ -141,6 +141,10 @@ def label(dtype: torch.dtype | None, fmt: torch.memory_format) -> str:
     return f"{precision_name(dtype)} {'NHWC' if fmt == torch.channels_last else 'NCHW'}"
 
 
+Key = tuple[str, str]  # (implementation: "ours" or the reference's label, variant label)
+Times = dict[Key, dict[str, list[float]]]  # seconds per repetition, per step ("train", "infer")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=128)
@@ -164,55 +168,74 @@ def main(argv: list[str] | None = None) -> None:
     )
     rows = []
     for name in args.models:
-        ours, ref_label, ref = PAIRS[name]
         torch.manual_seed(0)
         x, y = torch.randn(args.batch, 3, args.size, args.size), (torch.rand(args.batch, 1, args.size, args.size) > 0.5)
         y = y.float()
-        flops = {what: flops_per_image(ours(), x[:1], y[:1], what) for what in ("train", "infer")}
-        variants = {}
-        for dtype in (None, torch.bfloat16):
-            for fmt in (torch.contiguous_format, torch.channels_last):
-                variants[("ours", label(dtype, fmt))] = Variant(ours(), dtype, fmt, x, y)
-        nchw = torch.contiguous_format
-        variants[(ref_label, label(None, nchw))] = Variant(ref(), None, nchw, x, y)
-        variants[(ref_label, label(*chosen))] = Variant(ref(), *chosen, x, y)
-        times = {key: {"train": [], "infer": []} for key in variants}
-        for variant in variants.values():  # warm-up: AdamW state, oneDNN's kernels for each shape and format
-            variant.train_step()
-            variant.infer()
-        keys = list(variants)
-        for rep in range(args.repeats):
-            for key in keys[rep % len(keys) :] + keys[: rep % len(keys)]:
-                for what in ("train", "infer"):
-                    times[key][what].append(variants[key].seconds(what))
-            print(f"  {name}: repetition {rep + 1}/{args.repeats}", file=sys.stderr, flush=True)
-        base = ("ours", label(None, torch.contiguous_format))
+        flops = {what: flops_per_image(PAIRS[name][0](), x[:1], y[:1], what) for what in ("train", "infer")}
+        variants = build_variants(name, x, y, chosen)
+        times = time_variants(name, variants, args.repeats)
         for key, variant in variants.items():
-            for what in ("train", "infer"):
-                secs = times[key][what]
-                ratio = statistics.median(b / s for b, s in zip(times[base][what], secs, strict=True))
-                same = (ref_label if key[0] == "ours" else "ours", key[1])
-                vs_ref = ""
-                if same in times:
-                    r = statistics.median(o / s for o, s in zip(times[same][what], secs, strict=True))
-                    vs_ref = f"{r:.2f}x" if key[0] == "ours" else ""
-                gflops = flops[what] * args.batch / statistics.median(secs) / 1e9
-                rows.append(
-                    {
-                        "model": name if key[0] == "ours" else f"{name}: {key[0]}",
-                        "step": what,
-                        "variant": key[1],
-                        "images/s": f"{args.batch / statistics.median(secs):.1f}",
-                        "vs ours fp32 NCHW": f"{ratio:.2f}x",
-                        "ours vs reference, same variant": vs_ref,
-                        "GFLOP/s": f"{gflops:.0f}",
-                        "of nominal peak": f"{100 * gflops / peak[variant.dtype]:.0f} %",
-                        "of matrix product": f"{100 * gflops / gemm[variant.dtype]:.0f} %",
-                    }
-                )
+            gflops = {what: flops[what] * args.batch / statistics.median(times[key][what]) / 1e9 for what in flops}
+            ceilings = {"of nominal peak": peak[variant.dtype], "of matrix product": gemm[variant.dtype]}
+            rows += [row(name, key, what, times, args.batch, gflops[what], ceilings) for what in ("train", "infer")]
         per_image = f"{flops['train'] / 1e9:.2f} GFLOP per training image, {flops['infer'] / 1e9:.2f} per inference"
         print(f"  {name}: {per_image}")
     print(table(rows))
+
+
+def build_variants(name: str, x: torch.Tensor, y: torch.Tensor, chosen: tuple) -> dict[Key, Variant]:
+    """Ours in fp32 and bf16, each NCHW and NHWC; the reference in fp32 NCHW and in the ``chosen``
+    (dtype, memory format); all on the same batch ``x``, ``y``."""
+    ours, ref_label, ref = PAIRS[name]
+    variants = {}
+    for dtype in (None, torch.bfloat16):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            variants[("ours", label(dtype, fmt))] = Variant(ours(), dtype, fmt, x, y)
+    nchw = torch.contiguous_format
+    variants[(ref_label, label(None, nchw))] = Variant(ref(), None, nchw, x, y)
+    variants[(ref_label, label(*chosen))] = Variant(ref(), *chosen, x, y)
+    return variants
+
+
+def time_variants(name: str, variants: dict[Key, Variant], repeats: int) -> Times:
+    """Each variant's seconds per train step and per inference, ``repeats`` times after one warm-up,
+    interleaved in a rotating order so that a change of load hits every variant alike."""
+    times: Times = {key: {"train": [], "infer": []} for key in variants}
+    for variant in variants.values():  # warm-up: AdamW state, oneDNN's kernels for each shape and format
+        variant.train_step()
+        variant.infer()
+    keys = list(variants)
+    for rep in range(repeats):
+        for key in keys[rep % len(keys) :] + keys[: rep % len(keys)]:
+            for what in ("train", "infer"):
+                times[key][what].append(variants[key].seconds(what))
+        print(f"  {name}: repetition {rep + 1}/{repeats}", file=sys.stderr, flush=True)
+    return times
+
+
+def row(
+    name: str, key: Key, what: str, times: Times, batch: int, gflops: float, ceilings: dict[str, float]
+) -> dict[str, str]:
+    """The table's row of variant ``key`` at step ``what``: images/s, median ratios against ours in fp32
+    NCHW and against the other implementation in the same variant, GFLOP/s and its share of each of
+    ``ceilings`` (column name: GFLOP/s)."""
+    secs, base = times[key][what], times[("ours", label(None, torch.contiguous_format))][what]
+    ratio = statistics.median(b / s for b, s in zip(base, secs, strict=True))
+    ref_label = PAIRS[name][1]
+    same = (ref_label if key[0] == "ours" else "ours", key[1])
+    vs_ref = ""
+    if key[0] == "ours" and same in times:
+        vs_ref = f"{statistics.median(o / s for o, s in zip(times[same][what], secs, strict=True)):.2f}x"
+    return {
+        "model": name if key[0] == "ours" else f"{name}: {key[0]}",
+        "step": what,
+        "variant": key[1],
+        "images/s": f"{batch / statistics.median(secs):.1f}",
+        "vs ours fp32 NCHW": f"{ratio:.2f}x",
+        "ours vs reference, same variant": vs_ref,
+        "GFLOP/s": f"{gflops:.0f}",
+        **{column: f"{100 * gflops / ceiling:.0f} %" for column, ceiling in ceilings.items()},
+    }
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ the resume state back, so a killed multi-process run resumes like a single one.
 import argparse
 import sys
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +26,28 @@ from pipeline.core.runner import report_progress, run_stage
 from pipeline.data.cache import load_cache
 from pipeline.models.registry import check_options
 from pipeline.train import distributed
-from pipeline.train.config import TrainConfig, train_config
-from pipeline.train.fit import fit
+from pipeline.train.config import RunConfig, TrainConfig, train_config
+from pipeline.train.fit import FitResult, fit
 from pipeline.train.resume import ResumeStore, load_state, training_inputs
+from pipeline.train.setup import Arrays
+
+# The stage's options, every one required (dvc.yaml passes them all): name → help.
+OPTIONS = {
+    "params": "params.yaml",
+    "model": "registry name: unet or resnet34_unet",
+    "train": "train split cache folder",
+    "valid": "valid split cache folder",
+    "checkpoint": "output .pt file",
+    "live": "dvclive output folder",
+    "resume": "resume state file (untracked; deleted when training ends)",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse args, read the shared training keys and the model's section, train, log with dvclive."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", required=True)
-    parser.add_argument("--model", required=True, help="registry name: unet or resnet34_unet")
-    parser.add_argument("--train", required=True, help="train split cache folder")
-    parser.add_argument("--valid", required=True, help="valid split cache folder")
-    parser.add_argument("--checkpoint", required=True, help="output .pt file")
-    parser.add_argument("--live", required=True, help="dvclive output folder")
-    parser.add_argument("--resume", required=True, help="resume state file (untracked; deleted when training ends)")
+    for name, text in OPTIONS.items():
+        parser.add_argument(f"--{name}", required=True, help=text)
     args = parser.parse_args(argv)
     params = load_params(args.params)
     cfg, arch = train_config(params, args.model)
@@ -77,19 +83,31 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
     rank0 = distributed.rank() == 0
     # Rank 0 puts the dvclive folder back with the state and says so; the others only read the state.
     state = store.load() if rank0 else load_state(store.path, inputs)[0]
+    checkpoint, sync = Path(args.checkpoint), params.train.sync_batchnorm
+    config = RunConfig(args.model, arch, cfg, checkpoint, train.classes, compute, sync_batchnorm=sync)
     data = (train.images, train.masks), (valid.images, valid.masks)
-    sync = params.train.sync_batchnorm
-    train_model = partial(
-        fit, args.model, arch, cfg, *data, Path(args.checkpoint), state=state, sync_batchnorm=sync, compute=compute,
-        classes=train.classes,
-    )  # fmt: skip
     if not rank0:
-        train_model(lambda epoch, record: None)  # fit() writes and prints nothing on this rank
+        fit(config, *data, lambda epoch, record: None, state)  # fit() writes and prints nothing on this rank
         return
     images = plural(len(valid.stems), "image")
     print(f"train {args.model}: {len(train.stems)} train / {len(valid.stems)} valid {images}; {'; '.join(said)}")
+    result = _fit_logged(config, data, state, store)
+    store.clear()
+    label = SCORE_LABELS[result.metric]
+    print(
+        f"train {args.model}: best valid {label} {result.best_valid:.4f} at epoch {result.best_epoch}, "
+        f"stopped after epoch {result.last_epoch}, in {result.seconds:.0f} s → {args.checkpoint}"
+    )
+
+
+def _fit_logged(
+    config: RunConfig, data: tuple[Arrays, Arrays], state: dict[str, Any] | None, store: ResumeStore
+) -> FitResult:
+    """Rank 0's :func:`fit`: every epoch's record to dvclive in ``store.live_dir`` and the resume state to
+    ``store`` after it, each step of the way reported to whoever stops the stage."""
+    epochs = config.train.epochs
     # dvcyaml=False: the plots are declared in dvc.yaml, which dvclive must not rewrite.
-    with Live(args.live, dvcyaml=False, save_dvc_exp=False, report=None, resume=state is not None) as live:
+    with Live(store.live_dir, dvcyaml=False, save_dvc_exp=False, report=None, resume=state is not None) as live:
 
         def log(epoch: int, record: dict[str, float]) -> None:
             live.step = epoch - 1  # explicit: dvclive's own resume repeats step 0 after one epoch
@@ -100,19 +118,12 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
         def save_state(state: dict[str, Any]) -> None:
             store.save(state)
             done = state["epoch"]
-            report_progress(
-                f"{args.model} after epoch {done} of {cfg.epochs}", f"`dvc repro` resumes after epoch {done}"
-            )
+            report_progress(f"{config.model} after epoch {done} of {epochs}", f"`dvc repro` resumes after epoch {done}")
 
-        report_progress(f"{args.model} in its first epoch", "`dvc repro` starts its training again")
-        result = train_model(log, save_state=save_state)
+        report_progress(f"{config.model} in its first epoch", "`dvc repro` starts its training again")
+        result = fit(config, *data, log, state, save_state)
         live.summary["last_epoch"] = result.last_epoch
-    store.clear()
-    label = SCORE_LABELS[result.metric]
-    print(
-        f"train {args.model}: best valid {label} {result.best_valid:.4f} at epoch {result.best_epoch}, "
-        f"stopped after epoch {result.last_epoch}, in {result.seconds:.0f} s → {args.checkpoint}"
-    )
+    return result
 
 
 if __name__ == "__main__":

@@ -247,25 +247,33 @@ def prepare_dataset(
         if source == "oxford-iiit-pet":
             # OFFICIAL_ARCHIVES looked up now, not bound as a default, so tests can stand in small ones.
             from_url(url, tmp, downloads, OFFICIAL_ARCHIVES)
-            done = f"the verified official tarballs from {url} (kept in {downloads})"
-        elif source == "synthetic":
-            if synthetic_classes:
-                make_synthetic_folder(tmp / "synthetic", synthetic_images, synthetic_seed, synthetic_classes)
-                what = f"pictures of {synthetic_classes} classes"
-            else:
-                make_synthetic(tmp / "synthetic", synthetic_images, synthetic_seed)
-                what = "pets"
-            from_folder(tmp / "synthetic", tmp)
-            shutil.rmtree(tmp / "synthetic")
-            done = f"generated {synthetic_images} synthetic {what} (seed {synthetic_seed}), packed as the two archives"
-        else:
-            folder = Path(source).expanduser()
-            if not folder.is_dir():
-                raise UserError(f"data.source: {folder} is not a folder; use oxford-iiit-pet, synthetic or a folder")
-            if all((folder / a.name).is_file() for a in OFFICIAL_ARCHIVES):
-                from_tarballs(folder, tmp, OFFICIAL_ARCHIVES)
-                done = f"the verified official tarballs in {folder}"
-            else:
-                from_folder(folder, tmp)
-                done = f"packed the dataset in {folder} as the two archives"
-    return done
+            return f"the verified official tarballs from {url} (kept in {downloads})"
+        if source == "synthetic":
+            return _synthetic(tmp, synthetic_images, synthetic_seed, synthetic_classes)
+        return _local(Path(source).expanduser(), tmp)
+
+
+def _synthetic(dest: Path, images: int, seed: int, classes: int) -> str:
+    """Generate ``images`` synthetic pets (``classes`` 0) or pictures of ``classes`` classes with
+    ``seed``, packed as the two archives in ``dest``; what was done, in a line."""
+    if classes:
+        make_synthetic_folder(dest / "synthetic", images, seed, classes)
+        what = f"pictures of {classes} classes"
+    else:
+        make_synthetic(dest / "synthetic", images, seed)
+        what = "pets"
+    from_folder(dest / "synthetic", dest)
+    shutil.rmtree(dest / "synthetic")
+    return f"generated {images} synthetic {what} (seed {seed}), packed as the two archives"
+
+
+def _local(folder: Path, dest: Path) -> str:
+    """The two archives of the local ``folder`` in ``dest``: its official tarballs, verified, or its
+    dataset packed; what was done, in a line. Raises UserError if ``folder`` is not a folder."""
+    if not folder.is_dir():
+        raise UserError(f"data.source: {folder} is not a folder; use oxford-iiit-pet, synthetic or a folder")
+    if all((folder / a.name).is_file() for a in OFFICIAL_ARCHIVES):
+        from_tarballs(folder, dest, OFFICIAL_ARCHIVES)
+        return f"the verified official tarballs in {folder}"
+    from_folder(folder, dest)
+    return f"packed the dataset in {folder} as the two archives"

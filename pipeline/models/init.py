@@ -39,28 +39,38 @@ def init_weights(model: nn.Module, scheme: str, zero_init_residual: bool = False
             "set it to false for this model"
         )
     if scheme == "kaiming":
-        head = getattr(model, "head", None)
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                if m is head:
-                    # The head feeds a sigmoid, not a ReLU, and its fan_out is out_channels (1): N(0, 2 / 1)
-                    # would give logits of std ~sqrt(in_channels) (4 for the default 16) at init, a
-                    # saturated sigmoid and huge first losses. Unit-gain fan-in (LeCun et al. 1998,
-                    # "Efficient BackProp"; He et al. 2015 eq. 10 with gain 1) keeps the logits' variance
-                    # near that of the head's inputs instead.
-                    std = 1.0 / math.sqrt(m.weight[0].numel())
-                else:
-                    # Conv2d weight is (out, in/groups, kH, kW), ConvTranspose2d (in, out/groups, kH, kW):
-                    # each input feeds out/groups · kH · kW outputs either way. kaiming_normal_(mode="fan_out")
-                    # would read dim 0, the in_channels, of a transposed conv.
-                    out_dim = 1 if isinstance(m, nn.ConvTranspose2d) else 0
-                    std = math.sqrt(2.0 / (m.weight.shape[out_dim] * m.weight[0, 0].numel()))
-                nn.init.normal_(m.weight, 0.0, std)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        _kaiming(model)
     if zero_init_residual:
         for block in blocks:
             nn.init.zeros_(block.bn2.weight)
+
+
+def _kaiming(model: nn.Module) -> None:
+    """The "kaiming" scheme of :func:`init_weights`, in place, module by module in ``model.modules()`` order
+    (the order of the RNG draws)."""
+    head = getattr(model, "head", None)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, _head_std(m) if m is head else _fan_out_std(m))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _head_std(head: nn.Conv2d) -> float:
+    # The head feeds a sigmoid, not a ReLU, and its fan_out is out_channels (1): N(0, 2 / 1)
+    # would give logits of std ~sqrt(in_channels) (4 for the default 16) at init, a
+    # saturated sigmoid and huge first losses. Unit-gain fan-in (LeCun et al. 1998,
+    # "Efficient BackProp"; He et al. 2015 eq. 10 with gain 1) keeps the logits' variance
+    # near that of the head's inputs instead.
+    return 1.0 / math.sqrt(head.weight[0].numel())
+
+
+def _fan_out_std(conv: nn.Conv2d | nn.ConvTranspose2d) -> float:
+    # Conv2d weight is (out, in/groups, kH, kW), ConvTranspose2d (in, out/groups, kH, kW):
+    # each input feeds out/groups · kH · kW outputs either way. kaiming_normal_(mode="fan_out")
+    # would read dim 0, the in_channels, of a transposed conv.
+    out_dim = 1 if isinstance(conv, nn.ConvTranspose2d) else 0
+    return math.sqrt(2.0 / (conv.weight.shape[out_dim] * conv.weight[0, 0].numel()))

@@ -98,6 +98,12 @@ def load_encoder_weights(model: nn.Module, spec: str) -> None:
     else:
         path, fix = Path(spec).expanduser(), SAVE_HINT
     state = {k: v for k, v in read_state_dict(path, fix).items() if not k.startswith("fc.")}
+    encoder.load_state_dict(_fitted(state, encoder, path, fix))
+
+
+def _fitted(state: dict[str, torch.Tensor], encoder: ResNet34Encoder, path: Path, fix: str) -> dict[str, torch.Tensor]:
+    """``state`` (read from ``path``, ``fc.*`` dropped) completed with the encoder's BatchNorm counters it
+    lacks. Raises UserError, ending in ``fix``, if any other key is missing or extra, or a shape differs."""
     expected = encoder.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
@@ -117,6 +123,4 @@ def load_encoder_weights(model: nn.Module, spec: str) -> None:
             f"{encoder.conv1.in_channels} input channels"
         )
     # Only BatchNorm counters can be missing here; keep the encoder's own, as BatchNorm does for such files.
-    for key in expected.keys() - state.keys():
-        state[key] = expected[key]
-    encoder.load_state_dict(state)
+    return {**state, **{key: expected[key] for key in expected.keys() - state.keys()}}

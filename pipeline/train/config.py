@@ -1,9 +1,14 @@
-"""The training view of params.yaml: one model's settings after its section's overrides."""
+"""The training view of params.yaml: one model's settings after its section's overrides, and the
+whole of one training run (:class:`RunConfig`) that :func:`pipeline.train.fit.fit` takes."""
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from pipeline.core.device import Compute
 from pipeline.core.errors import UserError
 from pipeline.core.params import MODEL_SECTIONS, AugmentOptions, ModelTraining, Params, TrainKeys
+from pipeline.data.classes import BINARY_PETS, Classes
 
 
 class TrainConfig(TrainKeys, ModelTraining):
@@ -37,3 +42,27 @@ def train_config(params: Params, model: str) -> tuple[TrainConfig, dict[str, Any
     cfg = TrainConfig(**params.merged(model), **own_training, augmentation=params.augmentation)
     arch = {name: getattr(own, name) for name in type(own).model_fields if name not in training}
     return cfg, arch
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run, decided before it starts (the training stage builds it once from params.yaml,
+    the cache and the machine).
+
+    ``model`` is a registry name and ``arch`` its architecture kwargs (:func:`train_config`; the
+    checkpoint stores both, so the dict must stay JSON-able and is not changed after building);
+    ``train`` the hyperparameters; ``checkpoint`` the .pt file the best epoch's weights go to;
+    ``classes`` the task's classes (1 logit for a binary task, C for C classes); ``compute`` the
+    device and autocast dtype (the CPU in fp32 by default); ``sync_batchnorm`` BatchNorm statistics
+    over the global batch when several processes train (CUDA only); ``progress`` whether this
+    process shows bars and epoch lines (rank 0 only, whatever it says).
+    """
+
+    model: str
+    arch: dict[str, Any]
+    train: TrainConfig
+    checkpoint: Path
+    classes: Classes = BINARY_PETS
+    compute: Compute = Compute()
+    sync_batchnorm: bool = False
+    progress: bool = True

@@ -1,54 +1,37 @@
-"""Training a model: the set-up (seeds, device, model, loaders, optimiser, schedule) and the epoch
-loop around :mod:`pipeline.train.loop` (best-valid-score checkpointing, early stopping, resume)."""
+"""Training a model: the epoch loop around :mod:`pipeline.train.loop` (best-valid-score checkpointing,
+early stopping, resume) on what :mod:`pipeline.train.setup` builds."""
 
 import math
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from pipeline.core.constants import SCORE_LABELS
-from pipeline.core.device import Compute, configure_backends, memory_format, needs_grad_scaler, peak_memory_mib
+from pipeline.core.device import peak_memory_mib
 from pipeline.core.errors import UserError
 from pipeline.core.messages import hide_bar
-from pipeline.data.classes import BINARY_PETS, Classes, classes_to_json
-from pipeline.data.dataset import SegmentationDataset, jitter_strength, train_transform
-from pipeline.data.loader import make_eval_loader, make_train_loader, resolve_num_workers
+from pipeline.data.classes import Classes, classes_to_json
+from pipeline.evaluate.confusion import task_metric
 from pipeline.models.checkpoint import save_checkpoint
-from pipeline.models.init import init_weights
-from pipeline.models.pretrained import load_encoder_weights
-from pipeline.models.registry import build_model
 from pipeline.train import distributed
-from pipeline.train.config import TrainConfig
-from pipeline.train.loop import Batch, accumulation_groups, train_epoch, validate
-from pipeline.train.losses import LossFn, loss_function
+from pipeline.train.config import RunConfig
+from pipeline.train.loop import EpochStats, train_epoch, validate
 from pipeline.train.resume import capture, restore
-from pipeline.train.schedules import LrSchedule, make_optimizer
+from pipeline.train.setup import Arrays, Run, set_up
 
 Log = Callable[[int, dict[str, float]], None]
-CPU_FP32 = Compute()  # fit's default: the CPU, no autocast
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (CPU and CUDA) RNGs."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+SaveState = Callable[[dict[str, Any]], None]
 
 
 def selection_metric(classes: Classes) -> str:
-    """The valid score that chooses the checkpoint and drives early stopping: "dice" (of class 1) for a
-    binary task, "miou" for a multi-class one, where a mean Dice would let a large class hide a missed
-    small one less visibly than IoU does."""
-    return "dice" if classes.binary else "miou"
+    """The valid score that chooses the checkpoint and drives early stopping: the task's score
+    (:func:`pipeline.evaluate.confusion.task_metric`), the one the evaluate stage reports first."""
+    return task_metric(classes.count)
 
 
 @dataclass
@@ -65,223 +48,165 @@ class FitResult:
     seconds: float
 
 
-@dataclass
-class Run:
-    """What :func:`set_up` builds for a training run, before its first epoch.
+@dataclass(frozen=True)
+class Best:
+    """The best epoch so far: its valid score (:func:`selection_metric`; -inf before any epoch), all its
+    valid scores, its number (0 = none yet), the epochs trained since (what early stopping counts)
+    and its weights, a CPU copy of the model's state dict (None before any epoch)."""
 
-    ``model`` is the plain module whose weights are saved; ``net`` what runs them (``model``, or
-    ``torch.compile(model)``). ``dtype`` is the autocast dtype (None = fp32); ``parts`` the stateful
-    pieces a resume state holds (:func:`pipeline.train.resume.capture`). ``main``: this process writes
-    files (rank 0); ``progress``: it shows bars and epoch lines.
-    """
+    score: float = -math.inf
+    scores: dict[str, float] = field(default_factory=dict)
+    epoch: int = 0
+    since: int = 0
+    weights: dict[str, torch.Tensor] | None = None
 
-    model: nn.Module
-    net: nn.Module
-    device: torch.device
-    dtype: torch.dtype | None
-    move: Batch
-    train_loader: DataLoader
-    valid_loader: DataLoader
-    loss_fn: LossFn
-    optimizer: torch.optim.Optimizer
-    schedule: LrSchedule
-    scaler: torch.amp.GradScaler
-    image_size: int
-    classes: Classes
-    main: bool
-    progress: bool
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Best":
+        """The best epoch a resume state holds (the entries :meth:`state_values` names)."""
+        return cls(state["best"], state["best_scores"], state["best_epoch"], state["since_best"], state["best_weights"])
 
-    @property
-    def parts(self) -> dict[str, Any]:
-        return dict(
-            model=self.model,
-            optimizer=self.optimizer,
-            schedule=self.schedule,
-            scaler=self.scaler,
-            sampler=self.train_loader.sampler,
-        )
+    def state_values(self) -> dict[str, Any]:
+        """This best epoch as the entries of a resume state; the names are the state's format
+        (:data:`pipeline.train.resume.STATE_VERSION`), which states saved earlier must still match."""
+        names = ("best", "best_epoch", "since_best", "best_scores", "best_weights")
+        return dict(zip(names, (self.score, self.epoch, self.since, self.scores, self.weights), strict=True))
 
-
-def set_up(
-    model_name: str,
-    arch: dict[str, Any],
-    cfg: TrainConfig,
-    train: tuple[np.ndarray, np.ndarray],
-    valid: tuple[np.ndarray, np.ndarray],
-    progress: bool,
-    sync_batchnorm: bool,
-    compute: Compute,
-    classes: Classes = BINARY_PETS,
-) -> Run:
-    """Seed every RNG with ``cfg.seed`` and build, in this order (each draws from the seeded RNGs, so
-    the order is part of the result), the model and its initial weights, the loaders, the optimiser,
-    the schedule and the grad scaler, on ``compute.device``. Arguments as :func:`fit`; raises
-    UserError as it does for a bad setting."""
-    seed_everything(cfg.seed)
-    device, dtype = compute.device, compute.dtype
-    configure_backends(device.type, fixed_size=True)  # every training batch is size x size pixels
-    rank, world = distributed.rank(), distributed.world_size()
-    batch = distributed.per_rank_batch(cfg.batch_size, world)
-    distributed.check_sync_batchnorm(sync_batchnorm, world, device.type)
-    model = build_model(model_name, classes.logits, **arch)
-    init_weights(model, cfg.init, cfg.zero_init_residual)
-    load_encoder_weights(model, cfg.encoder_weights)
-    model = distributed.convert_batchnorm(model, sync_batchnorm)
-    model.to(device, memory_format=memory_format(device.type))
-    size = train[0].shape[1]
-    workers = resolve_num_workers(cfg.num_workers, device.type, nproc=world)
-    augment = train_transform(size, cfg.augment, cfg.augmentation)
-    jitter = jitter_strength(cfg.augment, cfg.augmentation)
-    train_loader = make_train_loader(
-        SegmentationDataset(*train, augment, jitter), cfg.batch_size, cfg.seed, workers, device.type, rank, world
-    )
-    shard = Subset(SegmentationDataset(*valid), range(rank, len(valid[0]), world))
-    optimizer = make_optimizer(
-        cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum, fused=device.type == "cuda"
-    )
-    steps_per_epoch = len(accumulation_groups(len(train_loader), cfg.accumulate_steps))
-    return Run(
-        model=model,
-        net=torch.compile(model) if cfg.compile else model,
-        device=device,
-        dtype=dtype,
-        move=Batch(device, device.type == "cuda", memory_format(device.type), jitter=jitter > 0),
-        train_loader=train_loader,
-        valid_loader=make_eval_loader(shard, batch, workers, device.type),
-        loss_fn=loss_function(cfg.loss, classes.logits),
-        optimizer=optimizer,
-        schedule=LrSchedule(cfg.scheduler, optimizer, steps_per_epoch, cfg.epochs, cfg.warmup_epochs),
-        scaler=torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(dtype)),
-        image_size=size,
-        classes=classes,
-        main=rank == 0,
-        progress=progress and rank == 0,  # the other ranks write and print nothing
-    )
+    def after(self, epoch: int, scores: dict[str, float], score: float, model: nn.Module) -> "Best":
+        """The best epoch once ``epoch`` has scored ``scores`` (``score`` the selection metric's): that
+        epoch with a copy of ``model``'s weights if ``score`` is strictly higher (a tie keeps the
+        earlier epoch), else this one with one more epoch since."""
+        if score > self.score:
+            weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            return Best(score, scores, epoch, 0, weights)
+        return replace(self, since=self.since + 1)
 
 
 def fit(
-    model_name: str,
-    arch: dict[str, Any],
-    cfg: TrainConfig,
-    train: tuple[np.ndarray, np.ndarray],
-    valid: tuple[np.ndarray, np.ndarray],
-    checkpoint: Path,
+    config: RunConfig,
+    train: Arrays,
+    valid: Arrays,
     log: Log,
-    progress: bool = True,
     state: dict[str, Any] | None = None,
-    save_state: Callable[[dict[str, Any]], None] | None = None,
-    sync_batchnorm: bool = False,
-    compute: Compute = CPU_FP32,
-    classes: Classes = BINARY_PETS,
+    save_state: SaveState | None = None,
 ) -> FitResult:
-    """Train ``model_name`` for ``classes`` (1 logit for a binary task, C for C classes) and save the
-    weights of the epoch with the best valid score (:func:`selection_metric`).
+    """Train ``config.model`` for ``config.classes`` and save the weights of the epoch with the best
+    valid score (:func:`selection_metric`) to ``config.checkpoint``.
 
     ``train`` and ``valid`` are (images uint8 (N, S, S, 3), masks uint8 (N, S, S): class indices, 255
     ignored). Each epoch calls ``log(epoch, record)`` with train/loss, valid/loss, valid/dice (a
-    multi-class task's mean class Dice, and valid/miou), lr (the lr of
-    the epoch's first step), time/data_wait (share of the epoch's seconds spent waiting for
-    batches) and, on CUDA, gpu/peak_memory_mib; then ``save_state(state)`` with everything needed
-    to continue (``state`` given back resumes after its epoch with identical results on the CPU).
-    The checkpoint (:func:`pipeline.models.checkpoint.save_checkpoint`, atomic) holds ``model``, ``arch``,
+    multi-class task's mean class Dice, and valid/miou), lr (the lr of the epoch's first step),
+    time/data_wait (share of the epoch's seconds spent waiting for batches) and, on CUDA,
+    gpu/peak_memory_mib; then ``save_state(state)`` with everything needed to continue (``state``
+    given back resumes after its epoch with identical results on the CPU). The checkpoint
+    (:func:`pipeline.models.checkpoint.save_checkpoint`, atomic) holds ``model``, ``arch``,
     ``state_dict``, ``out_channels``, ``classes``, ``epoch``, ``valid_dice`` (and ``valid_miou``) and
-    ``image_size``. Raises UserError if the loss
-    becomes non-finite (naming the epoch and step; the last good checkpoint is kept).
+    ``image_size``. Raises UserError if the loss becomes non-finite (naming the epoch and step; the
+    last good checkpoint is kept).
 
     Under torchrun (a process group, see :mod:`pipeline.train.distributed`) every rank calls this:
-    ``cfg.batch_size`` is the global batch, each rank trains its share under DDP (SyncBatchNorm if
-    ``sync_batchnorm``) and validates its shard; all get the same logged values and decisions.
-    Only rank 0 writes the checkpoint, calls ``log`` and ``save_state`` and shows progress.
-    ``compute`` is the device and autocast dtype (:func:`pipeline.core.device.decide`; the CPU in
-    fp32 by default). Raises UserError if the rank count does not divide ``batch_size`` or
-    sync_batchnorm is off CUDA.
+    ``batch_size`` is the global batch, each rank trains its share under DDP (SyncBatchNorm if
+    ``config.sync_batchnorm``) and validates its shard; all get the same logged values and
+    decisions. Only rank 0 writes the checkpoint, calls ``log`` and ``save_state`` and shows
+    progress. Raises UserError if the rank count does not divide ``batch_size`` or sync_batchnorm
+    is off CUDA, and for the settings :func:`set_up` refuses.
     """
-    run = set_up(model_name, arch, cfg, train, valid, progress, sync_batchnorm, compute, classes)
-    owner = {"out_channels": classes.logits, "classes": classes_to_json(classes), "image_size": run.image_size}
-
-    def keep(weights: dict[str, torch.Tensor], epoch: int, scores: dict[str, float]) -> None:
-        if run.main:  # every rank holds the same weights
-            valid = {f"valid_{name}": value for name, value in scores.items()}
-            save_checkpoint(checkpoint, model_name, arch, weights, epoch=epoch, **valid, **owner)
-
-    best = {"score": -math.inf, "scores": {}, "epoch": 0, "since": 0, "weights": None}
-    first, stopped = 1, False
+    run = set_up(config, train, valid)
+    best, first, stopped = Best(), 1, False
     if state is not None:
         restore(state, run.parts)
-        best = {"score": state["best"], "scores": state["best_scores"], "epoch": state["best_epoch"]}
-        best["since"], best["weights"] = state["since_best"], state["best_weights"]
-        first, stopped = state["epoch"] + 1, state["stopped"]
-        keep(best["weights"], best["epoch"], best["scores"])  # DVC deleted the checkpoint before rerunning the stage.
+        best, first, stopped = Best.from_state(state), state["epoch"] + 1, state["stopped"]
+        _keep(config, run, best)  # DVC deleted the checkpoint before rerunning the stage.
     start = time.perf_counter()
-    last = _epochs(run, model_name, cfg, first, stopped, best, keep, log, save_state, checkpoint)
-    metric = selection_metric(classes)
-    return FitResult(metric, best["score"], best["epoch"], last, first - 1, time.perf_counter() - start)
+    best, last = _epochs(config, run, first, stopped, best, log, save_state)
+    seconds = time.perf_counter() - start
+    return FitResult(selection_metric(config.classes), best.score, best.epoch, last, first - 1, seconds)
+
+
+def _keep(config: RunConfig, run: Run, best: Best) -> None:
+    """Write ``best``'s weights as the checkpoint, on rank 0 only (every rank holds the same weights)."""
+    if run.main:
+        valid = {f"valid_{name}": value for name, value in best.scores.items()}
+        classes = {"out_channels": config.classes.logits, "classes": classes_to_json(config.classes)}
+        info = {"epoch": best.epoch, **valid, **classes, "image_size": run.image_size}
+        save_checkpoint(config.checkpoint, config.model, config.arch, best.weights, **info)
 
 
 def _epochs(
-    run: Run,
-    model_name: str,
-    cfg: TrainConfig,
-    first: int,
-    stopped: bool,
-    best: dict[str, Any],
-    keep: Callable[[dict[str, torch.Tensor], int, dict[str, float]], None],
-    log: Log,
-    save_state: Callable[[dict[str, Any]], None] | None,
-    checkpoint: Path,
-) -> int:
-    """Train epochs ``first`` .. ``cfg.epochs`` (none if ``stopped``), updating ``best`` (score, scores,
-    epoch, since, weights) in place; returns the last epoch trained."""
-    metric = selection_metric(run.classes)
-    label = SCORE_LABELS[metric]
+    config: RunConfig, run: Run, first: int, stopped: bool, best: Best, log: Log, save_state: SaveState | None
+) -> tuple[Best, int]:
+    """Train epochs ``first`` .. ``config.train.epochs`` (none if ``stopped``) or until early stopping,
+    from the ``best`` epoch so far; returns the best epoch then and the last epoch trained."""
+    patience = config.train.patience
     trainer = distributed.wrap(run.net)  # after loading the state: DDP starts every rank from rank 0's weights
     epoch = first - 1
-    while not stopped and epoch < cfg.epochs:
+    while not stopped and epoch < config.train.epochs:
         epoch += 1
-        lr = run.schedule.lr
-        desc = f"{model_name} epoch {epoch}/{cfg.epochs}"
-        with tqdm(total=len(run.train_loader), desc=desc, unit="batch", disable=hide_bar(run.progress)) as bar:
-            stats = train_epoch(
-                trainer, run.train_loader, run.loss_fn, run.optimizer, run.schedule, run.scaler, run.move, run.dtype,
-                cfg.accumulate_steps, cfg.grad_clip, bar,
-            )  # fmt: skip
-        if stats.bad_step:
-            raise UserError(
-                f"{model_name}: the training loss became non-finite at epoch {epoch}, step {stats.bad_step}; "
-                f"{checkpoint} keeps the best weights so far. Lower lr or set grad_clip in params.yaml"
-            )
-        distributed.broadcast_buffers(run.model)
-        valid_loss, scores = validate(run.net, run.valid_loader, run.loss_fn, run.move, run.dtype, run.classes.count)
-        score = scores[metric]
-        run.schedule.epoch_end(score)
-        if score > best["score"]:
-            weights = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
-            best.update(score=score, scores=scores, epoch=epoch, since=0, weights=weights)
-            keep(weights, epoch, scores)
-        else:
-            best["since"] += 1
-        record = {
-            "train/loss": stats.loss,
-            "valid/loss": valid_loss,
-            **{f"valid/{name}": value for name, value in scores.items()},
-            "lr": lr,
-            "time/data_wait": stats.data_seconds / stats.seconds,
-        }
-        peak = peak_memory_mib(run.device)
-        if peak is not None:
-            record["gpu/peak_memory_mib"] = peak
+        best, record = _epoch(config, run, trainer, epoch, best)
         if run.main:
             log(epoch, record)
-        if run.progress:
-            tqdm.write(
-                f"{model_name} epoch {epoch}: train loss {stats.loss:.4f}, valid loss {valid_loss:.4f}, "
-                f"valid {label} {score:.4f} (best {best['score']:.4f} @ {best['epoch']})"
-            )
-        stopped = cfg.patience > 0 and best["since"] >= cfg.patience
-        if stopped and run.progress:
-            tqdm.write(f"{model_name}: early stop at epoch {epoch}, no better valid {label} for {cfg.patience} epochs")
+        stopped = patience > 0 and best.since >= patience
+        _tell(config, run, epoch, record, best, stopped)
         if save_state is not None and run.main:
-            values = {"epoch": epoch, "best": best["score"], "best_epoch": best["epoch"], "since_best": best["since"]}
-            values["best_scores"] = best["scores"]
-            save_state(capture(run.parts, **values, best_weights=best["weights"], stopped=stopped))
-    return epoch
+            save_state(capture(run.parts, epoch=epoch, **best.state_values(), stopped=stopped))
+    return best, epoch
+
+
+def _epoch(config: RunConfig, run: Run, trainer: nn.Module, epoch: int, best: Best) -> tuple[Best, dict[str, float]]:
+    """Train ``epoch`` with ``trainer`` (``run.net``, under DDP with several ranks), validate, keep the
+    weights if it is the best so far; returns the best epoch after it and the epoch's record."""
+    step, lr = run.step, run.step.schedule.lr  # the lr of the epoch's first step
+    stats = _train(config, run, trainer, epoch)
+    distributed.broadcast_buffers(run.model)
+    valid_loss, scores = validate(run.net, run.valid_loader, step.loss_fn, step.move, step.dtype, config.classes.count)
+    score = scores[selection_metric(config.classes)]
+    step.schedule.epoch_end(score)
+    best = best.after(epoch, scores, score, run.model)
+    if best.epoch == epoch:
+        _keep(config, run, best)
+    return best, _record(stats, valid_loss, scores, lr, step.move.device)
+
+
+def _train(config: RunConfig, run: Run, trainer: nn.Module, epoch: int) -> EpochStats:
+    """One training epoch under a progress bar. Raises UserError if its loss became non-finite."""
+    desc = f"{config.model} epoch {epoch}/{config.train.epochs}"
+    with tqdm(total=len(run.train_loader), desc=desc, unit="batch", disable=hide_bar(run.progress)) as bar:
+        stats = train_epoch(trainer, run.train_loader, run.step, bar)
+    if stats.bad_step:
+        raise UserError(
+            f"{config.model}: the training loss became non-finite at epoch {epoch}, step {stats.bad_step}; "
+            f"{config.checkpoint} keeps the best weights so far. Lower lr or set grad_clip in params.yaml"
+        )
+    return stats
+
+
+def _record(
+    stats: EpochStats, valid_loss: float, scores: dict[str, float], lr: float, device: torch.device
+) -> dict[str, float]:
+    """What an epoch logs (see :func:`fit`), in the order dvclive writes it."""
+    record = {
+        "train/loss": stats.loss,
+        "valid/loss": valid_loss,
+        **{f"valid/{name}": value for name, value in scores.items()},
+        "lr": lr,
+        "time/data_wait": stats.data_seconds / stats.seconds,
+    }
+    peak = peak_memory_mib(device)  # read on every rank: it also resets the peak
+    if peak is not None:
+        record["gpu/peak_memory_mib"] = peak
+    return record
+
+
+def _tell(config: RunConfig, run: Run, epoch: int, record: dict[str, float], best: Best, stopped: bool) -> None:
+    """Print the epoch's line, and the early stop's after it, where this process shows progress."""
+    if not run.progress:
+        return
+    metric = selection_metric(config.classes)
+    label = SCORE_LABELS[metric]
+    tqdm.write(
+        f"{config.model} epoch {epoch}: train loss {record['train/loss']:.4f}, valid loss {record['valid/loss']:.4f}, "
+        f"valid {label} {record[f'valid/{metric}']:.4f} (best {best.score:.4f} @ {best.epoch})"
+    )
+    if stopped:
+        tqdm.write(
+            f"{config.model}: early stop at epoch {epoch}, no better valid {label} for {config.train.patience} epochs"
+        )

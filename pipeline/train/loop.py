@@ -2,6 +2,7 @@
 kept on the device and read once per epoch."""
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,61 +93,109 @@ class EpochStats:
     seconds: float
 
 
-def train_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    loss_fn: LossFn,
-    optimizer: torch.optim.Optimizer,
-    schedule: LrSchedule,
-    scaler: torch.amp.GradScaler,
-    move: Batch,
-    dtype: torch.dtype | None,
-    accumulate_steps: int,
-    grad_clip: float,
-    progress: Any = None,
-) -> EpochStats:
-    """One pass over ``loader`` with an optimiser step every ``accumulate_steps`` batches.
+@dataclass(frozen=True)
+class TrainStep:
+    """What a training epoch steps the model with, besides the model and its loader: the loss, the
+    optimiser with its lr ``schedule`` and grad ``scaler``, how a batch reaches the device (``move``),
+    the autocast ``dtype`` (None = fp32), batches per optimiser step (``accumulate_steps`` >= 1) and
+    the largest global gradient norm (``grad_clip``; 0 = no clipping)."""
+
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    schedule: LrSchedule
+    scaler: torch.amp.GradScaler
+    move: Batch
+    dtype: torch.dtype | None
+    accumulate_steps: int = 1
+    grad_clip: float = 0.0
+
+
+@dataclass
+class _Running:
+    """An epoch's sums so far: the loss sum (fp32) and the first non-finite batch (int64, 0 = none) on
+    the device, read once at the end; batches, images and seconds waiting for data on the host."""
+
+    loss_sum: torch.Tensor
+    bad_step: torch.Tensor
+    batches: int = 0
+    images: int = 0
+    data_seconds: float = 0.0
+
+    @classmethod
+    def on(cls, device: torch.device) -> "_Running":
+        """Nothing summed yet, the device sums on ``device``."""
+        return cls(
+            torch.zeros((), dtype=torch.float32, device=device), torch.zeros((), dtype=torch.int64, device=device)
+        )
+
+
+def train_epoch(model: nn.Module, loader: DataLoader, step: TrainStep, progress: Any = None) -> EpochStats:
+    """One pass over ``loader`` with an optimiser step every ``step.accumulate_steps`` batches; ``progress``
+    (a tqdm bar, or None) is advanced by one a batch.
 
     Each batch's loss is divided by the size of its accumulation group, so a group's gradient is
-    the mean over its images as for one big batch. ``grad_clip`` > 0 clips the global gradient
+    the mean over its images as for one big batch. ``step.grad_clip`` > 0 clips the global gradient
     norm (Pascanu et al. 2013) after unscaling. Nothing reads a device value inside the loop: the
     loss sum (fp32) and the first non-finite step are kept on the device and read once at the end,
     after reducing them over the ranks (loss and images summed, earliest bad step of any rank).
     """
     model.train()
-    groups = accumulation_groups(len(loader), accumulate_steps)
-    loss_sum = torch.zeros((), dtype=torch.float32, device=move.device)
-    bad_step = torch.zeros((), dtype=torch.int64, device=move.device)
-    images_seen, data_seconds, start = 0, 0.0, time.perf_counter()
+    groups = accumulation_groups(len(loader), step.accumulate_steps)
+    running = _Running.on(step.move.device)
+    start = time.perf_counter()
     batches = iter(loader)
-    optimizer.zero_grad(set_to_none=True)
-    step = 0
+    step.optimizer.zero_grad(set_to_none=True)
     for size in groups:
         for micro in range(size):
-            wait = time.perf_counter()
-            images, masks = move(*next(batches))
-            data_seconds += time.perf_counter() - wait
-            step += 1
-            # Under DDP only the group's last backward all-reduces: the others accumulate locally.
-            with distributed.gradient_sync(model, micro == size - 1):
-                with autocast(move.device.type, dtype):
-                    logits = model(images)
-                loss = loss_fn(logits.float(), masks)
-                scaler.scale(loss / size).backward()
-            loss = loss.detach()
-            loss_sum += loss * len(images)
-            bad_step = torch.where((bad_step == 0) & ~torch.isfinite(loss), step, bad_step)
-            images_seen += len(images)
+            _accumulate(model, _next_batch(batches, step.move, running), step, size, micro == size - 1, running)
             if progress is not None:
                 progress.update(1)
-        if grad_clip > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
-    seen = torch.tensor(images_seen, device=move.device)
-    distributed.sum_over_ranks(loss_sum, seen)
-    loss_value, bad = loss_sum.item() / seen.item(), int(distributed.earliest_step(bad_step).item())
-    return EpochStats(loss_value, bad, data_seconds, time.perf_counter() - start)
+        _optimizer_step(model, step)
+    seen = torch.tensor(running.images, device=step.move.device)
+    distributed.sum_over_ranks(running.loss_sum, seen)
+    loss, bad = running.loss_sum.item() / seen.item(), int(distributed.earliest_step(running.bad_step).item())
+    return EpochStats(loss, bad, running.data_seconds, time.perf_counter() - start)
+
+
+def _next_batch(batches: Iterator, move: Batch, running: _Running) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loader's next batch on the device (:class:`Batch`), its wait added to ``running.data_seconds``."""
+    wait = time.perf_counter()
+    images, masks = move(*next(batches))
+    running.data_seconds += time.perf_counter() - wait
+    return images, masks
+
+
+def _accumulate(
+    model: nn.Module,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    step: TrainStep,
+    size: int,
+    sync: bool,
+    running: _Running,
+) -> None:
+    """Forward and backward one batch of an accumulation group of ``size`` batches (``sync``: its last),
+    adding its loss to ``running``."""
+    images, masks = batch
+    running.batches += 1
+    # Under DDP only the group's last backward all-reduces: the others accumulate locally.
+    with distributed.gradient_sync(model, sync):
+        with autocast(step.move.device.type, step.dtype):
+            logits = model(images)
+        loss = step.loss_fn(logits.float(), masks)
+        step.scaler.scale(loss / size).backward()
+    loss = loss.detach()
+    running.loss_sum += loss * len(images)
+    bad = (running.bad_step == 0) & ~torch.isfinite(loss)
+    running.bad_step = torch.where(bad, running.batches, running.bad_step)
+    running.images += len(images)
+
+
+def _optimizer_step(model: nn.Module, step: TrainStep) -> None:
+    """Clip (when asked), step and zero the accumulated gradients, then advance the lr schedule."""
+    if step.grad_clip > 0:
+        step.scaler.unscale_(step.optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip)
+    step.scaler.step(step.optimizer)
+    step.scaler.update()
+    step.optimizer.zero_grad(set_to_none=True)
+    step.schedule.step()

@@ -58,6 +58,32 @@ def _round_half_up(x: float) -> int:
     return math.floor(x + 0.5)
 
 
+def _warmup_steps(name: str, steps_per_epoch: int, epochs: int, warmup_epochs: float) -> int:
+    """W, the warmup in optimiser steps, once the settings of :class:`LrSchedule` are checked; raises
+    UserError as it says."""
+    if name not in SCHEDULERS:
+        raise UserError(f"params.yaml: scheduler must be one of {', '.join(SCHEDULERS)}; got {name!r}")
+    if steps_per_epoch < 1 or epochs < 1:
+        raise UserError(
+            f"lr schedule needs >= 1 epoch of >= 1 optimiser step, got {epochs} epochs of {steps_per_epoch} "
+            "steps; check epochs, batch_size and that the training set is not empty"
+        )
+    total = epochs * steps_per_epoch
+    # The range first: a NaN or infinite warmup_epochs has no number of steps.
+    if not 0 <= warmup_epochs < epochs or _round_half_up(warmup_epochs * steps_per_epoch) >= total:
+        raise UserError(
+            f"params.yaml: warmup_epochs must be >= 0 and leave at least one of the {total} optimiser steps "
+            f"({epochs} epochs of {steps_per_epoch}) after warmup, got {warmup_epochs}"
+        )
+    warmup = _round_half_up(warmup_epochs * steps_per_epoch)
+    if name == "onecycle" and warmup_epochs > 0 and warmup < 2:
+        raise UserError(
+            f"params.yaml: onecycle warmup_epochs={warmup_epochs} is {warmup} optimiser step(s) "
+            f"({steps_per_epoch} per epoch); its lr rise needs >= 2, or 0 for torch's default 30%"
+        )
+    return warmup
+
+
 class LrSchedule:
     """The learning-rate schedule ``name`` (one of :data:`~pipeline.core.constants.SCHEDULERS`) driving ``optimizer``.
 
@@ -102,28 +128,10 @@ class LrSchedule:
         epochs: int,
         warmup_epochs: float = 0.0,
     ) -> None:
-        if name not in SCHEDULERS:
-            raise UserError(f"params.yaml: scheduler must be one of {', '.join(SCHEDULERS)}; got {name!r}")
-        if steps_per_epoch < 1 or epochs < 1:
-            raise UserError(
-                f"lr schedule needs >= 1 epoch of >= 1 optimiser step, got {epochs} epochs of {steps_per_epoch} "
-                "steps; check epochs, batch_size and that the training set is not empty"
-            )
-        total = epochs * steps_per_epoch
-        if not 0 <= warmup_epochs < epochs or _round_half_up(warmup_epochs * steps_per_epoch) >= total:
-            raise UserError(
-                f"params.yaml: warmup_epochs must be >= 0 and leave at least one of the {total} optimiser steps "
-                f"({epochs} epochs of {steps_per_epoch}) after warmup, got {warmup_epochs}"
-            )
-        warmup = _round_half_up(warmup_epochs * steps_per_epoch)
-        if name == "onecycle" and warmup_epochs > 0 and warmup < 2:
-            raise UserError(
-                f"params.yaml: onecycle warmup_epochs={warmup_epochs} is {warmup} optimiser step(s) "
-                f"({steps_per_epoch} per epoch); its lr rise needs >= 2, or 0 for torch's default 30%"
-            )
+        warmup = _warmup_steps(name, steps_per_epoch, epochs, warmup_epochs)
         self.name = name
         self.optimizer = optimizer
-        self.total_steps = total
+        self.total_steps = epochs * steps_per_epoch
         self.warmup_steps = warmup
         # What the lrs depend on; a saved state is only valid for a schedule built the same way.
         self._config = {
@@ -135,24 +143,29 @@ class LrSchedule:
         }
         self._steps = 0
         self._plateau: lr_scheduler.ReduceLROnPlateau | None = None
-        if name == "onecycle":
-            pct_start = {"pct_start": warmup / total} if warmup_epochs > 0 else {}
-            main: lr_scheduler.LRScheduler = lr_scheduler.OneCycleLR(
-                optimizer, max_lr=self._config["lrs"], total_steps=total, **pct_start
-            )
-        else:
-            # A def, not a bound method: LambdaLR's state_dict skips plain functions but would try
-            # to save a method's attributes.
-            def factor(t: int) -> float:
-                return self._factor(t)
-
-            main = lr_scheduler.LambdaLR(optimizer, factor)
-        self._schedulers: list[lr_scheduler.LRScheduler] = [main]
+        self._schedulers: list[lr_scheduler.LRScheduler] = [self._per_step()]
         if name == "plateau":
             self._plateau = lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="max", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE
             )
             self._schedulers.append(self._plateau)
+
+    def _per_step(self) -> lr_scheduler.LRScheduler:
+        """The torch scheduler that :meth:`step` advances: OneCycleLR for "onecycle", else a LambdaLR of
+        :meth:`_factor`."""
+        if self.name == "onecycle":
+            # A warmup of 0 steps leaves OneCycleLR its own default rise (30 % of the run).
+            pct_start = {"pct_start": self.warmup_steps / self.total_steps} if self.warmup_steps else {}
+            return lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=self._config["lrs"], total_steps=self.total_steps, **pct_start
+            )
+
+        # A def, not a bound method: LambdaLR's state_dict skips plain functions but would try
+        # to save a method's attributes.
+        def factor(t: int) -> float:
+            return self._factor(t)
+
+        return lr_scheduler.LambdaLR(self.optimizer, factor)
 
     def _factor(self, t: int) -> float:
         """Multiplier of the base lr at step ``t`` for cosine, constant and plateau's warmup."""

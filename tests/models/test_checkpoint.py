@@ -21,8 +21,8 @@ def test_load_checkpoint_errors(tmp_path):
 def _tiny_checkpoint(path):
     model = build_model("unet", base_channels=4)
     arch = {"base_channels": 4}
-    save_checkpoint(path, "unet", arch, model.state_dict(), out_channels=1, classes=classes_to_json(BINARY_PETS),
-                    epoch=1, valid_dice=0.5, image_size=32)  # fmt: skip
+    info = {"out_channels": 1, "classes": classes_to_json(BINARY_PETS), "epoch": 1, "valid_dice": 0.5, "image_size": 32}
+    save_checkpoint(path, "unet", arch, model.state_dict(), **info)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 import yaml
 from torch import nn
 
-import pipeline.train.fit as training
+import pipeline.train.setup as setup
 import stages.train
 from pipeline.core.errors import UserError
 from pipeline.core.runner import run_stage
@@ -28,7 +28,8 @@ from pipeline.data.synthetic import make_synthetic
 from pipeline.models.checkpoint import load_checkpoint
 from pipeline.models.registry import build_model
 from pipeline.train import distributed
-from pipeline.train.config import TrainConfig
+from pipeline.train.config import RunConfig, TrainConfig
+from pipeline.train.fit import fit
 from tests.support import REPO, shipped_params, write_params
 
 # --- the decisions, in this one process ---
@@ -150,10 +151,10 @@ def _no_norm(name, out_channels, **arch):
 
 
 def _fit_without_batchnorm(data, checkpoint):
-    """fit() of :class:`NoNorm` (with ``training.build_model`` replaced by :func:`_no_norm`): the logged
+    """fit() of :class:`NoNorm` (with ``setup.build_model`` replaced by :func:`_no_norm`): the logged
     records without their timings."""
     logged = []
-    training.fit("unet", {}, EXACT, *data, checkpoint, lambda e, r: logged.append(r), progress=False)
+    fit(RunConfig("unet", {}, EXACT, checkpoint, progress=False), *data, lambda e, r: logged.append(r))
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in logged]
 
 
@@ -173,7 +174,7 @@ def _rank(rank, store, out, data):
         synced = distributed.convert_batchnorm(build_model("unet", base_channels=4, bilinear=False), True)
         kinds = {type(m).__name__ for m in synced.modules()} & {"BatchNorm2d", "SyncBatchNorm"}
         build_model("unet", base_channels=4, bilinear=False).load_state_dict(synced.state_dict())  # plain keys
-        training.build_model = _no_norm  # this process's own module
+        setup.build_model = _no_norm  # this process's own module
         logged = _fit_without_batchnorm(data, out / "run" / "m.pt")
         results = {"sum": total.item(), "steps": steps, "mean": norm.running_mean.item(), "norms": sorted(kinds)}
         torch.save({**results, "logged": logged}, out / f"rank{rank}.pt")
@@ -183,7 +184,7 @@ def _rank(rank, store, out, data):
 
 @pytest.mark.slow
 def test_two_ranks_train_as_one_process_at_the_same_global_batch(tmp_path, tiny_data, monkeypatch):
-    monkeypatch.setattr(training, "build_model", _no_norm)
+    monkeypatch.setattr(setup, "build_model", _no_norm)
     single = _fit_without_batchnorm(tiny_data, tmp_path / "single" / "m.pt")
     mp.spawn(_rank, args=(str(tmp_path / "store"), tmp_path, tiny_data), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
@@ -229,11 +230,11 @@ def workdir(tmp_path_factory):
 
 def _args(root, nproc, run):
     return [
-        "--params", str(root / f"params{nproc}.yaml"), "--model", "unet",
-        "--train", str(root / "train"), "--valid", str(root / "valid"),
-        "--checkpoint", str(root / run / "unet.pt"), "--live", str(root / run / "live"),
-        "--resume", str(root / run / ".resume" / "unet.pt"),
-    ]  # fmt: skip
+        *("--params", str(root / f"params{nproc}.yaml"), "--model", "unet"),
+        *("--train", str(root / "train"), "--valid", str(root / "valid")),
+        *("--checkpoint", str(root / run / "unet.pt"), "--live", str(root / run / "live")),
+        *("--resume", str(root / run / ".resume" / "unet.pt")),
+    ]
 
 
 def _stage(root, nproc, run, **kwargs):

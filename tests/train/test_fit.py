@@ -11,10 +11,11 @@ from torch import nn
 
 import pipeline.train.fit as training
 import pipeline.train.losses as losses
+import pipeline.train.setup as setup
 from pipeline.core.errors import UserError
 from pipeline.core.params import AugmentOptions
 from pipeline.data.build import build_cache
-from pipeline.data.classes import Classes, classes_from_json
+from pipeline.data.classes import BINARY_PETS, Classes, classes_from_json
 from pipeline.data.colour import MEAN, STD
 from pipeline.data.masks import IGNORE
 from pipeline.data.synthetic import make_synthetic_folder
@@ -22,9 +23,10 @@ from pipeline.evaluate.confusion import ConfusionMeter
 from pipeline.evaluate.inference import predict_logits, prepare, torch_forward
 from pipeline.models.checkpoint import load_checkpoint
 from pipeline.models.registry import build_model
-from pipeline.train.config import TrainConfig
-from pipeline.train.fit import fit, seed_everything
+from pipeline.train.config import RunConfig, TrainConfig
+from pipeline.train.fit import fit
 from pipeline.train.losses import bce_loss
+from pipeline.train.setup import seed_everything
 from tests.support import TINY_ARCH
 
 CFG = TrainConfig(
@@ -42,19 +44,12 @@ CFG = TrainConfig(
 PLAIN = CFG.model_copy(update=dict(batch_size=2, augment="none"))
 
 
-def _fit(tmp_path, tiny_data, cfg=CFG, name="unet", **kwargs):
-    """fit() of a tiny ``name`` on ``tiny_data`` into tmp_path/m.pt: its result and the (epoch, record) logged."""
+def _fit(tmp_path, tiny_data, cfg=CFG, name="unet", classes=BINARY_PETS, **kwargs):
+    """fit() of a tiny ``name`` for ``classes`` on ``tiny_data`` into tmp_path/m.pt: its result and the
+    (epoch, record) logged."""
     logged = []
-    result = fit(
-        name,
-        TINY_ARCH[name],
-        cfg,
-        *tiny_data,
-        tmp_path / "m.pt",
-        lambda e, r: logged.append((e, r)),
-        progress=False,
-        **kwargs,
-    )
+    config = RunConfig(name, TINY_ARCH[name], cfg, tmp_path / "m.pt", classes, progress=False)
+    result = fit(config, *tiny_data, lambda e, r: logged.append((e, r)), **kwargs)
     return result, logged
 
 
@@ -270,6 +265,17 @@ def test_a_run_that_stopped_early_does_nothing_when_resumed(tmp_path, tiny_data,
     assert torch.load(tmp_path / "m.pt", weights_only=True)["epoch"] == 1
 
 
+def test_the_resume_state_keeps_the_entry_names_earlier_states_were_saved_with(tmp_path, tiny_data):
+    # A state file written by an earlier version is resumed if its fingerprint inputs match, so the
+    # entries fit() reads back must keep their names.
+    states = []
+    _fit(tmp_path, tiny_data, PLAIN.model_copy(update=dict(epochs=2)), save_state=states.append)
+    parts = {"model", "optimizer", "schedule", "scaler", "sampler", "rng"}
+    best = {"best", "best_epoch", "since_best", "best_scores", "best_weights"}
+    assert set(states[-1]) == parts | best | {"epoch", "stopped"}
+    assert (states[-1]["epoch"], states[-1]["stopped"]) == (2, False)
+
+
 # --- the config reaches the training ----------------------------------------------------------------
 
 
@@ -313,7 +319,7 @@ class Spy(nn.Module):
 
 def _train_inputs(tmp_path, tiny_data, monkeypatch, cfg):
     spy = Spy()
-    monkeypatch.setattr(training, "build_model", lambda name, out_channels, **arch: spy)
+    monkeypatch.setattr(setup, "build_model", lambda name, out_channels, **arch: spy)
     _fit(tmp_path, tiny_data, cfg)
     images = torch.tensor(tiny_data[0][0]).permute(0, 3, 1, 2).float() / 255
     originals = (images - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
@@ -398,14 +404,14 @@ def test_compile_true_trains_the_compiled_model(tmp_path, tiny_data, monkeypatch
         compiled.append(model)
         return model
 
-    monkeypatch.setattr(training.torch, "compile", fake_compile)
+    monkeypatch.setattr(setup.torch, "compile", fake_compile)
     _fit(tmp_path, tiny_data, PLAIN.model_copy(update=dict(epochs=1, compile=True)))
     assert len(compiled) == 1 and isinstance(compiled[0], nn.Module)
 
 
 def test_compile_false_never_compiles(tmp_path, tiny_data, monkeypatch):
     compiled = []
-    monkeypatch.setattr(training.torch, "compile", lambda model, *a, **k: compiled.append(model) or model)
+    monkeypatch.setattr(setup.torch, "compile", lambda model, *a, **k: compiled.append(model) or model)
     _fit(tmp_path, tiny_data, PLAIN.model_copy(update=dict(epochs=1, compile=False)))
     assert compiled == []
 
@@ -419,7 +425,7 @@ def test_compile_gives_the_results_of_eager_mode(tmp_path, tiny_data, monkeypatc
         return real_compile(model, *args, **kwargs)
 
     real_compile = torch.compile
-    monkeypatch.setattr(training.torch, "compile", spy)
+    monkeypatch.setattr(setup.torch, "compile", spy)
     cfg = CFG.model_copy(update=dict(epochs=1, augment="none"))
     _, eager = _fit(tmp_path / "eager", tiny_data, cfg)
     assert compiled_models == []

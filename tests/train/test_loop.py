@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.data.colour import IDENTITY
-from pipeline.train.loop import Batch, accumulation_groups, train_epoch
+from pipeline.train.loop import Batch, TrainStep, accumulation_groups, train_epoch
 from pipeline.train.losses import bce_loss
 from pipeline.train.schedules import LrSchedule
 
@@ -41,7 +41,8 @@ def _one_update(batch_size, accumulate_steps, grad_clip=0.0, scale=1.0):
     groups = len(accumulation_groups(len(loader), accumulate_steps))
     schedule = LrSchedule("constant", optimizer, groups, 2)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    stats = train_epoch(model, loader, bce_loss, optimizer, schedule, scaler, CPU, None, accumulate_steps, grad_clip)
+    step = TrainStep(bce_loss, optimizer, schedule, scaler, CPU, None, accumulate_steps, grad_clip)
+    stats = train_epoch(model, loader, step)
     return before, [p.detach() for p in model.parameters()], stats
 
 

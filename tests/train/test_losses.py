@@ -68,38 +68,77 @@ def test_losses_backpropagate():
     assert (logits.grad < 0).all()  # raising every logit lowers the loss
 
 
-# --- the ignore label (255) ---------------------------------------------------------------------
+# --- the ignore label (255), for one logit and for C logits -----------------------------------------
 
 LOSS_FNS = [bce_loss, dice_loss, bce_dice_loss]
+MULTICLASS_FNS = [ce_loss, multiclass_dice_loss, ce_dice_loss]
 
 
 def _with_ignored_column():
-    """A 2x3 batch of one image whose last column is ignored; random logits everywhere."""
+    """A 2x3 batch of one image, one logit, whose last column is ignored: random logits, the float
+    target, and confident logits of both signs for the ignored column."""
     torch.manual_seed(1)
     logits = torch.randn(1, 1, 2, 3) * 3
     target = torch.tensor([[[[1.0, 0.0, IGNORE], [0.0, 1.0, IGNORE]]]])
-    return logits, target
+    return logits, target, torch.tensor([40.0, -40.0])
 
 
-@pytest.mark.parametrize("loss_fn", LOSS_FNS)
-def test_logits_at_ignored_pixels_change_neither_loss_nor_gradient(loss_fn):
-    logits, target = _with_ignored_column()
+def _classes_with_ignored_column():
+    """One 2x3 image, 3 classes, the last column ignored: random logits, the uint8 target, and
+    confident logits for the ignored column."""
+    torch.manual_seed(6)
+    logits = torch.randn(1, 3, 2, 3) * 3
+    target = torch.tensor([[[[0, 2, IGNORE], [1, 2, IGNORE]]]], dtype=torch.uint8)
+    return logits, target, torch.tensor([[40.0, -40.0], [-40.0, 40.0], [0.0, 9.0]])
+
+
+def _loss_and_gradient(loss_fn, logits, target):
+    """``loss_fn``'s value at a copy of ``logits`` and its gradient with respect to them."""
+    x = logits.clone().requires_grad_()
+    loss = loss_fn(x, target)
+    loss.backward()
+    return loss, x.grad
+
+
+IGNORED = [pytest.param(fn, _with_ignored_column, id=fn.__name__) for fn in LOSS_FNS] + [
+    pytest.param(fn, _classes_with_ignored_column, id=fn.__name__) for fn in MULTICLASS_FNS
+]
+
+
+@pytest.mark.parametrize(("loss_fn", "data"), IGNORED)
+def test_logits_at_ignored_pixels_change_neither_loss_nor_gradient(loss_fn, data):
+    logits, target, wild = data()
     other = logits.clone()
-    other[..., 2] = torch.tensor([40.0, -40.0])  # confidently anything at the ignored pixels
-    a, b = logits.clone().requires_grad_(), other.clone().requires_grad_()
-    loss_a, loss_b = loss_fn(a, target), loss_fn(b, target)
-    loss_a.backward()
-    loss_b.backward()
-    assert torch.equal(loss_a, loss_b)
-    assert torch.equal(a.grad, b.grad)
-    assert (a.grad[..., 2] == 0).all() and (a.grad[..., :2] != 0).all()
+    other[..., 2] = wild  # confidently anything at the ignored pixels
+    loss, grad = _loss_and_gradient(loss_fn, logits, target)
+    loss_other, grad_other = _loss_and_gradient(loss_fn, other, target)
+    assert torch.equal(loss, loss_other)
+    assert torch.equal(grad, grad_other)
+    # Every counted pixel still moves some logit of its own.
+    assert (grad[..., 2] == 0).all() and (grad[..., :2] != 0).any(1).all()
 
 
-@pytest.mark.parametrize("loss_fn", LOSS_FNS)
-def test_loss_with_ignored_pixels_equals_the_loss_of_the_counted_pixels_alone(loss_fn):
-    logits, target = _with_ignored_column()
+@pytest.mark.parametrize(("loss_fn", "data"), IGNORED)
+def test_loss_with_ignored_pixels_equals_the_loss_of_the_counted_pixels_alone(loss_fn, data):
+    logits, target, _ = data()
     alone = loss_fn(logits[..., :2].contiguous(), target[..., :2].contiguous())
     assert loss_fn(logits, target).item() == pytest.approx(alone.item(), rel=1e-6)
+    assert loss_fn(logits, target.float()).item() == pytest.approx(alone.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(("loss_fn", "data"), IGNORED)
+def test_losses_compute_in_fp32_from_half_inputs(loss_fn, data):
+    logits, target, _ = data()
+    half = loss_fn(logits.half(), target.half())
+    assert half.dtype == torch.float32
+    assert half.item() == pytest.approx(loss_fn(logits.half().float(), target).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(("loss_fn", "logits"), [(bce_loss, 1)] + [(fn, 3) for fn in MULTICLASS_FNS])
+def test_the_loss_of_an_all_ignored_batch_is_zero_with_zero_gradient(loss_fn, logits):
+    loss, grad = _loss_and_gradient(loss_fn, torch.randn(2, logits, 2, 2) * 5, torch.full((2, 1, 2, 2), float(IGNORE)))
+    assert loss.item() == 0.0
+    assert (grad == 0).all()
 
 
 def test_bce_and_dice_with_an_ignored_pixel_by_hand():
@@ -135,33 +174,13 @@ def test_losses_without_ignored_pixels_are_bitwise_the_plain_formulas(loss_fn):
         bce = F.binary_cross_entropy_with_logits(x, t)
         return {bce_loss: bce, dice_loss: dice, bce_dice_loss: bce + dice}[loss_fn]
 
-    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    ours, reference = loss_fn(a, target), plain(b, target)
-    ours.backward()
-    reference.backward()
+    ours, grad = _loss_and_gradient(loss_fn, logits, target)
+    reference, reference_grad = _loss_and_gradient(plain, logits, target)
     assert torch.equal(ours, reference)
-    assert torch.equal(a.grad, b.grad)
-
-
-def test_bce_of_an_all_ignored_batch_is_zero_with_zero_gradient():
-    logits = torch.randn(1, 1, 2, 2, requires_grad=True)
-    loss = bce_loss(logits, torch.full((1, 1, 2, 2), float(IGNORE)))
-    loss.backward()
-    assert loss.item() == 0.0
-    assert (logits.grad == 0).all()
-
-
-def test_losses_compute_in_fp32_from_half_inputs():
-    logits, target = _with_ignored_column()
-    for loss_fn in LOSS_FNS:
-        half = loss_fn(logits.half(), target.half())
-        assert half.dtype == torch.float32
-        assert half.item() == pytest.approx(loss_fn(logits.half().float(), target).item(), rel=1e-6)
+    assert torch.equal(grad, reference_grad)
 
 
 # --- multi-class: softmax over C logits, class-index targets ----------------------------------------
-
-MULTICLASS_FNS = [ce_loss, multiclass_dice_loss, ce_dice_loss]
 
 
 def test_loss_function_gives_the_binary_losses_for_one_logit_and_the_softmax_ones_for_more():
@@ -227,51 +246,7 @@ def test_multiclass_dice_is_zero_when_right_and_near_one_when_all_wrong():
     assert multiclass_dice_loss(wrong, target).item() > 0.99
 
 
-def _classes_with_ignored_column():
-    """One 2x3 image, 3 classes, the last column ignored; random logits everywhere."""
-    torch.manual_seed(6)
-    logits = torch.randn(1, 3, 2, 3) * 3
-    target = torch.tensor([[[[0, 2, IGNORE], [1, 2, IGNORE]]]], dtype=torch.uint8)
-    return logits, target
-
-
-@pytest.mark.parametrize("loss_fn", MULTICLASS_FNS)
-def test_multiclass_logits_at_ignored_pixels_change_neither_loss_nor_gradient(loss_fn):
-    logits, target = _classes_with_ignored_column()
-    other = logits.clone()
-    other[..., 2] = torch.tensor([[40.0, -40.0], [-40.0, 40.0], [0.0, 9.0]])
-    a, b = logits.clone().requires_grad_(), other.clone().requires_grad_()
-    loss_a, loss_b = loss_fn(a, target), loss_fn(b, target)
-    loss_a.backward()
-    loss_b.backward()
-    assert torch.equal(loss_a, loss_b)
-    assert torch.equal(a.grad, b.grad)
-    assert (a.grad[..., 2] == 0).all() and (a.grad[..., :2] != 0).any(1).all()
-
-
-@pytest.mark.parametrize("loss_fn", MULTICLASS_FNS)
-def test_multiclass_loss_with_ignored_pixels_is_the_loss_of_the_counted_pixels_alone(loss_fn):
-    logits, target = _classes_with_ignored_column()
-    alone = loss_fn(logits[..., :2].contiguous(), target[..., :2].contiguous())
-    assert loss_fn(logits, target).item() == pytest.approx(alone.item(), rel=1e-6)
-    assert loss_fn(logits, target.float()).item() == pytest.approx(alone.item(), rel=1e-6)
-
-
-@pytest.mark.parametrize("loss_fn", MULTICLASS_FNS)
-def test_multiclass_loss_of_an_all_ignored_batch_is_zero_with_finite_gradient(loss_fn):
-    logits = (torch.randn(2, 3, 2, 2) * 5).requires_grad_()
-    loss = loss_fn(logits, torch.full((2, 1, 2, 2), IGNORE, dtype=torch.uint8))
-    loss.backward()
-    assert loss.item() == 0.0
-    assert (logits.grad == 0).all()
-
-
-def test_multiclass_losses_compute_in_fp32_from_half_inputs_and_backpropagate():
-    logits, target = _classes_with_ignored_column()
-    for loss_fn in MULTICLASS_FNS:
-        half = loss_fn(logits.half(), target)
-        assert half.dtype == torch.float32
-        assert half.item() == pytest.approx(loss_fn(logits.half().float(), target).item(), rel=1e-6)
+def test_ce_dice_backpropagates_towards_the_true_class():
     x = torch.zeros(1, 3, 1, 2, requires_grad=True)
     ce_dice_loss(x, torch.tensor([[[[0, 2]]]])).backward()
     # Raising the true class's logit lowers the loss; raising another's raises it.

@@ -120,11 +120,11 @@ def workdir(tmp_path_factory):
 
 def _command(root, run):
     return [
-        sys.executable, "-m", "stages.train", "--params", str(root / "params.yaml"), "--model", "unet",
-        "--train", str(root / "train.npz"), "--valid", str(root / "valid.npz"),
-        "--checkpoint", str(root / run / "unet.pt"), "--live", str(root / run / "live"),
-        "--resume", str(root / run / ".resume" / "unet.pt"),
-    ]  # fmt: skip
+        *(sys.executable, "-m", "stages.train", "--params", str(root / "params.yaml"), "--model", "unet"),
+        *("--train", str(root / "train.npz"), "--valid", str(root / "valid.npz")),
+        *("--checkpoint", str(root / run / "unet.pt"), "--live", str(root / run / "live")),
+        *("--resume", str(root / run / ".resume" / "unet.pt")),
+    ]
 
 
 def _env():

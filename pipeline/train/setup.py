@@ -1,0 +1,128 @@
+"""Setting up a training run: seeds, device, the model and its initial weights, the loaders, the
+optimiser, the schedule and the rest of a training step, built in a fixed order."""
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from pipeline.core.device import configure_backends, memory_format, needs_grad_scaler
+from pipeline.data.dataset import SegmentationDataset, jitter_strength, train_transform
+from pipeline.data.loader import make_eval_loader, make_train_loader, resolve_num_workers
+from pipeline.models.init import init_weights
+from pipeline.models.pretrained import load_encoder_weights
+from pipeline.models.registry import build_model
+from pipeline.train import distributed
+from pipeline.train.config import RunConfig
+from pipeline.train.loop import Batch, TrainStep, accumulation_groups
+from pipeline.train.losses import loss_function
+from pipeline.train.schedules import LrSchedule, make_optimizer
+
+Arrays = tuple[np.ndarray, np.ndarray]  # (images uint8 (N, S, S, 3), masks uint8 (N, S, S))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What :func:`set_up` builds for a training run, before its first epoch.
+
+    ``model`` is the plain module whose weights are saved; ``net`` what runs them (``model``, or
+    ``torch.compile(model)``); ``step`` the optimiser, schedule, loss and the rest an epoch steps
+    with. ``image_size`` is the training images' side in pixels. ``main``: this process writes
+    files (rank 0); ``progress``: it shows bars and epoch lines. ``parts`` are the stateful pieces a
+    resume state holds (:func:`pipeline.train.resume.capture`).
+    """
+
+    model: nn.Module
+    net: nn.Module
+    train_loader: DataLoader
+    valid_loader: DataLoader
+    step: TrainStep
+    image_size: int
+    main: bool
+    progress: bool
+
+    @property
+    def parts(self) -> dict[str, Any]:
+        """The stateful pieces by the names a resume state stores them under."""
+        return dict(
+            model=self.model,
+            optimizer=self.step.optimizer,
+            schedule=self.step.schedule,
+            scaler=self.step.scaler,
+            sampler=self.train_loader.sampler,
+        )
+
+
+def set_up(config: RunConfig, train: Arrays, valid: Arrays) -> Run:
+    """Seed every RNG with ``config.train.seed`` and build, in this order (each draws from the seeded
+    RNGs, so the order is part of the result), the model and its initial weights, the loaders, the
+    optimiser, the schedule and the grad scaler, on ``config.compute.device``. Arguments as
+    :func:`pipeline.train.fit.fit`. Raises UserError if the rank count does not divide ``batch_size``,
+    for sync_batchnorm off CUDA, and as :func:`~pipeline.models.init.init_weights`,
+    :func:`~pipeline.models.pretrained.load_encoder_weights` and the schedule do for a bad setting."""
+    cfg, device = config.train, config.compute.device
+    seed_everything(cfg.seed)
+    configure_backends(device.type, fixed_size=True)  # every training batch is size x size pixels
+    rank, world = distributed.rank(), distributed.world_size()
+    batch = distributed.per_rank_batch(cfg.batch_size, world)
+    distributed.check_sync_batchnorm(config.sync_batchnorm, world, device.type)
+    model = _model(config)
+    size = train[0].shape[1]
+    workers = resolve_num_workers(cfg.num_workers, device.type, nproc=world)
+    augment = train_transform(size, cfg.augment, cfg.augmentation)
+    jitter = jitter_strength(cfg.augment, cfg.augmentation)
+    dataset = SegmentationDataset(*train, augment, jitter)
+    train_loader = make_train_loader(dataset, cfg.batch_size, cfg.seed, workers, device.type, rank, world)
+    shard = Subset(SegmentationDataset(*valid), range(rank, len(valid[0]), world))
+    step = _train_step(config, model, len(train_loader), jitter > 0)
+    return Run(
+        model=model,
+        net=torch.compile(model) if cfg.compile else model,
+        train_loader=train_loader,
+        valid_loader=make_eval_loader(shard, batch, workers, device.type),
+        step=step,
+        image_size=size,
+        main=rank == 0,
+        progress=config.progress and rank == 0,  # the other ranks write and print nothing
+    )
+
+
+def _model(config: RunConfig) -> nn.Module:
+    """The model of ``config`` with its initial and pretrained weights, its BatchNorm synchronised when
+    asked, on the device in its memory format."""
+    device = config.compute.device
+    model = build_model(config.model, config.classes.logits, **config.arch)
+    init_weights(model, config.train.init, config.train.zero_init_residual)
+    load_encoder_weights(model, config.train.encoder_weights)
+    model = distributed.convert_batchnorm(model, config.sync_batchnorm)
+    return model.to(device, memory_format=memory_format(device.type))
+
+
+def _train_step(config: RunConfig, model: nn.Module, batches: int, jitter: bool) -> TrainStep:
+    """The optimiser of ``model``'s parameters, its schedule over epochs of ``batches`` batches, the
+    loss, the grad scaler and the batch transfer (with colour ``jitter`` or not) of ``config``."""
+    cfg, device, dtype = config.train, config.compute.device, config.compute.dtype
+    fused = device.type == "cuda"
+    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum, fused=fused)
+    steps_per_epoch = len(accumulation_groups(batches, cfg.accumulate_steps))
+    return TrainStep(
+        loss_fn=loss_function(cfg.loss, config.classes.logits),
+        optimizer=optimizer,
+        schedule=LrSchedule(cfg.scheduler, optimizer, steps_per_epoch, cfg.epochs, cfg.warmup_epochs),
+        scaler=torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(dtype)),
+        move=Batch(device, device.type == "cuda", memory_format(device.type), jitter=jitter),
+        dtype=dtype,
+        accumulate_steps=cfg.accumulate_steps,
+        grad_clip=cfg.grad_clip,
+    )
