@@ -81,18 +81,9 @@ def _columns(table: pd.DataFrame) -> tuple[str, list[str]]:
     return "miou", [f"{kind}_{name}" for name in classes for kind in COUNTS]
 
 
-def paired_bootstrap(
-    old: pd.DataFrame, new: pd.DataFrame, resamples: int, seed: int, level: float, where: str = "per-image tables"
-) -> DiceChange:
-    """Compare two per-image tables of the same test images, paired by stem: columns ``stem``, ``dice``,
-    ``tp``, ``fp``, ``fn`` (a binary task), or ``stem``, ``miou`` and ``tp_<class>``, ``fp_<class>``,
-    ``fn_<class>`` per class (a multi-class task). ``resamples`` bootstrap draws from
-    ``np.random.default_rng(seed)``, interval at confidence ``level`` (e.g. 0.95). An image whose own
-    score is NaN on either side (every pixel ignored) counts as neither better nor worse.
-
-    Raises UserError (naming ``where``) if a table lacks a column, the two are of different tasks or
-    classes, or they hold other stems (the comparison is only meaningful on one test set).
-    """
+def _checked_columns(old: pd.DataFrame, new: pd.DataFrame, where: str) -> tuple[str, list[str]]:
+    """The score and count columns both tables share (:func:`_columns`). Raises UserError as
+    :func:`paired_bootstrap` says."""
     metric, counts = _columns(new)
     if _columns(old) != (metric, counts):
         raise UserError(f"{where}: the two evaluations are of different tasks or classes; nothing to compare")
@@ -109,6 +100,22 @@ def paired_bootstrap(
             f"{where}: the two evaluations scored different test images ({len(only_old)} only in the old, "
             f"{len(only_new)} only in the new); compare revisions of the same data"
         )
+    return metric, counts
+
+
+def paired_bootstrap(
+    old: pd.DataFrame, new: pd.DataFrame, resamples: int, seed: int, level: float, where: str = "per-image tables"
+) -> DiceChange:
+    """Compare two per-image tables of the same test images, paired by stem: columns ``stem``, ``dice``,
+    ``tp``, ``fp``, ``fn`` (a binary task), or ``stem``, ``miou`` and ``tp_<class>``, ``fp_<class>``,
+    ``fn_<class>`` per class (a multi-class task). ``resamples`` bootstrap draws from
+    ``np.random.default_rng(seed)``, interval at confidence ``level`` (e.g. 0.95). An image whose own
+    score is NaN on either side (every pixel ignored) counts as neither better nor worse.
+
+    Raises UserError (naming ``where``) if a table lacks a column, the two are of different tasks or
+    classes, or they hold other stems (the comparison is only meaningful on one test set).
+    """
+    metric, counts = _checked_columns(old, new, where)
     old = old.set_index("stem")
     new = new.set_index("stem").loc[old.index]
     old_counts, new_counts = (t[counts].to_numpy(np.int64) for t in (old, new))
