@@ -15,17 +15,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# Lint, then every test (tests/: one folder per package of pipeline/, tests/stages/ end to end).
+# Lint, then every test (tests/: one folder per package of pipeline/, tests/stages/ end to end), one
+# pytest-xdist worker per core (each test module whole on one worker: --dist loadfile, in pyproject.toml).
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -n auto
 
 # Lint and the unit tests only: no test marked e2e (dvc CLI, torchrun, killed processes) or slow.
 test-fast: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -m "not e2e and not slow"
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -n auto -m "not e2e and not slow"
 
 repro: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro

@@ -1,12 +1,9 @@
 """Shared fixtures: the real mini dataset, a small synthetic dataset and its caches, a tiny trained UNet
-with its evaluate outputs, and one finished tiny DVC pipeline that end-to-end tests copy (with the dvc
-work of their DVC_JOBS started in the background)."""
+with its evaluate outputs, and one finished tiny DVC pipeline that end-to-end tests and their modules'
+DVC_JOBS copy."""
 
-import contextlib
-import itertools
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -141,97 +138,26 @@ def train_outputs():
     return _train_outputs
 
 
-# --- one finished tiny DVC pipeline, and dvc work on copies of it in the background ----------------
+# --- one finished tiny DVC pipeline, and dvc work on copies of it ---------------------------------
 #
-# The end-to-end tests mostly wait for dvc and the stages it starts, which keep one core busy. So that
-# this work uses the other core while the unit tests run, the first test of a session whose selection
-# needs the pipeline starts, in threads, building it and then the jobs the selected tests name with
-# @pytest.mark.dvc_jobs(name, ...): entries of their module's DVC_JOBS, name → job(repo), each run on
-# its own copy of the pipeline. Tests that need the pipeline run last (pytest_collection_modifyitems),
-# and read a job's result through the dvc_jobs fixture, which waits for it and raises what it raised.
-# Each job and each test has its own copy, so none depends on another or on their order.
-
-
-def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: "finished_pipeline" in item.fixturenames)  # stable: the order otherwise kept
-
-
-def _job_names(item) -> list[str]:
-    return [f"{item.module.__name__}::{name}" for mark in item.iter_markers("dvc_jobs") for name in mark.args]
-
-
-class _Background:
-    """The finished pipeline, built in a thread, and the jobs, run two at a time once it is built."""
-
-    def __init__(self, root: Path, jobs: dict[str, Callable[[Path], Any]]):
-        self.root = root
-        self._builder = ThreadPoolExecutor(1, thread_name_prefix="dvc-pipeline")
-        self._pipeline = self._builder.submit(_build_pipeline, root / "pipeline" / "repo")
-        self._pool = ThreadPoolExecutor(2, thread_name_prefix="dvc-job")
-        self._jobs = {name: self._pool.submit(self._run, i, job) for i, (name, job) in enumerate(jobs.items())}
-
-    def pipeline(self) -> Path:
-        return self._pipeline.result()
-
-    def result(self, name: str) -> Any:
-        return self._jobs[name].result()
-
-    def _run(self, i: int, job: Callable[[Path], Any]) -> Any:
-        return job(copy_repo(self.pipeline(), self.root / f"job{i}" / "repo"))
-
-    def close(self) -> None:
-        """Stop what is left (the session ended early): queued jobs, and the processes running jobs started."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        if not all(f.done() for f in [self._pipeline, *self._jobs.values()]):
-            import psutil
-
-            for child in psutil.Process().children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    if Path(child.cwd()).is_relative_to(self.root):
-                        child.kill()
-        self._builder.shutdown()
-        self._pool.shutdown()
-
-
-def _build_pipeline(repo: Path) -> Path:
-    if not DVC.exists():
-        raise RuntimeError(f"dvc not installed beside {BIN / 'python'}; run the README set-up")
-    new_project(repo, TINY)
-    output = run(repo, "dvc", "repro")
-    assert stages_run(output) == ALL_STAGES
-    (repo.parent / REPRO_LOG).write_text(output)  # beside the repository, for the tests to read
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "baseline")
-    return repo
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _background(request, tmp_path_factory):
-    needing = [item for item in request.session.items if "finished_pipeline" in item.fixturenames]
-    if not needing:
-        yield None
-        return
-    wanted = {name for item in needing for name in _job_names(item)}
-    defined = [
-        [(f"{module.__name__}::{name}", job) for name, job in getattr(module, "DVC_JOBS", {}).items()]
-        for module in sorted({item.module for item in needing}, key=lambda m: m.__name__)
-    ]
-    # Each module's first (longest) job first, then each module's second, and so on.
-    jobs = dict(
-        entry for entries in itertools.zip_longest(*defined) for entry in entries if entry and entry[0] in wanted
-    )
-    if unknown := wanted - set(jobs):
-        raise KeyError(f"@pytest.mark.dvc_jobs names jobs missing from DVC_JOBS: {sorted(unknown)}")
-    background = _Background(tmp_path_factory.mktemp("dvc"), jobs)
-    yield background
-    background.close()
+# Built once per pytest-xdist worker that runs a test needing it (`make test` sends each test module whole
+# to one worker), and copied by each test and each job, so that none depends on another or on their order.
 
 
 @pytest.fixture(scope="session")
-def finished_pipeline(_background) -> Path:
+def finished_pipeline(tmp_path_factory) -> Path:
     """A git + DVC repository of the project with the TINY params after one `dvc repro` of every stage,
-    committed. Never changed: a test takes its own copy (dvc_repo), a job gets one."""
-    return _background.pipeline()
+    committed, with that run's output in REPRO_LOG beside it. Never changed: a test takes its own copy
+    (dvc_repo), a job gets one (dvc_jobs)."""
+    if not DVC.exists():
+        raise RuntimeError(f"dvc not installed beside {BIN / 'python'}; run the README set-up")
+    repo = new_project(tmp_path_factory.mktemp("pipeline") / "repo", TINY)
+    output = run(repo, "dvc", "repro")
+    assert stages_run(output) == ALL_STAGES
+    (repo.parent / REPRO_LOG).write_text(output)
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "baseline")
+    return repo
 
 
 @pytest.fixture
@@ -240,25 +166,28 @@ def dvc_repo(finished_pipeline, tmp_path) -> Path:
     return copy_repo(finished_pipeline, tmp_path / "repo")
 
 
-@pytest.fixture
-def dvc_jobs(request, finished_pipeline, _background):
-    """``dvc_jobs[name]``: what ``DVC_JOBS[name](repo)`` of this test's module returned, run in the
-    background on its own copy of the finished pipeline; waits for it, and raises what it raised. The
-    test names the jobs it reads with @pytest.mark.dvc_jobs(name, ...)."""
-    declared = _job_names(request.node)
-
-    def result(name: str) -> Any:
-        key = f"{request.module.__name__}::{name}"
-        if key not in declared:
-            raise KeyError(f"{name!r}: add it to the test's @pytest.mark.dvc_jobs")
-        return _background.result(key)
-
-    return _JobResults(result)
+@pytest.fixture(scope="module")
+def dvc_jobs(request, finished_pipeline, tmp_path_factory):
+    """``dvc_jobs[name]``: what ``DVC_JOBS[name](repo)`` of this test's module returned, run on its own
+    copy of the finished pipeline when a test of the module first reads it. Several tests read the same
+    job (an experiment's output, and the stages it ran), so it runs once: later reads get its result, or
+    raise what it raised."""
+    return _Jobs(request.module.DVC_JOBS, lambda: copy_repo(finished_pipeline, tmp_path_factory.mktemp("job") / "repo"))
 
 
-class _JobResults:
-    def __init__(self, result: Callable[[str], Any]):
-        self._result = result
+class _Jobs:
+    def __init__(self, jobs: dict[str, Callable[[Path], Any]], new_copy: Callable[[], Path]):
+        self._jobs = jobs
+        self._new_copy = new_copy
+        self._done: dict[str, tuple[Any, Exception | None]] = {}
 
     def __getitem__(self, name: str) -> Any:
-        return self._result(name)
+        if name not in self._done:
+            try:
+                self._done[name] = (self._jobs[name](self._new_copy()), None)
+            except Exception as error:
+                self._done[name] = (None, error)
+        result, error = self._done[name]
+        if error is not None:
+            raise error
+        return result

@@ -96,15 +96,10 @@ TINY = {
 }
 
 
-# The environment as the session started: dvc also runs in background threads (conftest's dvc_jobs) while
-# other tests set variables (torchrun's, proxies) with monkeypatch, which must not reach those runs.
-_ENVIRON = dict(os.environ)
-
-
 def dvc_env() -> dict[str, str]:
-    """The environment of the `dvc` runs: the session's, with this interpreter's bin first on PATH, so
+    """The environment of the `dvc` runs: this process's, with this interpreter's bin first on PATH, so
     that the stages' `python` is this one."""
-    return {**_ENVIRON, "PATH": f"{BIN}{os.pathsep}{_ENVIRON['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
 
 
 def run(repo: Path, *args: str) -> str:

@@ -1,7 +1,7 @@
 """End to end through the real `dvc` CLI, each test and job on its own copy of one finished tiny pipeline
 (conftest's finished_pipeline: synthetic data, every stage run once and committed). The experiments,
-the queue and the failing runs are DVC_JOBS, which conftest starts in the background; the tests check
-what they returned."""
+the queue and the failing runs are DVC_JOBS, which conftest's dvc_jobs runs once each, when a test first
+reads it; the tests check what they returned."""
 
 import hashlib
 import json
@@ -62,7 +62,7 @@ DOWNLOAD_RERUNS = {
 QUEUED = ("evaluate.tta=hflip", "evaluate.threshold=0.4")
 
 
-# --- the dvc work (conftest runs each in the background, on its own copy) ----------------------------
+# --- the dvc work (conftest's dvc_jobs runs each on its own copy) ---------------------------------------
 
 
 def _experiment(change: str):
@@ -157,7 +157,6 @@ BAD_EDITS = {
     "treshold": ({"evaluate": {"treshold": 0.4}}, "unknown key evaluate.treshold; did you mean evaluate.threshold?"),
 }
 
-# The longest first, so that run two at a time they end about together.
 DVC_JOBS = {
     "image_size=64": _experiment("image_size=64"),
     "task=trimap": _experiment("task=trimap"),
@@ -257,15 +256,6 @@ def _reflinks(folder: Path) -> bool:
 # --- experiments ---------------------------------------------------------------------------------------
 
 
-def _job(change: str) -> str:
-    """The DVC_JOBS entry that runs the experiment of ``change``."""
-    return "queue" if change in QUEUED else "lr" if change == LR else change
-
-
-def _with_its_job(changes) -> list:
-    return [pytest.param(change, marks=pytest.mark.dvc_jobs(_job(change))) for change in changes]
-
-
 def _rerun(dvc_jobs, change: str) -> tuple[set[str], str]:
     """The stages the experiment of ``change`` ran, and the output that says so."""
     if change in QUEUED:
@@ -277,7 +267,6 @@ def _rerun(dvc_jobs, change: str) -> tuple[set[str], str]:
     return stages_run(output), output
 
 
-@pytest.mark.dvc_jobs("queue")
 def test_queued_experiments_run_side_by_side_and_show_their_dice(dvc_jobs):
     queue = dvc_jobs["queue"]
     assert len(re.findall(r"\bSuccess\b", queue["status"])) == 2, queue["status"]
@@ -293,21 +282,19 @@ def test_queued_experiments_run_side_by_side_and_show_their_dice(dvc_jobs):
     assert "dice.unet,dice.resnet34_unet" in queue["csv"]
 
 
-@pytest.mark.parametrize("change", _with_its_job(RERUNS))
+@pytest.mark.parametrize("change", RERUNS)
 def test_experiments_rerun_exactly_the_affected_stages(dvc_jobs, change):
     at_least, at_most = RERUNS[change]
     ran, output = _rerun(dvc_jobs, change)
     assert at_least <= ran <= at_most, output
 
 
-@pytest.mark.dvc_jobs("task=trimap")
 def test_the_trimap_task_trains_three_classes_and_reports_them(dvc_jobs):
     output, metrics = dvc_jobs["task=trimap"]
     assert list(metrics["per_class"]) == ["background", "pet", "boundary"]
     assert re.search(r"train unet: best valid mIoU [0-9.]+ at epoch 1", output), output[-3000:]
 
 
-@pytest.mark.dvc_jobs("image_size=64", "queue")
 def test_an_experiment_records_its_params_in_the_metrics(dvc_jobs):
     _, metrics = dvc_jobs["image_size=64"]
     assert metrics["image_size"] == 64
@@ -315,7 +302,6 @@ def test_an_experiment_records_its_params_in_the_metrics(dvc_jobs):
     assert re.search(r"evaluate unet: .*, tta hflip", log) and re.search(r"evaluate resnet34_unet: .*, tta hflip", log)
 
 
-@pytest.mark.dvc_jobs("lr")
 def test_metrics_diff_shows_the_dice_of_an_lr_experiment_and_the_run_cache_restores_the_baseline(dvc_jobs):
     lr = dvc_jobs["lr"]
     assert {"metrics/test.json"} <= set(lr["diff"])
@@ -326,7 +312,7 @@ def test_metrics_diff_shows_the_dice_of_an_lr_experiment_and_the_run_cache_resto
     assert "Stage 'train@unet' is cached - skipping run" in lr["back"]
 
 
-@pytest.mark.parametrize("change", _with_its_job(DOWNLOAD_RERUNS))
+@pytest.mark.parametrize("change", DOWNLOAD_RERUNS)
 def test_download_reruns_only_for_the_keys_its_source_uses(dvc_jobs, change):
     at_least, at_most = DOWNLOAD_RERUNS[change]
     ran, output = _rerun(dvc_jobs, change)
@@ -346,12 +332,12 @@ def _one_error_from_validate(result: tuple[int, str, str]) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize("change", [pytest.param(c, marks=pytest.mark.dvc_jobs(f"bad {c}")) for c in BAD_CHANGES])
+@pytest.mark.parametrize("change", BAD_CHANGES)
 def test_a_bad_or_unknown_param_fails_first_in_one_line(dvc_jobs, change):
     assert _one_error_from_validate(dvc_jobs[f"bad {change}"]) == f"error: params.yaml: {BAD_CHANGES[change]}"
 
 
-@pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.dvc_jobs(f"bad edit {k}")) for k in BAD_EDITS])
+@pytest.mark.parametrize("key", BAD_EDITS)
 def test_a_key_misspelt_in_params_yaml_fails_dvc_repro(dvc_jobs, key):
     assert _one_error_from_validate(dvc_jobs[f"bad edit {key}"]) == f"error: params.yaml: {BAD_EDITS[key][1]}"
 
@@ -365,7 +351,6 @@ def _header(table: str) -> list[str]:
     return re.split(r"\s{2,}", line.strip())
 
 
-@pytest.mark.dvc_jobs("review")
 def test_exp_show_puts_both_models_dice_first_and_only_changed_fits_160_columns(dvc_jobs):
     review = dvc_jobs["review"]
     columns = _header(review["wide"])
@@ -375,7 +360,6 @@ def test_exp_show_puts_both_models_dice_first_and_only_changed_fits_160_columns(
     assert {"dice.unet", "dice.resnet34_unet"} <= set(_header(narrow))  # whole, not collapsed to "…"
 
 
-@pytest.mark.dvc_jobs("reevaluate")
 def test_metrics_diff_shows_no_change_when_the_same_models_are_evaluated_again(dvc_jobs):
     reevaluated = dvc_jobs["reevaluate"]
     assert {"evaluate@unet", "evaluate@resnet34_unet", "plot"} <= reevaluated["ran"]  # the metrics were rewritten

@@ -52,7 +52,6 @@ def _kill_preprocess_then_rerun(repo: Path) -> dict:
 DVC_JOBS = {"kill": _kill_preprocess_then_rerun}
 
 
-@pytest.mark.dvc_jobs("kill")
 def test_preprocess_killed_midway_reruns_clean_to_the_same_cache(dvc_jobs):
     seen = dvc_jobs["kill"]
     assert seen["upstream"] == {"validate", "download", "split"}
