@@ -48,7 +48,7 @@ def test_a_folder_dataset_runs_end_to_end_with_per_class_metrics(folder_run):
     report = json.loads((repo / "metrics" / "data.json").read_text())
     assert bad in json.dumps(report) and "bad_mask_values" in json.dumps(report)
     for model in ("unet", "resnet34_unet"):
-        metrics = json.loads((repo / "metrics" / f"{model}.json").read_text())
+        metrics = json.loads((repo / "metrics" / "evaluation" / f"{model}.json").read_text())
         assert list(metrics["per_class"]) == NAMES
         for name in NAMES:
             assert set(metrics["per_class"][name]) == {"iou", "dice", "pixels"}

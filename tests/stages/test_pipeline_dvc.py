@@ -15,20 +15,11 @@ import yaml
 
 from pipeline.core.constants import HEADLINE_METRICS
 from pipeline.evaluate.record import eval_record_path
+from pipeline.report.files import FIGURES
 from tests.support import ALL_STAGES, DVC, REPRO_LOG, dvc_env, edit_params, run, shipped_params, stages_run
 
 pytestmark = pytest.mark.e2e
 
-PNGS = (
-    "learning_curves",
-    "overlays",
-    "worst",
-    "dice_distribution",
-    "per_breed",
-    "test_dice",
-    "confusion",
-    "per_class_iou",
-)
 PER_IMAGE_CHART = "Test Dice per image vs pet fraction (native resolution)"
 BASELINE_LR = shipped_params()["lr"]  # the finished pipeline's (TINY leaves lr alone)
 EVALUATION = {"validate", "evaluate@unet", "evaluate@resnet34_unet"}
@@ -182,7 +173,7 @@ def test_repro_writes_metrics_models_and_plots_for_both_models(dvc_repo, finishe
     for model in ("unet", "resnet34_unet"):  # TINY asks for bf16: the autocast path trained both
         assert re.search(rf"train {model}: .*; precision: bf16 \(asked; (native|emulated)", said), said[-3000:]
     for model in ("unet", "resnet34_unet"):
-        metrics = json.loads((repo / "metrics" / f"{model}.json").read_text())
+        metrics = json.loads((repo / "metrics" / "evaluation" / f"{model}.json").read_text())
         assert metrics["images"] == 8  # synthetic: every other image is in test.txt
         for key in ("dice", "dice_per_image", "iou", "pixel_accuracy", "best_valid_dice"):
             assert 0.0 <= metrics[key] <= 1.0
@@ -190,11 +181,11 @@ def test_repro_writes_metrics_models_and_plots_for_both_models(dvc_repo, finishe
         # The record petseg predict looks for beside the weights (the path is in dvc.yaml).
         record = json.loads(eval_record_path(repo / "models" / f"{model}.pt").read_text())
         assert record["model"] == model and record["threshold"] == metrics["threshold"]
-        for name in (f"models/{model}.pt", f"models/{model}.onnx", f"metrics/{model}_per_image.csv"):
+        for name in (f"models/{model}.pt", f"models/{model}.onnx", f"metrics/evaluation/{model}_per_image.csv"):
             assert (repo / name).stat().st_size > 0
         assert (repo / "live" / model / "plots" / "metrics" / "valid" / "dice.tsv").exists()
-    for png in PNGS:
-        assert (repo / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in FIGURES.values():
+        assert (repo / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     shown = json.loads(run(repo, "dvc", "metrics", "show", "--json"))
     files = next(iter(shown.values()))["data"]
     assert set(files) == {"metrics/test.json", "metrics/skipped.json"}  # what a reviewer compares, only
@@ -204,8 +195,7 @@ def test_repro_writes_metrics_models_and_plots_for_both_models(dvc_repo, finishe
     plots = json.loads(run(repo, "dvc", "plots", "show", "--json"))
     # One chart per quantity, both models in it, and the figures: nothing drawn twice.
     charts = {"Train loss", "Valid loss", "Valid Dice", "Learning rate", PER_IMAGE_CHART}
-    assert set(plots["data"]) == charts | {f"plots/{png}.png" for png in PNGS}
-    assert {f"plots/{png}.png" for png in PNGS} <= set(plots["data"])
+    assert set(plots["data"]) == charts | {f"plots/{name}" for name in FIGURES.values()}
     per_image = plots["data"][PER_IMAGE_CHART][0]["content"]
     assert "pet_fraction" in json.dumps(per_image)  # the CSV is drawn, with its columns
     # The models are declared artifacts: once a version is registered with a GTO-style git tag,
