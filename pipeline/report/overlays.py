@@ -80,4 +80,4 @@ def class_legend(palette: Sequence[Sequence[int]], names: Sequence[str], wrong: 
     ``wrong``, a last entry for :func:`outcome_overlay`'s wrong pixels."""
     handles = [Patch(facecolor="none", edgecolor="grey", label=f"{names[0]} / ignored: photo")]
     handles += [Patch(color=np.asarray(c) / 255, label=n) for c, n in zip(palette[1:], names[1:], strict=True)]
-    return handles + ([Patch(color=WRONG / 255, label="wrong class")] if wrong else [])
+    return handles + ([Patch(color=WRONG / 255, label="wrong (over the predicted class)")] if wrong else [])

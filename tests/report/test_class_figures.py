@@ -133,5 +133,5 @@ def test_outcome_overlay_draws_right_pixels_in_the_palette_and_wrong_ones_marked
 
 def test_the_class_legend_names_every_class_and_the_wrong_pixels():
     names = [h.get_label() for h in class_legend(PALETTE, NAMES, wrong=True)]
-    assert names == ["background / ignored: photo", "road", "car", "wrong class"]
+    assert names == ["background / ignored: photo", "road", "car", "wrong (over the predicted class)"]
     assert [h.get_label() for h in class_legend(PALETTE, NAMES)] == names[:-1]
