@@ -51,7 +51,7 @@ def test_a_folder_dataset_runs_end_to_end_with_per_class_metrics(folder_run):
         metrics = json.loads((repo / "metrics" / "evaluation" / f"{model}.json").read_text())
         assert list(metrics["per_class"]) == NAMES
         for name in NAMES:
-            assert set(metrics["per_class"][name]) == {"iou", "dice", "pixels"}
+            assert set(metrics["per_class"][name]) == {"iou", "dice", "precision", "recall", "pixels"}
         present = [v["iou"] for v in metrics["per_class"].values() if v["iou"] is not None]
         assert metrics["miou"] == pytest.approx(float(np.mean(present)), abs=1e-12)
         assert 0.0 <= metrics["pixel_accuracy"] <= 1.0 and "best_valid_miou" in metrics

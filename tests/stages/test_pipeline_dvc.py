@@ -61,7 +61,7 @@ def _experiment(change: str):
 
     def job(repo: Path) -> tuple[str, dict]:
         out = run(repo, "dvc", "exp", "run", "-S", change)
-        return out, json.loads((repo / "metrics" / "unet.json").read_text())
+        return out, json.loads((repo / "metrics" / "evaluation" / "unet.json").read_text())
 
     return job
 
