@@ -1,7 +1,7 @@
 """End to end through the real `dvc` CLI, each test and job on its own copy of one finished tiny pipeline
-(conftest's finished_pipeline: synthetic data, every stage run once and committed). The experiments,
-the queue and the failing runs are DVC_JOBS, which conftest's dvc_jobs runs once each, when a test first
-reads it; the tests check what they returned."""
+(conftest's finished_pipeline: synthetic data, every stage run once and committed). The experiments and
+the queue are DVC_JOBS, which conftest's dvc_jobs runs once each, when a test first reads it; the tests
+check what they returned. Review and bad params: test_review_dvc.py."""
 
 import hashlib
 import json
@@ -16,7 +16,7 @@ import yaml
 from pipeline.core.constants import HEADLINE_METRICS
 from pipeline.evaluate.record import eval_record_path
 from pipeline.report.files import FIGURES
-from tests.support import ALL_STAGES, DVC, REPRO_LOG, dvc_env, edit_params, run, shipped_params, stages_run
+from tests.support import ALL_STAGES, REPRO_LOG, run, shipped_params, stages_run
 
 pytestmark = pytest.mark.e2e
 
@@ -99,68 +99,15 @@ def _queue(repo: Path) -> dict:
     }
 
 
-def _exp_show(repo: Path, *args: str, columns: int) -> str:
-    """`dvc exp show --no-pager` as a terminal ``columns`` characters wide would show it."""
-    env = dvc_env() | {"COLUMNS": str(columns)}
-    return subprocess.run([str(DVC), "exp", "show", "--no-pager", *args], cwd=repo, env=env, capture_output=True,
-                          text=True, check=True).stdout  # fmt: skip
-
-
-def _review(repo: Path) -> dict:
-    """Two experiments at other thresholds (so both models' scores change, and nothing retrains), then how
-    `dvc exp show` lays them out."""
-    for threshold in ("0.05", "0.1"):
-        run(repo, "dvc", "exp", "run", "-S", f"evaluate.threshold={threshold}")
-    return {
-        "wide": _exp_show(repo, columns=2000),
-        "narrow_changed": _exp_show(repo, "--only-changed", columns=160),
-    }
-
-
-def _reevaluate(repo: Path) -> dict:
-    """The same models evaluated again (new throughput, same scores), what follows from it, then `dvc
-    metrics diff`."""
-    ran = stages_run(run(repo, "dvc", "repro", "-f", "evaluate@unet", "evaluate@resnet34_unet"))
-    ran |= stages_run(run(repo, "dvc", "repro"))
-    return {"ran": ran, "diff": json.loads(run(repo, "dvc", "metrics", "diff", "--json"))}
-
-
-def _fails(*args: str, edit: dict | None = None):
-    """A dvc command expected to fail (after ``edit`` to params.yaml): its exit code, stdout and stderr."""
-
-    def job(repo: Path) -> tuple[int, str, str]:
-        if edit:
-            edit_params(repo, edit)
-        proc = subprocess.run([str(DVC), *args], cwd=repo, env=dvc_env(), capture_output=True, text=True)
-        return proc.returncode, proc.stdout, proc.stderr
-
-    return job
-
-
-BAD_CHANGES = {
-    "+learning_rate=1e-3": "unknown key learning_rate; did you mean lr?",
-    "lr=-1": "lr: must be greater than 0, got -1",
-    "image_size=100": "image_size must be a multiple of 32, got 100",
-    "loss=focal": "loss: must be 'ce_dice', 'dice' or 'ce', got 'focal'",
-}
-BAD_EDITS = {
-    "learning_rate": ({"learning_rate": 0.001}, "unknown key learning_rate; did you mean lr?"),
-    "treshold": ({"evaluate": {"treshold": 0.4}}, "unknown key evaluate.treshold; did you mean evaluate.threshold?"),
-}
-
 DVC_JOBS = {
     "image_size=64": _experiment("image_size=64"),
     "task=trimap": _experiment("task=trimap"),
     "lr": _lr_and_back,
     "export.check_images=3": _experiment("export.check_images=3"),
     "queue": _queue,
-    "review": _review,
-    "reevaluate": _reevaluate,
     "unet.base_channels=6": _experiment("unet.base_channels=6"),
     **{change: _experiment(change) for change in ("data.max_bad_fraction=0.2", "plot.num_images=3")},
     "data.url=http://127.0.0.1:9/pets": _experiment("data.url=http://127.0.0.1:9/pets"),
-    **{f"bad {change}": _fails("exp", "run", "-S", change) for change in BAD_CHANGES},
-    **{f"bad edit {key}": _fails("repro", edit=edit) for key, (edit, _) in BAD_EDITS.items()},
 }
 
 
@@ -307,50 +254,3 @@ def test_download_reruns_only_for_the_keys_its_source_uses(dvc_jobs, change):
     at_least, at_most = DOWNLOAD_RERUNS[change]
     ran, output = _rerun(dvc_jobs, change)
     assert at_least <= ran <= at_most, output
-
-
-# --- bad params: one error line, from validate, before any other stage --------------------------------
-
-
-def _one_error_from_validate(result: tuple[int, str, str]) -> str:
-    code, stdout, stderr = result
-    output = stdout + stderr
-    assert code != 0 and "Traceback" not in output, output
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, output
-    assert stages_run(output) == {"validate"}, output  # before any other stage
-    return errors[0]
-
-
-@pytest.mark.parametrize("change", BAD_CHANGES)
-def test_a_bad_or_unknown_param_fails_first_in_one_line(dvc_jobs, change):
-    assert _one_error_from_validate(dvc_jobs[f"bad {change}"]) == f"error: params.yaml: {BAD_CHANGES[change]}"
-
-
-@pytest.mark.parametrize("key", BAD_EDITS)
-def test_a_key_misspelt_in_params_yaml_fails_dvc_repro(dvc_jobs, key):
-    assert _one_error_from_validate(dvc_jobs[f"bad edit {key}"]) == f"error: params.yaml: {BAD_EDITS[key][1]}"
-
-
-# --- review: what `dvc exp show` and `dvc metrics diff` show --------------------------------------------
-
-
-def _header(table: str) -> list[str]:
-    """The column names of a `dvc exp show` table (its first line of text, between the rules)."""
-    line = next(line for line in table.splitlines() if line.strip() and not line.strip().startswith("─"))
-    return re.split(r"\s{2,}", line.strip())
-
-
-def test_exp_show_puts_both_models_dice_first_and_only_changed_fits_160_columns(dvc_jobs):
-    review = dvc_jobs["review"]
-    columns = _header(review["wide"])
-    assert columns[2:4] == ["dice.unet", "dice.resnet34_unet"]  # after Experiment and Created
-    narrow = review["narrow_changed"]
-    assert max(len(line.rstrip()) for line in narrow.splitlines()) <= 160
-    assert {"dice.unet", "dice.resnet34_unet"} <= set(_header(narrow))  # whole, not collapsed to "…"
-
-
-def test_metrics_diff_shows_no_change_when_the_same_models_are_evaluated_again(dvc_jobs):
-    reevaluated = dvc_jobs["reevaluate"]
-    assert {"evaluate@unet", "evaluate@resnet34_unet", "plot"} <= reevaluated["ran"]  # the metrics were rewritten
-    assert reevaluated["diff"] == {}
