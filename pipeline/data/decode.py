@@ -58,15 +58,42 @@ def check_trimap(trimap: np.ndarray) -> None:
         raise ValueError(f"trimap has values {bad.tolist()}; expected only 1 (pet), 2 (background), 3 (boundary)")
 
 
+# PIL's modes of one 16-bit channel; "I" (32-bit integers) is how older Pillows open a 16-bit grey PNG.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A one-channel 16-bit ``image`` (a mode of :data:`SIXTEEN_BIT_MODES`) as 8 bit, mode "L": the high
+    byte of each value, ``v // 256`` (mode "I" clipped to 0..65535 first).
+
+    The high byte is what PIL itself keeps of a 16-bit colour PNG or TIFF (it has no 16-bit RGB mode),
+    so a grey and a colour 16-bit photo follow one rule; it maps the dtype's full range (0..65535 to
+    0..255, within one level of ``round(v * 255 / 65535)``), not each photo's own min..max, so the same
+    value always gives the same pixel.
+    """
+    values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+    return Image.fromarray((values >> 8).astype(np.uint8))
+
+
 def open_image(path: Path, mode: str, undecodable: str) -> Image.Image:
-    """``path`` decoded fully: converted to ``mode``, except that a label map (mode "L" asked of an L or P
-    file) keeps its raw values. Raises :class:`BadPair` with :data:`MISSING_FILE` or ``undecodable``."""
+    """``path`` decoded fully and converted to ``mode``, except:
+
+    - a label map (mode "L" asked of an L, P or 16-bit file) keeps its raw values: uint8, or uint16/int32
+      for a 16-bit mask, whose values >= 256 its caller reports as bad values rather than wrapped or clipped;
+    - any other 16-bit one-channel file is first reduced to 8 bit by :func:`to_8bit` (a grey photo then
+      becomes RGB by repeating its channel).
+
+    Raises :class:`BadPair` with :data:`MISSING_FILE` or ``undecodable``.
+    """
     try:
         with Image.open(path) as img:
-            # A label map keeps its raw values: convert("L") would remap a palette by luminance.
-            if mode == "L" and img.mode in ("L", "P"):
-                img.load()  # decode fully, so a truncated file fails here, not later
+            img.load()  # decode fully, so a truncated file fails here, not later
+            # A label map keeps its raw values: convert("L") would remap a palette by luminance, and clip
+            # a 16-bit value to 255 (which may be the ignore index).
+            if mode == "L" and img.mode in ("L", "P", *SIXTEEN_BIT_MODES):
                 return img.copy()
+            if img.mode in SIXTEEN_BIT_MODES:
+                return to_8bit(img).convert(mode)
             return img.convert(mode)
     except FileNotFoundError:
         raise BadPair(MISSING_FILE, f"{path}: file not found; rerun the download and split stages") from None
@@ -75,8 +102,8 @@ def open_image(path: Path, mode: str, undecodable: str) -> Image.Image:
 
 
 def same_size(mask: Image.Image, image: Image.Image, path: Path, kind: str) -> np.ndarray:
-    """``mask`` (the ``kind`` of file at ``path``) as uint8 (H, W) if it has ``image``'s size; else raises
-    :class:`BadPair` with :data:`SIZE_MISMATCH`."""
+    """``mask`` (the ``kind`` of file at ``path``) as an array (H, W) of its raw values (uint8; uint16 or
+    int32 for a 16-bit file) if it has ``image``'s size; else raises :class:`BadPair` with :data:`SIZE_MISMATCH`."""
     if mask.size != image.size:
         raise BadPair(
             SIZE_MISMATCH,

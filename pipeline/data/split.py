@@ -102,22 +102,33 @@ def _listed(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
 
 
-def folder_split(root: Path, valid_fraction: float, test_fraction: float, seed: int) -> Split:
-    """The :class:`Split` of a folder dataset (pipeline/data/folder.py's layout).
+def split_files(root: Path) -> dict[str, Path] | None:
+    """A folder dataset's given split: split name ("train", "valid", "test") → its file in splits/, or None
+    without splits/ (a seeded split). ``val.txt``, the common name, serves as ``valid.txt``.
 
-    With splits/train.txt, valid.txt and test.txt, those lists (one stem a line); a stem listed twice
-    is left out as :data:`DUPLICATE` after its first entry. Without them, every stem of masks/ is one
-    list, "masks", drawn with ``random.Random(seed)`` from its sorted stems: ``round(test_fraction *
-    N)`` to test, then ``round(valid_fraction * rest)`` to valid. A stem whose photo or mask is missing
-    is left out as :data:`MISSING_FILE`. Raises UserError if a split would be empty.
+    Raises UserError, in one line naming the files expected and the ones found, if splits/ exists without
+    all three (a partial or misnamed set would otherwise be taken for no split at all), or holds both
+    ``val.txt`` and ``valid.txt``.
     """
-    root = Path(root)
-    splits_dir = root / "splits"
-    given = all((splits_dir / f"{name}.txt").is_file() for name in SPLITS)
-    lists = {name: _listed(splits_dir / f"{name}.txt") for name in SPLITS} if given else None
-    if lists is None:
-        lists = {"masks": sorted(p.stem for p in (root / "masks").glob("*.png"))}
-    listed = {name: len(stems) for name, stems in lists.items()}
+    splits_dir = Path(root) / "splits"
+    if not splits_dir.is_dir():
+        return None
+    found = sorted(path.name for path in splits_dir.iterdir())
+    if "val.txt" in found and "valid.txt" in found:
+        raise UserError(f"{splits_dir}: both val.txt and valid.txt; keep one of them as the valid split")
+    files = {"train": "train.txt", "valid": "val.txt" if "val.txt" in found else "valid.txt", "test": "test.txt"}
+    if not set(files.values()) <= set(found):
+        raise UserError(
+            f"{splits_dir}: expected train.txt, valid.txt (or val.txt) and test.txt, found "
+            f"{', '.join(found) or 'nothing'}; add the missing ones or delete splits/ for a seeded split"
+        )
+    return {name: splits_dir / file for name, file in files.items()}
+
+
+def _usable(
+    root: Path, files: dict[str, Path] | None, lists: dict[str, list[str]]
+) -> tuple[dict[str, list[str]], dict[str, list[Skipped]]]:
+    """Each list's stems with both files, and the entries left out (DUPLICATE, MISSING_FILE)."""
     skipped: dict[str, list[Skipped]] = {name: [] for name in lists}
     usable: dict[str, list[str]] = {}
     seen: set[str] = set()
@@ -125,7 +136,7 @@ def folder_split(root: Path, valid_fraction: float, test_fraction: float, seed: 
         usable[name] = []
         for stem in stems:
             if stem in seen:
-                detail = f"{splits_dir}/{name}.txt: {stem} is listed twice; delete one"
+                detail = f"{files[name]}: {stem} is listed twice; delete one"
                 skipped[name].append(Skipped(stem, DUPLICATE, detail))
                 continue
             seen.add(stem)
@@ -135,7 +146,28 @@ def folder_split(root: Path, valid_fraction: float, test_fraction: float, seed: 
                 skipped[name].append(Skipped(stem, MISSING_FILE, detail))
                 continue
             usable[name].append(stem)
-    if given:
+    return usable, skipped
+
+
+def folder_split(root: Path, valid_fraction: float, test_fraction: float, seed: int) -> Split:
+    """The :class:`Split` of a folder dataset (pipeline/data/folder.py's layout).
+
+    With splits/ (:func:`split_files`), its three lists (one stem a line); a stem listed twice is left out
+    as :data:`DUPLICATE` after its first entry. Without it, every stem of masks/ is one list, "masks",
+    drawn with ``random.Random(seed)`` from its sorted stems: ``round(test_fraction * N)`` to test, then
+    ``round(valid_fraction * rest)`` to valid. A stem whose photo or mask is missing is left out as
+    :data:`MISSING_FILE`. Raises UserError if splits/ is incomplete (:func:`split_files`), a stem has two
+    photos or masks (:func:`pipeline.data.folder.image_path`), or a split would be empty.
+    """
+    root = Path(root)
+    files = split_files(root)
+    if files is None:
+        lists = {"masks": folder.mask_stems(root)}
+    else:
+        lists = {name: _listed(path) for name, path in files.items()}
+    listed = {name: len(stems) for name, stems in lists.items()}
+    usable, skipped = _usable(root, files, lists)
+    if files is not None:
         split = usable
     else:
         stems = usable["masks"]

@@ -1,5 +1,5 @@
 """make_split: the train/valid/test lists from the official list files, reproducible for a seed, skipping
-listed pairs whose files are missing."""
+listed pairs whose files are missing; a folder dataset's splits/ (all three files, val.txt for valid.txt)."""
 
 import shutil
 from pathlib import Path
@@ -9,7 +9,8 @@ import pytest
 from pipeline.core.errors import UserError
 from pipeline.data.layout import image_path, read_stems, trimap_path
 from pipeline.data.report import MISSING_FILE
-from pipeline.data.split import make_split
+from pipeline.data.split import make_split, split_dataset
+from pipeline.data.synthetic import make_synthetic_folder
 
 
 def _stub_dataset(root: Path, n_trainval: int, n_test: int) -> Path:
@@ -98,3 +99,69 @@ def test_make_split_skips_and_counts_stems_without_files(synthetic_root, tmp_pat
 def test_make_split_raises_when_a_split_would_be_empty(stub_root):
     with pytest.raises(UserError, match="valid"):
         make_split(stub_root, 0.0, seed=0)
+
+
+# A folder dataset's splits/: stems of make_synthetic_folder's shape_<i>.
+GIVEN = {"train": ["shape_0", "shape_1", "shape_2"], "valid": ["shape_3"], "test": ["shape_4", "shape_5"]}
+
+
+@pytest.fixture(scope="module")
+def folder_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("folder") / "d"
+    make_synthetic_folder(root, 6, seed=0, classes=3)
+    return root
+
+
+def _with_splits(folder_root: Path, tmp_path: Path, files: dict[str, list[str]]) -> Path:
+    """A copy of ``folder_root`` whose splits/ holds ``files`` (file name → stems)."""
+    root = tmp_path / "d"
+    shutil.copytree(folder_root, root)
+    (root / "splits").mkdir()
+    for name, stems in files.items():
+        (root / "splits" / name).write_text("".join(f"{stem}\n" for stem in stems))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("files", "found"),
+    [
+        ({"train.txt": GIVEN["train"], "test.txt": GIVEN["test"]}, "test.txt, train.txt"),
+        (
+            {"training.txt": GIVEN["train"], "valid.txt": GIVEN["valid"], "test.txt": GIVEN["test"]},
+            "test.txt, training.txt, valid.txt",
+        ),
+        ({}, "nothing"),
+    ],
+    ids=["partial", "misnamed", "empty"],
+)
+def test_a_splits_folder_without_all_three_files_fails_in_one_line(folder_root, tmp_path, files, found):
+    root = _with_splits(folder_root, tmp_path, files)
+    with pytest.raises(UserError) as info:
+        split_dataset(root, 0.5, 0.5, seed=0)
+    assert str(info.value) == (
+        f"{root / 'splits'}: expected train.txt, valid.txt (or val.txt) and test.txt, found {found}; "
+        "add the missing ones or delete splits/ for a seeded split"
+    )
+
+
+def test_val_txt_is_taken_as_valid_txt(folder_root, tmp_path):
+    valid = _with_splits(folder_root, tmp_path / "valid", {f"{name}.txt": stems for name, stems in GIVEN.items()})
+    val = _with_splits(
+        folder_root,
+        tmp_path / "val",
+        {"train.txt": GIVEN["train"], "val.txt": GIVEN["valid"] * 2, "test.txt": GIVEN["test"]},
+    )
+    a, b = split_dataset(valid, 0.5, 0.5, seed=0), split_dataset(val, 0.5, 0.5, seed=0)
+    assert (b.train, b.valid, b.test) == (a.train, a.valid, a.test) == tuple(GIVEN.values())
+    assert b.listed == {"train": 3, "valid": 2, "test": 2}
+    # The duplicate's message names the file the stem is listed in.
+    assert [s.detail for s in b.skipped["valid"]] == [
+        f"{val / 'splits' / 'val.txt'}: shape_3 is listed twice; delete one"
+    ]
+
+
+def test_both_val_txt_and_valid_txt_fail_in_one_line(folder_root, tmp_path):
+    files = {f"{name}.txt": stems for name, stems in GIVEN.items()} | {"val.txt": GIVEN["valid"]}
+    root = _with_splits(folder_root, tmp_path, files)
+    with pytest.raises(UserError, match=r"splits: both val.txt and valid.txt; keep one of them as the valid split$"):
+        split_dataset(root, 0.5, 0.5, seed=0)
