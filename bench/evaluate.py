@@ -74,7 +74,7 @@ def write_split(folder: Path, n: int, size: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     pool = rng.integers(0, 256, (16, size, size, 3), dtype=np.uint8)
     mask, natives = ellipse(size, size), [(shape, pack_mask(ellipse(*shape))) for shape in SHAPES]
-    with CacheWriter(folder, size, ignore=False) as writer:
+    with CacheWriter(folder, (size, size), ignore=False) as writer:
         for i in range(n):
             breed, species = ("Synthcat", "cat") if i % 2 else ("synthdog", "dog")
             shape, bits = natives[i % len(natives)]
@@ -116,10 +116,12 @@ def setup(work: Path, size: int, batch_size: int) -> list[str]:
     write_split(work / "valid", 8, size, seed=1)  # not read under threshold 0.5, but a real cache
     model = build_model("unet", **ARCH)
     classes = classes_to_json(BINARY_PETS)
-    info = {"epoch": 1, "valid_dice": 0.0, "image_size": size, "out_channels": 1, "classes": classes}
+    resize = {"mode": "square", "side": size}
+    info = {"epoch": 1, "valid_dice": 0.0, "image_size": size, "out_channels": 1, "classes": classes, "resize": resize}
     save_checkpoint(work / "unet.pt", "unet", ARCH, model.state_dict(), **info)
     images = prepare(load_cache(work / "valid").images[: params["export"]["check_images"]])
     metadata = {"model": "unet", "image_size": str(size), "best_epoch": "1", "classes": json.dumps(classes)}
+    metadata["resize"] = json.dumps(resize)
     export_checked(model, work / "unet.onnx", metadata, images, params["export"]["opset"], 1e-3)
     names = ("metrics", "per-image", "per-breed", "predictions", "record")
     outputs = ("unet.json", "per_image.csv", "per_breed.csv", "pred.npz", "unet.eval.json")

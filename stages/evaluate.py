@@ -25,9 +25,10 @@ from pipeline.core.device import decide
 from pipeline.core.errors import UserError
 from pipeline.core.io import atomic_path, write_csv, write_json
 from pipeline.core.messages import plural
-from pipeline.core.params import load_params
+from pipeline.core.params import Evaluate, load_params
 from pipeline.core.runner import run_stage
 from pipeline.data.cache import CachedSplit, load_cache
+from pipeline.data.geometry import describe, resize_to_json
 from pipeline.data.masks import PackedMasks
 from pipeline.evaluate.confusion import task_metric
 from pipeline.evaluate.inference import LoadedModel, iter_logits, load_model, onnx_forward
@@ -44,17 +45,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"evaluate: {'; '.join(said)}")
     model = load_model(Path(args.checkpoint), compute.device, compute.dtype)
     onnx_diff = _onnx_parity(Path(args.onnx))
-    tta, batch_size = params.evaluate.tta, params.evaluate.batch_size
+    tta, batch_size, window = params.evaluate.tta, params.evaluate.batch_size, params.evaluate.window
     test = _checked_split(args.test, model, args.checkpoint)
     threshold = None  # a multi-class model has none: `auto` searches nothing and reads no valid split
     if model.classes.binary:
         threshold = params.evaluate.threshold
         if threshold == "auto":
-            threshold = _best_threshold(_checked_split(args.valid, model, args.checkpoint), model, batch_size, tta)
+            valid = _checked_split(args.valid, model, args.checkpoint)
+            threshold = _best_threshold(valid, model, params.evaluate)
     cut = DEFAULT_THRESHOLD if threshold is None else threshold
-    scorer, seconds = Scorer(test.masks, test.native, model.classes.count, cut, test.native_ignore), 0.0
-    # Batch by batch: the split's logits (N x L x S x S float32) are never held at once.
-    for logits, spent in iter_logits(model.forward, test.images, batch_size, tta):
+    scorer = Scorer(test.masks, test.native, model.classes.count, cut, test.native_ignore, test.sizes)
+    seconds = 0.0
+    # Batch by batch: the split's logits (N x L x H x W float32) are never held at once.
+    for logits, spent in iter_logits(model.forward, test.images, batch_size, tta, window):
         scorer.add(logits)
         seconds += spent
     scored = scorer.result()
@@ -99,12 +102,12 @@ def _onnx_parity(path: Path) -> float:
 
 
 def _checked_split(path: str, model: LoadedModel, checkpoint: str) -> CachedSplit:
-    """The cache at ``path``. Raises UserError if its size or classes are not those ``model`` was trained for."""
+    """The cache at ``path``. Raises UserError if its scale or classes are not those ``model`` was trained for."""
     split = load_cache(Path(path))
-    if split.images.shape[1] != model.image_size:
+    if split.resize != model.resize:
         raise UserError(
-            f"{path}: images are {split.images.shape[1]} px but {checkpoint} was trained at "
-            f"{model.image_size} px; run dvc repro"
+            f"{path}: photos cached {describe(split.resize)} but {checkpoint} was trained on photos "
+            f"{describe(model.resize)}; run dvc repro"
         )
     if split.classes.names != model.classes.names:
         raise UserError(
@@ -114,10 +117,10 @@ def _checked_split(path: str, model: LoadedModel, checkpoint: str) -> CachedSpli
     return split
 
 
-def _best_threshold(valid: CachedSplit, model: LoadedModel, batch_size: int, tta: str) -> float:
+def _best_threshold(valid: CachedSplit, model: LoadedModel, settings: Evaluate) -> float:
     """``evaluate.threshold: auto``: the threshold of the best native Dice on ``valid``, batch by batch."""
-    search = ThresholdSearch(valid.native, native_ignore=valid.native_ignore)
-    for logits, _ in iter_logits(model.forward, valid.images, batch_size, tta):
+    search = ThresholdSearch(valid.native, native_ignore=valid.native_ignore, sizes=valid.sizes)
+    for logits, _ in iter_logits(model.forward, valid.images, settings.batch_size, settings.tta, settings.window):
         search.add(logits)
     return search.best()
 
@@ -131,6 +134,7 @@ def _run_facts(
         "threshold": threshold,
         "tta": tta,
         "image_size": model.image_size,
+        "resize": resize_to_json(model.resize),
         "images_per_s": images_per_s,
         "device": device,
         "onnx_max_abs_diff": onnx_diff,

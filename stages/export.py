@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "image_size": str(ckpt["image_size"]),
         "best_epoch": str(ckpt["epoch"]),
         "classes": json.dumps(ckpt["classes"]),
+        "resize": json.dumps(ckpt["resize"]),
     }
     diff = export_checked(model, Path(args.out), metadata, images, opset, tolerance)
     checked = f"{len(images)} {plural(len(images), 'image')}"

@@ -13,7 +13,10 @@ from pipeline.core.messages import plural
 from pipeline.core.params import load_params
 from pipeline.core.runner import run_stage
 from pipeline.data.archives import opened
+from pipeline.data.balance import class_report
 from pipeline.data.build import resolve_workers, write_cache
+from pipeline.data.cache import load_cache
+from pipeline.data.geometry import Resize, describe
 from pipeline.data.layout import read_stems
 from pipeline.data.report import SPLITS, build_report, check_report, read_split_summary, skipped_metric, summary_line
 
@@ -35,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report", required=True, help="output .json: the skipped pairs, their reasons and fixes")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    size, boundary, task = params.image_size, params.preprocess.boundary, params.task
+    resize = Resize(params.preprocess.resize, params.cache_side)
+    boundary, task = params.preprocess.boundary, params.task
     workers = resolve_workers(params.preprocess.workers)
     listed, list_skips = read_split_summary(Path(args.splits) / "summary.json")
     used, split_skips = {}, {}
@@ -43,10 +47,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     with opened(Path(args.raw)) as root, atomic_path(args.out) as out:
         for name in SPLITS:
             stems = read_stems(Path(args.splits) / f"{name}.txt")
-            used[name], split_skips[name] = write_cache(root, stems, out / name, size, boundary, workers, task=task)
+            used[name], split_skips[name] = write_cache(root, stems, out / name, resize, boundary, workers, task=task)
             images, processes = plural(used[name], "image"), plural(workers, "decode process")
-            print(f"preprocess: {name}: {used[name]} {images} at {size}x{size} ({workers} {processes})")
+            print(f"preprocess: {name}: {used[name]} {images} {describe(resize)} ({workers} {processes})")
         report = build_report(listed, list_skips, used, split_skips)
+        train = load_cache(out / "train")
+        report["train_classes"] = class_report(train.classes.names, train.counts)
         write_json(args.report, report)
         write_json(args.metrics, skipped_metric(report))
         print(f"preprocess: {summary_line(report)}; see {args.report}")

@@ -18,12 +18,13 @@ from typing import Any
 from dvclive import Live
 
 from pipeline.core.constants import SCORE_LABELS
-from pipeline.core.device import choose_device, decide
+from pipeline.core.device import Compute, choose_device, decide
 from pipeline.core.errors import UserError
 from pipeline.core.messages import plural
 from pipeline.core.params import Params, load_params
 from pipeline.core.runner import report_progress, run_stage
-from pipeline.data.cache import load_cache
+from pipeline.data.balance import class_weights
+from pipeline.data.cache import CachedSplit, load_cache
 from pipeline.models.registry import check_options
 from pipeline.train import distributed
 from pipeline.train.config import RunConfig, TrainConfig, train_config
@@ -83,9 +84,8 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
     rank0 = distributed.rank() == 0
     # Rank 0 puts the dvclive folder back with the state and says so; the others only read the state.
     state = store.load() if rank0 else load_state(store.path, inputs)[0]
-    checkpoint, sync = Path(args.checkpoint), params.train.sync_batchnorm
-    config = RunConfig(args.model, arch, cfg, checkpoint, train.classes, compute, sync_batchnorm=sync)
-    data = (train.images, train.masks), (valid.images, valid.masks)
+    config = _run_config(args, params, cfg, arch, train, compute)
+    data = Arrays(train.images, train.masks, train.sizes), Arrays(valid.images, valid.masks)
     if not rank0:
         fit(config, *data, lambda epoch, record: None, state)  # fit() writes and prints nothing on this rank
         return
@@ -97,6 +97,32 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
     print(
         f"train {args.model}: best valid {label} {result.best_valid:.4f} at epoch {result.best_epoch}, "
         f"stopped after epoch {result.last_epoch}, in {result.seconds:.0f} s → {args.checkpoint}"
+    )
+
+
+def _run_config(
+    args: argparse.Namespace,
+    params: Params,
+    cfg: TrainConfig,
+    arch: dict[str, Any],
+    train: CachedSplit,
+    compute: Compute,
+) -> RunConfig:
+    """The run's :class:`RunConfig`: the model, its settings, the train cache's classes and scale, the class
+    weights for its pixel counts. Raises UserError as :func:`~pipeline.data.balance.class_weights`."""
+    weights = class_weights(cfg.class_weights, train.counts)
+    return RunConfig(
+        args.model,
+        arch,
+        cfg,
+        Path(args.checkpoint),
+        train.classes,
+        compute,
+        sync_batchnorm=params.train.sync_batchnorm,
+        resize=train.resize,
+        image_size=params.image_size,
+        crops_per_image=params.train.crops_per_image,
+        class_weights=None if weights is None else tuple(weights.tolist()),
     )
 
 

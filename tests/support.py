@@ -80,6 +80,14 @@ ALL_STAGES = {
     "evaluate@resnet34_unet",
     "plot",
 }
+
+
+def square(size: int) -> dict:
+    """A checkpoint's or ONNX export's ``resize`` record of photos squashed to ``size`` x ``size`` pixels."""
+    return {"mode": "square", "side": size}
+
+
+SQUARE_32, SQUARE_64 = square(32), square(64)
 REPRO_LOG = "repro.log"  # the finished pipeline's `dvc repro` output, beside its repository (conftest.py)
 # The smallest pipeline that runs every stage: 16 synthetic images at 32 px, 1 epoch of tiny models, in
 # bf16 (native on a CPU with AVX512-BF16, emulated elsewhere: either way the bf16 path runs end to end).

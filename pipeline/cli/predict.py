@@ -26,6 +26,7 @@ from pipeline.cli.segment import predict_masks, resolve_settings
 from pipeline.core.device import choose_device, choose_precision, probe
 from pipeline.core.errors import UserError
 from pipeline.core.messages import hide_bar, plural
+from pipeline.data.geometry import describe
 from pipeline.evaluate.inference import load_model
 
 
@@ -66,7 +67,7 @@ def run(
     model = load_model(Path(weights), where, choose_precision(precision, probe(where)).value)
     settings = resolve_settings(Path(weights), model, threshold, tta)
     count = f"{len(files)} {plural(len(files), 'image')}"
-    print(f"predict: {model.name} at {model.image_size} px, {settings.note}, {count} into {out}")
+    print(f"predict: {model.name}, photos {describe(model.resize)}, {settings.note}, {count} into {out}")
     _make_folder(out)
     with tqdm(total=len(files), desc="predict", unit="img", disable=hide_bar(progress)) as bar:
         for batch in _batches(_decoded(files, problems, bar), batch_size):

@@ -12,6 +12,7 @@ from pipeline.cli.options import DEFAULT_TTA
 from pipeline.core.constants import DEFAULT_THRESHOLD
 from pipeline.core.errors import UserError
 from pipeline.data.decode import resize_image
+from pipeline.data.geometry import pad, padded
 from pipeline.evaluate.inference import LoadedModel, native_labels, predict_logits
 from pipeline.evaluate.record import eval_record_path, read_eval_record
 
@@ -68,11 +69,16 @@ def resolve_settings(weights: Path, model: LoadedModel, threshold: float | None,
 
 
 def predict_masks(model: LoadedModel, images: Sequence[Image.Image], settings: Settings) -> list[np.ndarray]:
-    """Label maps for RGB photos of any sizes, each uint8 (H, W) at its photo's own size, the photos run as one
-    batch at the model's ``image_size`` (:func:`~pipeline.evaluate.inference.native_labels`, as the evaluate
-    stage labels them): a binary model's class 1 where sigmoid > ``settings.threshold``, a multi-class
-    model's highest logit's class."""
-    small = np.stack([resize_image(image, model.image_size) for image in images])
-    logits, _ = predict_logits(model.forward, small, len(small), settings.tta)
+    """Label maps for RGB photos of any sizes, each uint8 (H, W) at its photo's own size. Each photo is taken
+    as the evaluate stage takes the cache's: scaled by the model's ``resize``, padded to a multiple of 32,
+    its logits cut to the photo and resized to its own size (:func:`~pipeline.evaluate.inference.native_labels`):
+    a binary model's class 1 where sigmoid > ``settings.threshold``, a multi-class model's highest logit's
+    class. Photos run one at a time: kept-aspect photos differ in shape."""
     threshold = DEFAULT_THRESHOLD if settings.threshold is None else settings.threshold
-    return [native_labels(lg, image.height, image.width, threshold) for lg, image in zip(logits, images, strict=True)]
+    labels = []
+    for image in images:
+        height, width = model.resize.scaled(image.height, image.width)
+        small = pad(resize_image(image, (height, width)), *padded(height, width), 0)
+        logits, _ = predict_logits(model.forward, small[None], 1, settings.tta)
+        labels.append(native_labels(logits[0, :, :height, :width], image.height, image.width, threshold))
+    return labels

@@ -19,8 +19,11 @@ INIT_SCHEMES = ("default", "kaiming")
 TTA_MODES = ("none", "hflip")
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# What the pets are segmented into: pet vs background, or the trimap's three classes.
-TASKS = ("binary", "trimap")
+# What is segmented: `auto` takes a folder dataset's classes from its classes.yaml (the pets: binary); `binary`
+# is pet vs background (a folder dataset of exactly two classes); `trimap` the pets' trimap's three classes.
+TASKS = ("auto", "binary", "trimap")
+# How photos are scaled (pipeline.data.geometry): squashed to a square, or the short side set, aspect kept.
+RESIZE_MODES = ("square", "keep_aspect")
 # What the trimap's boundary band (value 3, dataset README) counts as.
 BOUNDARY_POLICIES = ("pet", "background", "ignore")
 

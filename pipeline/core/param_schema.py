@@ -20,6 +20,7 @@ from pipeline.core.param_training import AugmentOptions, ResNet34UNetSection, Tr
 from pipeline.core.param_types import (
     AutoOrCount,
     AutoOrProbability,
+    AutoOrSide,
     ClassCount,
     Count,
     Fraction,
@@ -27,6 +28,7 @@ from pipeline.core.param_types import (
     NonNegative,
     Section,
     Seed,
+    WindowSide,
     allowed,
 )
 
@@ -69,7 +71,19 @@ class Split(Section):
 
 
 class Preprocess(Section):
-    """``preprocess``: what the trimap's boundary band counts as, and how many processes decode the pairs."""
+    """``preprocess``: the scale photos are cached at, what the trimap's boundary band counts as, and how many
+    processes decode the pairs."""
+
+    resize: Literal[constants.RESIZE_MODES] = Field(
+        "square",
+        description="`square`: every photo squashed to `image_size` x `image_size`; `keep_aspect`: its short side "
+        "scaled to `preprocess.short_side` with the aspect kept, training on random `image_size` crops and "
+        "evaluating whole images (docs/data.md#scale-and-aspect)",
+    )
+    short_side: AutoOrSide = Field(
+        "auto",
+        description="`keep_aspect` only: the short side of every cached photo, in pixels; `auto` = `image_size`",
+    )
 
     boundary: Literal[constants.BOUNDARY_POLICIES] = Field(
         description="`task: binary` on the pets: what the trimap's boundary band (value 3) counts as; `ignore` "
@@ -93,6 +107,12 @@ class Evaluate(Section):
         description="test-time augmentation: `hflip` takes the mean of the logits of the image and its mirror"
     )
     batch_size: Count = Field(description="images per forward pass")
+    window: WindowSide = Field(
+        0,
+        description="`0`: each image whole (padded to a multiple of 32); else the side in pixels (a multiple of "
+        "32) of a sliding window, half a window apart, whose logits are averaged where they overlap: for images "
+        "too large to take whole",
+    )
 
 
 class Export(Section):
@@ -144,8 +164,9 @@ class Params(ComputeKeys, TrainKeys):
 
     task: Literal[constants.TASKS] = Field(
         "binary",
-        description="the pets: `binary` (pet vs background) or `trimap` (background, pet, boundary); a folder "
-        "dataset's classes come from its classes.yaml instead",
+        description="`auto`: a folder dataset's classes from its classes.yaml, the pets' `binary`; `binary`: the "
+        "pets' pet vs background, or a folder dataset of two classes; `trimap`: the pets' background, pet and "
+        "boundary",
     )
     image_size: Annotated[
         int, Field(strict=True, ge=SIZE_MULTIPLE), allowed(f"a multiple of {SIZE_MULTIPLE}, >= {SIZE_MULTIPLE}")
@@ -167,12 +188,24 @@ class Params(ComputeKeys, TrainKeys):
             raise ValueError(f"image_size must be a multiple of {SIZE_MULTIPLE}, got {self.image_size}")
         for model in constants.MODELS:
             merged = self.merged(model)
+            if merged["loss"] == "dice" and merged["class_weights"] != "none":
+                raise ValueError(
+                    f"{model}: class_weights weigh the cross-entropy, and loss: dice has none; use ce_dice or ce, "
+                    "or class_weights: none"
+                )
             if merged["warmup_epochs"] > merged["epochs"] - 1:
                 raise ValueError(
                     f"{model}: warmup_epochs ({merged['warmup_epochs']}) must leave at least one epoch of "
                     f"the schedule (epochs: {merged['epochs']})"
                 )
         return self
+
+    @property
+    def cache_side(self) -> int:
+        """The side of :class:`pipeline.data.geometry.Resize` in pixels: ``image_size`` under ``square``, else
+        ``preprocess.short_side`` (``auto``: ``image_size``)."""
+        side = self.preprocess.short_side
+        return self.image_size if self.preprocess.resize == "square" or side == "auto" else side
 
     def merged(self, model: str) -> dict[str, Any]:
         """The shared training keys with ``model``'s section's overrides applied."""

@@ -11,6 +11,7 @@ from pydantic import Field, create_model, model_validator
 from pipeline.core import constants
 from pipeline.core.param_types import (
     AutoOrWorkers,
+    ClassWeights,
     Count,
     CountOrZero,
     Flag,
@@ -51,6 +52,13 @@ class TrainKeys(Section):
     loss: Literal[constants.LOSSES] = Field(
         description="cross-entropy + soft Dice, soft Dice, or cross-entropy: the sigmoid form for a binary task, "
         "the softmax form for C classes (docs/training.md#tasks-and-losses)"
+    )
+    class_weights: ClassWeights = Field(
+        "none",
+        description="weights of the classes in the cross-entropy (a binary task: BCE's positive weight w1 / w0): "
+        "`none`; `median_frequency` (Eigen & Fergus 2015: median class frequency / the class's, from the train "
+        "split's pixel counts in metrics/data.json); or one weight per class, `[w0, w1, ...]`. The Dice term "
+        "stays an unweighted mean over the classes present",
     )
     seed: Seed = Field(description="the seed of the initial weights, the data order and each sample's augmentation")
     augment: Literal[constants.AUGMENT_LEVELS] = Field(
@@ -146,7 +154,12 @@ class AugmentOptions(Section):
         "uncovers count in no loss; 0 = off",
     )
     crop_scale: Annotated[tuple[Number, Number], allowed("[lo, hi], 0 < lo <= hi <= 1")] = Field(
-        (0.5, 1.0), description="range of the area fraction of the random resized crop"
+        (0.5, 1.0), description="`preprocess.resize: square`: range of the area fraction of the random resized crop"
+    )
+    scale: Annotated[tuple[Number, Number], allowed("[lo, hi], 0 < lo <= hi")] = Field(
+        (0.5, 2.0),
+        description="`preprocess.resize: keep_aspect`: range of the random rescale of a cached photo before its "
+        "`image_size` crop (mmsegmentation's ratio_range)",
     )
     jitter: NonNegative = Field(
         0.2,
@@ -158,6 +171,9 @@ class AugmentOptions(Section):
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"crop_scale must be two area fractions 0 < lo <= hi <= 1, got {[lo, hi]}")
+        lo, hi = self.scale
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale must be two factors 0 < lo <= hi, got {[lo, hi]}")
         return self
 
 
@@ -168,6 +184,11 @@ class Train(Section):
         1,
         description="training processes: 1 = one plain process; more run under torchrun (DistributedDataParallel, "
         "one a GPU), `batch_size` staying the global batch (docs/scaling.md)",
+    )
+    crops_per_image: Count = Field(
+        1,
+        description="random crops drawn from each train image an epoch (each with its own augmentation), so a "
+        "few large images still make an epoch of batches",
     )
     sync_batchnorm: Flag = Field(
         False,

@@ -2,10 +2,13 @@
 "auto"-or-value kinds, with the checks YAML needs (its ``true`` is not 1, ``3e-4`` is a number), and
 the base of every section."""
 
+import math
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.fields import FieldInfo
+
+from pipeline.core.constants import SIZE_MULTIPLE
 
 
 def allowed(text: str) -> FieldInfo:
@@ -36,6 +39,9 @@ Name = Annotated[str, Field(strict=True, min_length=1)]
 _AUTO_OR_COUNT = "auto or a whole number >= 1"
 _AUTO_OR_WORKERS = "auto or a whole number >= 0"
 _AUTO_OR_PROBABILITY = "a number strictly between 0 and 1, or auto"
+_AUTO_OR_SIDE = f"auto or a whole number of pixels >= {SIZE_MULTIPLE}"
+_WINDOW = f"0 (whole images) or a multiple of {SIZE_MULTIPLE} pixels"
+_CLASS_WEIGHTS = "none, median_frequency or [w0, w1, ...], one number >= 0 per class"
 _CLASS_COUNT = "0 (synthetic pets) or a number of classes from 2 to 255 (a synthetic folder dataset)"
 
 
@@ -70,6 +76,31 @@ def auto_or_count(value: Any) -> int | str:
     raise ValueError(f"must be {_AUTO_OR_COUNT}")
 
 
+def side(value: Any) -> int:
+    """A short side in pixels: a whole number >= 32. Raises ValueError otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= SIZE_MULTIPLE:
+        return value
+    raise ValueError(f"must be {_AUTO_OR_SIDE}")
+
+
+def window(value: Any) -> int:
+    """``evaluate.window``: 0 or a positive multiple of 32 pixels. Raises ValueError otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0 and value % SIZE_MULTIPLE == 0:
+        return value
+    raise ValueError(f"must be {_WINDOW}")
+
+
+def class_weight_spec(value: Any) -> str | list[float]:
+    """``class_weights``: "none", "median_frequency", or a list of at least two numbers >= 0 (as floats; not
+    true/false, NaN or infinities). Raises ValueError otherwise."""
+    if value in ("none", "median_frequency"):
+        return value
+    if isinstance(value, list) and len(value) >= 2:
+        if all(isinstance(w, int | float) and not isinstance(w, bool) and 0 <= w < math.inf for w in value):
+            return [float(w) for w in value]
+    raise ValueError(f"must be {_CLASS_WEIGHTS}")
+
+
 def class_count(value: Any) -> int:
     """``data.synthetic_classes``: 0 (the pets, with trimaps) or a class count >= 2 (a folder dataset). Raises
     ValueError otherwise."""
@@ -81,6 +112,9 @@ def class_count(value: Any) -> int:
 AutoOrCount = Annotated[int | str, BeforeValidator(auto_or_count), allowed(_AUTO_OR_COUNT)]
 AutoOrWorkers = Annotated[int | str, auto_or(loader_workers), allowed(_AUTO_OR_WORKERS)]
 AutoOrProbability = Annotated[float | str, auto_or(probability), allowed(_AUTO_OR_PROBABILITY)]
+AutoOrSide = Annotated[int | str, auto_or(side), allowed(_AUTO_OR_SIDE)]
+WindowSide = Annotated[int, BeforeValidator(window), allowed(_WINDOW)]
+ClassWeights = Annotated[str | list[float], BeforeValidator(class_weight_spec), allowed(_CLASS_WEIGHTS)]
 ClassCount = Annotated[int, BeforeValidator(class_count), allowed(_CLASS_COUNT)]
 
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from pipeline.core.errors import UserError, first_line
 from pipeline.core.messages import describe
-from pipeline.core.param_schema import MODEL_SECTIONS, Data, Params, SyntheticImages
+from pipeline.core.param_schema import MODEL_SECTIONS, Data, Evaluate, Params, SyntheticImages
 from pipeline.core.param_training import AugmentOptions, ModelTraining, TrainKeys
 from pipeline.core.param_types import ClassCount, Name, Section, Seed
 
@@ -23,6 +23,7 @@ __all__ = [
     "MODEL_SECTIONS",
     "AugmentOptions",
     "DownloadInputs",
+    "Evaluate",
     "ModelTraining",
     "Params",
     "TrainKeys",

@@ -23,6 +23,7 @@ from pipeline.core.messages import hide_bar
 from pipeline.core.orphans import die_with_parent
 from pipeline.data.cache import CachedSplit, CacheRow, CacheWriter
 from pipeline.data.decode import BadPair, resize_pair
+from pipeline.data.geometry import Resize, canvas, pad
 from pipeline.data.masks import BINARY, IGNORE, LABELS, PackedMasks, pack_mask
 from pipeline.data.report import Skipped
 from pipeline.data.sources import Source, open_source
@@ -39,25 +40,44 @@ def resolve_workers(value: int | str) -> int:
     return (os.cpu_count() or 1) if value == "auto" else value
 
 
-def decode_row(source: Source, stem: str, size: int) -> CacheRow | Skipped:
-    """One pair as the cache stores it (:meth:`Source.decode` then :func:`resize_pair`, its native mask
-    packed: a binary task's pet pixels, and its ignored pixels when ``source.ignores``; a multi-class task's
-    label map at depth :data:`~pipeline.data.masks.LABELS`), or, for a pair the source rejects, the
+def as_resize(size: Resize | int) -> Resize:
+    """``size`` as a :class:`Resize`: an int is the side of a square."""
+    return Resize("square", size) if isinstance(size, int) else size
+
+
+def split_canvas(source: Source, stems: list[str], resize: Resize) -> tuple[int, int]:
+    """The canvas (height, width) in pixels of a split of ``stems`` at ``resize``: the square itself, or the
+    largest scaled photo rounded up to a multiple of 32 (from the photos' headers; one that cannot be read is
+    left out, and a split of none gets the square of the short side)."""
+    if resize.mode == "square":
+        return resize.side, resize.side
+    shapes = [shape for shape in map(source.photo_size, stems) if shape is not None]
+    return canvas([resize.scaled(*shape) for shape in shapes] or [(resize.side, resize.side)])
+
+
+def decode_row(source: Source, stem: str, resize: Resize, board: tuple[int, int]) -> CacheRow | Skipped:
+    """One pair as the cache stores it (:meth:`Source.decode`, :func:`resize_pair` to the photo's size at
+    ``resize``, padded to the canvas ``board``: images with 0, masks with 255), its native mask packed (a
+    binary task's pet pixels, and its ignored pixels when ``source.ignores``; a multi-class task's label map
+    at depth :data:`~pipeline.data.masks.LABELS`), or, for a pair the source rejects, the
     :class:`~pipeline.data.report.Skipped` entry with its reason."""
     try:
         image, mask = source.decode(stem)
     except BadPair as err:
         return Skipped(stem, err.reason, str(err))
+    size = resize.scaled(*mask.shape)
     small_image, small_mask = resize_pair(image, mask, size)
+    small_image, small_mask = pad(small_image, *board, 0), pad(small_mask, *board, IGNORE)
     breed, species = source.breed_species(stem)
+    row = CacheRow(stem, breed, species, small_image, small_mask, mask.shape, pack_mask(mask, LABELS), size=size)
     if not source.classes.binary:
-        return CacheRow(stem, breed, species, small_image, small_mask, mask.shape, pack_mask(mask, LABELS))
+        return row
     ignored = pack_mask(mask == IGNORE) if source.ignores else None
-    return CacheRow(stem, breed, species, small_image, small_mask, mask.shape, pack_mask(mask == 1), ignored)
+    return replace(row, native_bits=pack_mask(mask == 1), ignore_bits=ignored)
 
 
-def _decode_chunk(source: Source, stems: list[str], size: int) -> list[CacheRow | Skipped]:
-    return [decode_row(source, stem, size) for stem in stems]
+def _decode_chunk(source: Source, stems: list[str], resize: Resize, board: tuple[int, int]) -> list[CacheRow | Skipped]:
+    return [decode_row(source, stem, resize, board) for stem in stems]
 
 
 def _init_worker(parent: int) -> None:
@@ -67,7 +87,9 @@ def _init_worker(parent: int) -> None:
     die_with_parent(parent)
 
 
-def decode_rows(source: Source, stems: list[str], size: int, workers: int = 1) -> Iterator[CacheRow | Skipped]:
+def decode_rows(
+    source: Source, stems: list[str], resize: Resize, board: tuple[int, int], workers: int = 1
+) -> Iterator[CacheRow | Skipped]:
     """:func:`decode_row` of every stem, in the order of ``stems``, by ``workers`` processes.
 
     With 1 the pairs are decoded here; with more, in a pool of forked processes, CHUNK pairs a task,
@@ -76,7 +98,7 @@ def decode_rows(source: Source, stems: list[str], size: int, workers: int = 1) -
     """
     if workers == 1:
         for stem in stems:
-            yield decode_row(source, stem, size)
+            yield decode_row(source, stem, resize, board)
         return
     # Forked workers inherit the imported modules; spawned ones would import them again, each pool.
     pool = ProcessPoolExecutor(
@@ -85,7 +107,7 @@ def decode_rows(source: Source, stems: list[str], size: int, workers: int = 1) -
     try:
         pending = deque()
         for start in range(0, len(stems), CHUNK):
-            pending.append(pool.submit(_decode_chunk, source, stems[start : start + CHUNK], size))
+            pending.append(pool.submit(_decode_chunk, source, stems[start : start + CHUNK], resize, board))
             if len(pending) >= workers * IN_FLIGHT:
                 yield from pending.popleft().result()
         while pending:
@@ -97,27 +119,29 @@ def decode_rows(source: Source, stems: list[str], size: int, workers: int = 1) -
 def build_cache(
     root: Path,
     stems: list[str],
-    size: int,
+    size: Resize | int,
     boundary: str,
     progress: bool = True,
     workers: int = 1,
-    task: str = "binary",
+    task: str = "auto",
 ) -> CachedSplit:
     """Decode every stem of the dataset at ``root`` (:func:`~pipeline.data.sources.open_source` with ``task``
     and ``boundary``) once, in RAM (tests, benchmarks; the preprocess stage streams with
-    :func:`write_cache` instead), keep its native-size mask, and resize it; skip the pairs that fail.
+    :func:`write_cache` instead), keep its native-size mask, and resize it (``size``: a :class:`Resize`, or
+    the side of a square) onto the split's canvas (:func:`split_canvas`); skip the pairs that fail.
 
     A pair the source rejects is left out of the arrays and listed in ``skipped`` with its reason and
     message, so the split holds the N good pairs of ``stems``, in their order. ``native_ignore`` is
     filled only for a binary task whose masks may hold ignored pixels. Raises UserError as
     :func:`~pipeline.data.sources.open_source`.
     """
-    source = open_source(root, task, boundary)
+    source, resize = open_source(root, task, boundary), as_resize(size)
+    board = split_canvas(source, stems, resize)
     # Room for every stem, sliced to the good ones at the end: one allocation, no copy.
-    images = np.empty((len(stems), size, size, 3), np.uint8)
-    masks = np.empty((len(stems), size, size), np.uint8)
+    images = np.empty((len(stems), *board, 3), np.uint8)
+    masks = np.empty((len(stems), *board), np.uint8)
     rows, skipped = [], []
-    decoded = decode_rows(source, stems, size, workers)
+    decoded = decode_rows(source, stems, resize, board, workers)
     # A context, so that an error mid-way ends the bar's line before its message is printed.
     with tqdm(decoded, desc="preprocess", total=len(stems), unit="img", disable=hide_bar(progress)) as bar:
         for row in bar:
@@ -139,6 +163,8 @@ def build_cache(
         PackedMasks.from_packed([row.ignore_bits for row in rows], shapes) if ignores else None,
         tuple(skipped),
         classes,
+        np.array([row.size for row in rows], np.int64).reshape(-1, 2),
+        resize,
     )
 
 
@@ -146,11 +172,11 @@ def write_cache(
     root: Path,
     stems: list[str],
     dest: Path,
-    size: int,
+    size: Resize | int,
     boundary: str,
     workers: int = 1,
     progress: bool = True,
-    task: str = "binary",
+    task: str = "auto",
 ) -> tuple[int, tuple[Skipped, ...]]:
     """Decode ``stems`` by ``workers`` processes (:func:`decode_rows`) into a cache folder at ``dest``
     (pipeline/data/cache.py's layout), atomically, a pair at a time: RAM does not grow with ``len(stems)``.
@@ -159,10 +185,10 @@ def write_cache(
     order of ``stems``. The folder holds what :func:`build_cache` returns for the same arguments.
     Raises UserError as :func:`~pipeline.data.sources.open_source`.
     """
-    skipped, source = [], open_source(root, task, boundary)
-    ignores = source.classes.binary and source.ignores
-    rows = closing(decode_rows(source, stems, size, workers))  # shut the pool down on any error
-    with atomic_path(dest) as tmp, CacheWriter(tmp, size, ignores, source.classes) as writer, rows as decoded:
+    skipped, source, resize = [], open_source(root, task, boundary), as_resize(size)
+    ignores, board = source.classes.binary and source.ignores, split_canvas(source, stems, resize)
+    rows = closing(decode_rows(source, stems, resize, board, workers))  # shut the pool down on any error
+    with atomic_path(dest) as tmp, CacheWriter(tmp, board, ignores, source.classes, resize) as writer, rows as decoded:
         # A context, so that an error mid-way ends the bar's line before its message is printed.
         with tqdm(decoded, desc="preprocess", total=len(stems), unit="img", disable=hide_bar(progress)) as bar:
             for row in bar:

@@ -1,16 +1,22 @@
 """The preprocessed cache: a folder per split, one .npy file per array, read memory-mapped.
 
-A split of N pairs at ``image_size`` S is a folder holding::
+A split of N pairs on a canvas of H x W pixels is a folder holding::
 
-    images.npy                  uint8 (N, S, S, 3)
-    masks.npy                   uint8 (N, S, S) in {0, 1, 255}
+    images.npy                  uint8 (N, H, W, 3)   each photo at its :class:`~pipeline.data.geometry.Resize`'s
+    masks.npy                   uint8 (N, H, W)      scale, top-left, padded with 0 (images) and 255 (masks)
+    sizes.npy                   int64 (N, 2)         each photo's (height, width) on the canvas, in pixels
     native_bits.npy             uint8 (B,)      the masks at each photo's own size, bit-packed (binary
     native_offsets.npy          int64 (N + 1,)  task) or a byte a pixel (multi-class):
     native_shapes.npy           int64 (N, 2)    pipeline.data.masks.PackedMasks' three arrays
     native_ignore_{bits,offsets,shapes}.npy     the same for the ignored pixels (binary tasks whose
                                                 masks may hold some: boundary: ignore, folder datasets)
     meta.json                   {"stems": [N str], "breeds": [N str], "species": [N str],
-                                 "classes": the task's classes (pipeline.data.classes.Classes)}
+                                 "classes": the task's classes (pipeline.data.classes.Classes),
+                                 "resize": the scale (pipeline.data.geometry.Resize),
+                                 "pixels": the masks' pixels by class (pipeline.data.balance.PixelCounts)}
+
+Under ``preprocess.resize: square`` the canvas is the square itself (H = W = S, sizes all (S, S)); under
+``keep_aspect`` it holds the split's largest scaled photo, rounded up to a multiple of 32.
 
 :class:`CacheWriter` appends a pair at a time, so writing holds one pair in RAM whatever N.
 :func:`load_cache` maps the arrays read-only (``np.load(mmap_mode="r")``): a stage reads only the
@@ -30,7 +36,9 @@ import numpy as np
 
 from pipeline.core.errors import UserError, first_line
 from pipeline.core.io import atomic_path
+from pipeline.data.balance import PixelCounts
 from pipeline.data.classes import BINARY_PETS, Classes, classes_from_json, classes_to_json
+from pipeline.data.geometry import Resize, resize_from_json, resize_to_json
 from pipeline.data.masks import BINARY, LABELS, PackedMasks, target_mask
 
 META = "meta.json"
@@ -45,8 +53,10 @@ class CachedSplit:
     """One split of the cache, in RAM (from :func:`pipeline.data.build.build_cache`) or memory-mapped (from
     :func:`load_cache`).
 
-    ``images`` uint8 (N, S, S, 3) and ``masks`` uint8 (N, S, S) in {0, 1, 255} at ``image_size`` S
-    (255 = :data:`~pipeline.data.masks.IGNORE`, only under preprocess.boundary: ignore); ``native`` the same N masks at
+    ``images`` uint8 (N, H, W, 3) and ``masks`` uint8 (N, H, W) in {0, 1, 255} on the canvas (255 =
+    :data:`~pipeline.data.masks.IGNORE`: ignored pixels and the padding); ``sizes`` int64 (N, 2) each photo's
+    (height, width) on it (None: the whole canvas); ``resize`` the scale the photos were taken at (None: the
+    square canvas); ``counts`` the masks' pixels by class (None: counted here); ``native`` the same N masks at
     each photo's own size (what evaluation scores against), binary: 1 = pet; ``native_ignore``
     (ignore policy only, else None) marks each native mask's ignored pixels with 1; ``stems``,
     ``breeds`` (from the stem) and ``species`` ("cat", "dog" or "unknown", from annotations/list.txt)
@@ -67,11 +77,14 @@ class CachedSplit:
     native_ignore: PackedMasks | None = None
     skipped: tuple = ()  # pipeline.data.report.Skipped entries
     classes: Classes = BINARY_PETS
+    sizes: np.ndarray | None = None
+    resize: Resize | None = None
+    counts: PixelCounts | None = None
 
     def __post_init__(self):
         shape = self.images.shape
-        if self.images.dtype != np.uint8 or len(shape) != 4 or shape[1:] != (shape[1], shape[1], 3):
-            raise ValueError(f"images must be uint8 (N, S, S, 3), got {self.images.dtype} {shape}")
+        if self.images.dtype != np.uint8 or len(shape) != 4 or shape[3] != 3:
+            raise ValueError(f"images must be uint8 (N, H, W, 3), got {self.images.dtype} {shape}")
         if self.masks.dtype != np.uint8 or self.masks.shape != shape[:3]:
             raise ValueError(
                 f"masks must be uint8 {shape[:3]} as the images, got {self.masks.dtype} {self.masks.shape}"
@@ -89,20 +102,43 @@ class CachedSplit:
             raise ValueError("native_ignore masks differ in number or size from the native masks")
         if self.native.depth != (BINARY if self.classes.binary else LABELS):
             raise ValueError(f"{self.classes.count} classes but native masks of depth {self.native.depth}")
+        self._derive(shape)
 
     def truth(self, i: int) -> np.ndarray:
         """Image ``i``'s ground truth at its photo's own size: uint8 (height, width), class indices and
         :data:`~pipeline.data.masks.IGNORE` for ignored pixels."""
         return target_mask(self.native, self.native_ignore, i)
 
+    def photo(self, i: int) -> np.ndarray:
+        """Image ``i`` without its padding: uint8 (height, width, 3) at the cache's scale (a view)."""
+        height, width = (int(n) for n in self.sizes[i])
+        return self.images[i, :height, :width]
+
+    def _derive(self, shape: tuple[int, ...]) -> None:
+        """Fill the fields left None from the arrays; raise ValueError if ``sizes`` do not fit the canvas."""
+        if self.sizes is None:
+            object.__setattr__(self, "sizes", np.tile(np.array(shape[1:3], np.int64), (shape[0], 1)))
+        if self.sizes.shape != (shape[0], 2) or (self.sizes > np.array(shape[1:3])).any():
+            raise ValueError(f"sizes must be (N, 2) within the {shape[1]}x{shape[2]} canvas, got {self.sizes.shape}")
+        if self.resize is None:
+            if shape[1] != shape[2]:
+                raise ValueError(f"a {shape[1]}x{shape[2]} canvas needs its resize")
+            object.__setattr__(self, "resize", Resize("square", shape[1]))
+        if self.counts is None:
+            counts = PixelCounts(self.classes.count)
+            for mask in self.masks:
+                counts.add(np.asarray(mask))
+            object.__setattr__(self, "counts", counts)
+
 
 @dataclass(frozen=True)
 class CacheRow:
     """One pair as the cache stores it.
 
-    ``image`` uint8 (S, S, 3); ``mask`` uint8 (S, S) in {0, 1, 255}; ``shape`` the photo's own
-    (height, width) in pixels; ``native_bits`` its binary mask (1 = pet) at that size and
-    ``ignore_bits`` its ignored pixels (binary tasks with ignored pixels only, else None), each packed by
+    ``image`` uint8 (H, W, 3) and ``mask`` uint8 (H, W) in {0, 1, 255}, on the split's canvas; ``size`` the
+    photo's (height, width) on it (None: the whole canvas); ``shape`` the photo's own (height, width) in
+    pixels; ``native_bits`` its binary mask (1 = pet) at that size and ``ignore_bits`` its ignored pixels
+    (binary tasks with ignored pixels only, else None), each packed by
     :func:`pipeline.data.masks.pack_mask` (a multi-class task's label map at depth 8); ``stem``,
     ``breed``, ``species`` strings.
     """
@@ -115,6 +151,7 @@ class CacheRow:
     shape: tuple[int, int]
     native_bits: np.ndarray
     ignore_bits: np.ndarray | None = None
+    size: tuple[int, int] | None = None  # None: the whole canvas
 
 
 def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
@@ -152,21 +189,32 @@ class _RowFile:
 class CacheWriter:
     """Writes one split's folder (the layout in the module docstring) a :class:`CacheRow` at a time.
 
-    ``folder`` is created; ``size`` is the image side S in pixels; ``ignore``: also store each row's
-    ``ignore_bits``; ``classes`` goes into meta.json. Use as a context manager: a clean exit writes the
-    headers and meta.json (last); after an exception the files are incomplete, so write into an
+    ``folder`` is created; ``canvas`` the (height, width) of every row, in pixels; ``ignore``: also store each
+    row's ``ignore_bits``; ``classes`` and ``resize`` (None: the square canvas) go into meta.json, with the
+    rows' pixels by class. Use as a context manager: a clean exit writes the headers and meta.json (last); after
+    an exception the files are incomplete, so write into an
     :func:`~pipeline.core.io.atomic_path`.
     :meth:`add` raises ValueError for an image or mask of another size or dtype.
     """
 
-    def __init__(self, folder: Path, size: int, ignore: bool, classes: Classes = BINARY_PETS):
+    def __init__(
+        self,
+        folder: Path,
+        canvas: tuple[int, int],
+        ignore: bool,
+        classes: Classes = BINARY_PETS,
+        resize: Resize | None = None,
+    ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.meta: dict[str, list[str]] = {"stems": [], "breeds": [], "species": []}
-        self.classes = classes
+        self.canvas, self.classes = tuple(canvas), classes
+        self.resize = resize or Resize("square", canvas[0])
+        self.counts = PixelCounts(classes.count)
         self.files = {
-            "images": _RowFile(self.folder / "images.npy", np.uint8, (size, size, 3)),
-            "masks": _RowFile(self.folder / "masks.npy", np.uint8, (size, size)),
+            "images": _RowFile(self.folder / "images.npy", np.uint8, (*canvas, 3)),
+            "masks": _RowFile(self.folder / "masks.npy", np.uint8, tuple(canvas)),
+            "sizes": _RowFile(self.folder / "sizes.npy", np.int64, (2,)),
         }
         self.packs = ("native", "native_ignore") if ignore else ("native",)
         self.ends = dict.fromkeys(self.packs, 0)  # bytes of bits written so far
@@ -180,6 +228,8 @@ class CacheWriter:
         """Append one pair."""
         self.files["images"].append(row.image[None])
         self.files["masks"].append(row.mask[None])
+        self.files["sizes"].append(np.array([row.size or self.canvas], np.int64))
+        self.counts.add(row.mask)
         for name, bits in zip(self.packs, (row.native_bits, row.ignore_bits), strict=False):
             self.files[f"{name}_bits"].append(bits)
             self.ends[name] += len(bits)
@@ -198,14 +248,17 @@ class CacheWriter:
             else:
                 file.file.close()
         if kind is None:
-            (self.folder / META).write_text(json.dumps({**self.meta, "classes": classes_to_json(self.classes)}) + "\n")
+            extra = {"resize": resize_to_json(self.resize), "pixels": self.counts.to_json()}
+            meta = {**self.meta, "classes": classes_to_json(self.classes), **extra}
+            (self.folder / META).write_text(json.dumps(meta) + "\n")
 
 
 def save_cache(path: Path, split: CachedSplit) -> None:
     """Write a split held in RAM as a cache folder at ``path``, atomically; ``native_ignore`` (if any)
     as ``native_ignore_*``."""
     native, ignore = split.native, split.native_ignore is not None
-    with atomic_path(path) as tmp, CacheWriter(tmp, split.images.shape[1], ignore, split.classes) as writer:
+    canvas = split.images.shape[1:3]
+    with atomic_path(path) as tmp, CacheWriter(tmp, canvas, ignore, split.classes, split.resize) as writer:
         for i, stem in enumerate(split.stems):
             writer.add(
                 CacheRow(
@@ -217,6 +270,7 @@ def save_cache(path: Path, split: CachedSplit) -> None:
                     tuple(native.shapes[i]),
                     native.packed(i),
                     split.native_ignore.packed(i) if ignore else None,
+                    tuple(split.sizes[i]),
                 )
             )
 
@@ -243,6 +297,9 @@ def load_cache(path: Path) -> CachedSplit:
             meta["species"],
             PackedMasks.from_arrays(arrays, "native_ignore") if "native_ignore_bits" in arrays else None,
             classes=classes,
+            sizes=arrays["sizes"],
+            resize=resize_from_json(meta["resize"]),
+            counts=PixelCounts.from_json(meta["pixels"]),
         )
     except KeyError as err:
         raise UserError(f"{path}: not a petseg cache (no {err.args[0]}); run `dvc repro -f preprocess`") from None

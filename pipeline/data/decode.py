@@ -133,22 +133,30 @@ def decode_pair(root: Path, stem: str, boundary: str, task: str = "binary") -> t
     return image, mask
 
 
-def resize_image(image: Image.Image, size: int) -> np.ndarray:
-    """An RGB photo resized bilinearly (PIL) to ``size`` x ``size`` pixels: uint8 (size, size, 3).
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else size
+
+
+def resize_image(image: Image.Image, size: int | tuple[int, int]) -> np.ndarray:
+    """An RGB photo resized bilinearly (PIL) to ``size`` pixels, a (height, width) pair or an int for a square:
+    uint8 (height, width, 3).
 
     The one resize of photos: the cache's and ``petseg predict``'s, so prediction sees photos as training did.
     """
-    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    height, width = _hw(size)
+    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
-def resize_pair(image: Image.Image, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resize to ``size`` x ``size`` pixels: the image as :func:`resize_image`, the mask with nearest neighbour.
+def resize_pair(image: Image.Image, mask: np.ndarray, size: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Resize to ``size`` pixels ((height, width), or an int for a square): the image as :func:`resize_image`,
+    the mask with nearest neighbour.
 
-    Returns image uint8 (size, size, 3) and mask uint8 (size, size) with the values of ``mask``
+    Returns image uint8 (height, width, 3) and mask uint8 (height, width) with the values of ``mask``
     (nearest neighbour invents none, so :data:`IGNORE` stays 255).
     """
-    small = Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST)
-    return resize_image(image, size), np.asarray(small, dtype=np.uint8)
+    height, width = _hw(size)
+    small = Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST)
+    return resize_image(image, (height, width)), np.asarray(small, dtype=np.uint8)
 
 
 def load_pair(root: Path, stem: str, size: int, boundary: str) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from pipeline.core.errors import UserError
 from pipeline.data import folder, layout
@@ -41,6 +41,16 @@ class Source:
             return UNKNOWN, UNKNOWN
         return layout.breed_of(stem), self.species.get(stem, UNKNOWN)
 
+    def photo_size(self, stem: str) -> tuple[int, int] | None:
+        """The (height, width) in pixels of ``stem``'s photo, from its header alone; None if it cannot be read
+        (preprocess then skips the pair when it decodes it)."""
+        path = folder.image_path(self.root, stem) if self.folder else layout.image_path(self.root, stem)
+        try:
+            with Image.open(path) as img:
+                return img.height, img.width
+        except (OSError, UnidentifiedImageError):
+            return None
+
     def decode(self, stem: str) -> tuple[Image.Image, np.ndarray]:
         """The photo (RGB) and its mask uint8 (H, W) at the photo's own size: a binary task's in {0, 1, 255},
         a multi-class task's class indices and 255 for ignored pixels. Raises :class:`BadPair` with the
@@ -69,17 +79,22 @@ def _decode_folder(root: Path, stem: str, classes: Classes) -> tuple[Image.Image
 
 def open_source(root: Path, task: str, boundary: str) -> Source:
     """The dataset at ``root`` (extracted): a folder dataset if it holds classes.yaml, else the pets in the
-    official layout with ``task`` ("binary" or "trimap") and ``boundary`` (binary only). Raises UserError for
-    a folder dataset asked for ``task: trimap``, a bad classes.yaml, or a folder in neither layout."""
+    official layout. ``task`` "auto" takes a folder's classes from its classes.yaml and makes the pets binary;
+    "binary" is the pets' pet vs background or a folder of two classes; "trimap" the pets' three trimap
+    classes. ``boundary``: the pets' binary task only. Raises UserError for a folder dataset asked for
+    ``task: trimap``, or ``task: binary`` with other than two classes, a bad classes.yaml, or a folder in
+    neither layout."""
     root = Path(root)
     if is_folder_dataset(root):
-        if task != "binary":
-            raise UserError(
-                f"task: {task} is a task on the pets' trimaps; {root} is a folder dataset, whose classes come "
-                f"from its {CLASSES_FILE}: set task: binary"
-            )
         folder.check_folder(root)
-        return Source(root, read_classes_yaml(root / CLASSES_FILE), folder=True)
+        classes = read_classes_yaml(root / CLASSES_FILE)
+        if task == "trimap" or (task == "binary" and not classes.binary):
+            raise UserError(
+                f"task: {task} does not fit {root}, a folder dataset of {classes.count} classes (its {CLASSES_FILE}): "
+                "set task: auto"
+            )
+        return Source(root, classes, folder=True)
     layout.check_layout(root)
     species = layout.read_species(root / "annotations" / "list.txt")
-    return Source(root, pet_classes(task), folder=False, task=task, boundary=boundary, species=species)
+    pets = "binary" if task == "auto" else task
+    return Source(root, pet_classes(pets), folder=False, task=pets, boundary=boundary, species=species)

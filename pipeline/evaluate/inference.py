@@ -21,6 +21,7 @@ from pipeline.core.device import autocast, memory_format
 from pipeline.core.errors import UserError, first_line
 from pipeline.data.classes import Classes, classes_from_json
 from pipeline.data.colour import model_input
+from pipeline.data.geometry import Resize, resize_from_json
 from pipeline.evaluate.confusion import to_labels
 from pipeline.models.checkpoint import load_checkpoint
 
@@ -71,14 +72,16 @@ def onnx_forward(path: Path, device: str = "cpu") -> tuple[Forward, dict[str, st
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A forward function and what is known of the weights: registry ``name``, ``image_size`` (pixels),
-    the task's ``classes`` (the forward gives 1 logit channel for a binary task, C otherwise) and the
-    checkpoint's or the ONNX metadata's other ``info``."""
+    """A forward function and what is known of the weights: registry ``name``, ``image_size`` (the training
+    images' side, pixels), the task's ``classes`` (the forward gives 1 logit channel for a binary task, C
+    otherwise), the ``resize`` photos are taken at, and the checkpoint's or the ONNX metadata's other
+    ``info``."""
 
     forward: Forward
     name: str
     image_size: int
     classes: Classes
+    resize: Resize
     info: dict[str, Any]
 
 
@@ -87,21 +90,27 @@ def load_model(path: Path, device: torch.device, dtype: torch.dtype | None = Non
     (.onnx, ONNX Runtime, fp32).
 
     Raises UserError if the file is missing, or is neither a petseg checkpoint nor a petseg ONNX
-    export (whose metadata_props hold ``model``, ``image_size`` and ``classes``, the last as JSON).
+    export (whose metadata_props hold ``model``, ``image_size``, ``classes`` and ``resize``, the last two as
+    JSON).
     """
     path = Path(path)
     if path.suffix == ".onnx":
         forward, meta = onnx_forward(path, device.type)
         try:
-            classes = classes_from_json(json.loads(meta["classes"]))
-            return LoadedModel(forward, meta["model"], int(meta["image_size"]), classes, meta)
+            classes, resize = (
+                classes_from_json(json.loads(meta["classes"])),
+                resize_from_json(json.loads(meta["resize"])),
+            )
+            return LoadedModel(forward, meta["model"], int(meta["image_size"]), classes, resize, meta)
         except (KeyError, ValueError, TypeError):
             raise UserError(
-                f"{path}: an ONNX model but not a petseg export (no model/image_size/classes metadata); export it again"
+                f"{path}: an ONNX model but not a petseg export (no model/image_size/classes/resize metadata); "
+                "export it again"
             ) from None
     model, ckpt = load_checkpoint(path, device)
-    classes = classes_from_json(ckpt["classes"])
-    return LoadedModel(torch_forward(model, device, dtype), ckpt["model"], int(ckpt["image_size"]), classes, ckpt)
+    classes, resize = classes_from_json(ckpt["classes"]), resize_from_json(ckpt["resize"])
+    forward = torch_forward(model, device, dtype)
+    return LoadedModel(forward, ckpt["model"], int(ckpt["image_size"]), classes, resize, ckpt)
 
 
 def prepare(images: np.ndarray) -> np.ndarray:
@@ -124,22 +133,56 @@ def tta_forward(forward: Forward, x: np.ndarray, tta: str) -> np.ndarray:
     raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
 
 
-def iter_logits(forward: Forward, images: np.ndarray, batch_size: int, tta: str) -> Iterator[tuple[np.ndarray, float]]:
-    """Logits float32 (B, L, S, S) (L = 1 for a binary model, C for C classes) of uint8 images (N, S, S, 3),
-    ``batch_size`` images at a time, in order, each with the seconds spent in ``forward`` on it. Memory: one
-    batch, however large ``images`` (a memory map is read one batch at a time)."""
+def window_starts(length: int, window: int) -> list[int]:
+    """Where windows of ``window`` pixels start along an axis of ``length`` pixels: every half window, the
+    last one flush with the end, so every pixel is covered (one window at 0 when it covers the axis)."""
+    if length <= window:
+        return [0]
+    return sorted(set(range(0, length - window, window // 2)) | {length - window})
+
+
+def window_forward(forward: Forward, x: np.ndarray, window: int) -> np.ndarray:
+    """Logits float32 (N, L, H, W) of ``x`` float32 (N, 3, H, W): ``forward(x)`` for ``window`` 0, else the
+    mean, at each pixel, of the logits of the ``window`` x ``window`` windows that cover it
+    (:func:`window_starts` on each axis; an axis shorter than the window is taken whole), as the sliding
+    window inference of mmsegmentation's ``slide`` mode. H, W and ``window`` are multiples of 32."""
+    height, width = x.shape[2:]
+    if window == 0 or (height <= window and width <= window):
+        return forward(x)
+    total, count = None, np.zeros((height, width), np.float32)
+    for top in window_starts(height, window):
+        for left in window_starts(width, window):
+            rows, cols = slice(top, top + window), slice(left, left + window)
+            logits = forward(np.ascontiguousarray(x[:, :, rows, cols]))
+            if total is None:
+                total = np.zeros((*logits.shape[:2], height, width), np.float32)
+            total[:, :, rows, cols] += logits
+            count[rows, cols] += 1
+    return total / count
+
+
+def iter_logits(
+    forward: Forward, images: np.ndarray, batch_size: int, tta: str, window: int = 0
+) -> Iterator[tuple[np.ndarray, float]]:
+    """Logits float32 (B, L, H, W) (L = 1 for a binary model, C for C classes) of uint8 images (N, H, W, 3),
+    H and W multiples of 32, ``batch_size`` images at a time, in order, each with the seconds spent in
+    ``forward`` on it; ``window`` > 0 runs each batch in sliding windows (:func:`window_forward`), inside
+    the ``tta``. Memory: one batch, however large ``images`` (a memory map is read one batch at a time)."""
+    run = forward if window == 0 else lambda x: window_forward(forward, x, window)
     for start in range(0, len(images), batch_size):
         x = prepare(images[start : start + batch_size])
         tic = time.perf_counter()
-        logits = tta_forward(forward, x, tta)  # hflip flips the last axis, whatever L is
+        logits = tta_forward(run, x, tta)  # hflip flips the last axis, whatever L is
         yield logits, time.perf_counter() - tic
 
 
-def predict_logits(forward: Forward, images: np.ndarray, batch_size: int, tta: str) -> tuple[np.ndarray, float]:
-    """Logits float32 (N, L, S, S) for uint8 images (N, S, S, 3), in batches of ``batch_size``: all of
+def predict_logits(
+    forward: Forward, images: np.ndarray, batch_size: int, tta: str, window: int = 0
+) -> tuple[np.ndarray, float]:
+    """Logits float32 (N, L, H, W) for uint8 images (N, H, W, 3), in batches of ``batch_size``: all of
     :func:`iter_logits` in one array, and the seconds spent in ``forward`` alone (inference
     throughput = N / seconds)."""
-    batches = list(iter_logits(forward, images, batch_size, tta))
+    batches = list(iter_logits(forward, images, batch_size, tta, window))
     return np.concatenate([logits for logits, _ in batches]), sum(spent for _, spent in batches)
 
 
@@ -153,7 +196,8 @@ def resize_logits(logits: np.ndarray, height: int, width: int) -> torch.Tensor:
 
 
 def native_labels(logits: np.ndarray, height: int, width: int, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """One image's label map uint8 (height, width) from its logits float32 (L, S, S): resized
-    (:func:`resize_logits`), then :func:`~pipeline.evaluate.confusion.to_labels` (a binary model's class 1
+    """One image's label map uint8 (height, width) from its logits float32 (L, h, w) (its padding cut off
+    already): resized (:func:`resize_logits`), then :func:`~pipeline.evaluate.confusion.to_labels` (a binary
+    model's class 1
     where sigmoid > ``threshold``; else the highest logit's class). Memory: L x height x width float32."""
     return to_labels(resize_logits(logits, height, width), threshold)[0].to(torch.uint8).numpy()

@@ -33,6 +33,11 @@ class Scored:
     predictions: PackedMasks
 
 
+def _sizes(sizes: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """``sizes`` as int (N, 2), or the whole (H, W) canvas of masks of ``shape`` (N, H, W) for each when None."""
+    return np.tile(np.array(shape[1:3]), (shape[0], 1)) if sizes is None else np.asarray(sizes)
+
+
 def _check_ignore(native: PackedMasks, native_ignore: PackedMasks | None) -> None:
     if native_ignore is not None and not np.array_equal(native_ignore.shapes, native.shapes):
         raise ValueError("native_ignore masks differ in number or size from the native masks")
@@ -45,7 +50,9 @@ class Scorer:
     fine: it is read one batch at a time); ``native`` the N masks at each photo's own size (:class:`PackedMasks`
     of any depth); ``native_ignore`` (optional, the shapes of ``native``) marks native pixels to leave out;
     ``num_classes`` C; ``threshold`` the sigmoid threshold of a binary task's one logit (unused for more
-    classes). Raises ValueError if the counts of masks and native masks differ, ``native_ignore`` has other
+    classes); ``sizes`` (optional) int (N, 2) each image's (height, width) on the masks' canvas, its logits
+    cut to it before they are resized to the native mask (None: the whole canvas). Raises ValueError if the
+    counts of masks and native masks differ, ``native_ignore`` has other
     shapes than ``native``, or more than two classes come with bit-packed native masks; :meth:`add` raises
     it on a class index outside 0..C-1, or on logits whose channels do not fit C. Both sizes count through a
     :class:`~pipeline.evaluate.confusion.ConfusionMeter`, whose per-image matrices are kept.
@@ -58,6 +65,7 @@ class Scorer:
         num_classes: int,
         threshold: float = DEFAULT_THRESHOLD,
         native_ignore: PackedMasks | None = None,
+        sizes: np.ndarray | None = None,
     ):
         if len(masks) != len(native):
             raise ValueError(f"{len(masks)} masks, {len(native)} native masks")
@@ -67,6 +75,7 @@ class Scorer:
                 f"native masks of {num_classes} classes must be label maps (depth {LABELS}), got depth {native.depth}"
             )
         self.masks, self.native, self.ignore = masks, native, native_ignore
+        self.sizes = _sizes(sizes, masks.shape)
         self.meters = {"at_size": ConfusionMeter(num_classes, threshold), "native": ConfusionMeter(num_classes)}
         self.threshold = threshold
         n, c = len(masks), num_classes
@@ -88,7 +97,8 @@ class Scorer:
         self.at_size[start:stop] = self.meters["at_size"].update(torch.from_numpy(logits), truth).numpy()
         for i, image_logits in enumerate(logits, start):
             truth = target_mask(self.native, self.ignore, i)
-            pred = native_labels(image_logits, *truth.shape, self.threshold)
+            height, width = self.sizes[i]
+            pred = native_labels(image_logits[:, :height, :width], *truth.shape, self.threshold)
             self.bits[self.native.offsets[i] : self.native.offsets[i + 1]] = pack_mask(pred, self.native.depth)
             matrix = self.meters["native"].add(torch.from_numpy(pred[None]), torch.from_numpy(truth[None]))
             self.native_matrices[i] = matrix[0].numpy()
@@ -122,16 +132,20 @@ class ThresholdSearch:
     """The threshold in ``grid`` with the highest dataset-level Dice at native resolution of a binary task,
     fed batch by batch (memory: one batch of logits).
 
-    Meant for the valid split (never test). ``native`` and ``native_ignore`` as in :class:`Scorer`. Ties go
+    Meant for the valid split (never test). ``native``, ``native_ignore`` and ``sizes`` as in :class:`Scorer`. Ties go
     to the threshold nearest 0.5, then the lower one. The counts of every threshold come at once from one
     resize per image: TP, FP and FN of class 1, as :mod:`pipeline.evaluate.confusion` defines them.
     """
 
     def __init__(
-        self, native: PackedMasks, grid: tuple[float, ...] = THRESHOLD_GRID, native_ignore: PackedMasks | None = None
+        self,
+        native: PackedMasks,
+        grid: tuple[float, ...] = THRESHOLD_GRID,
+        native_ignore: PackedMasks | None = None,
+        sizes: np.ndarray | None = None,
     ):
         _check_ignore(native, native_ignore)
-        self.native, self.ignore, self.grid = native, native_ignore, grid
+        self.native, self.ignore, self.grid, self.sizes = native, native_ignore, grid, sizes
         self.thresholds = np.array(grid, np.float32)[:, None, None]
         self.total = np.zeros((len(grid), 3), np.int64)
         self.seen = 0
@@ -146,7 +160,8 @@ class ThresholdSearch:
         for i, image_logits in enumerate(logits, self.seen):
             mask = target_mask(self.native, self.ignore, i)
             truth, background = mask == 1, mask == 0
-            probabilities = torch.sigmoid(resize_logits(image_logits, *mask.shape))[0, 0].numpy()
+            height, width = image_logits.shape[1:] if self.sizes is None else self.sizes[i]
+            probabilities = torch.sigmoid(resize_logits(image_logits[:, :height, :width], *mask.shape))[0, 0].numpy()
             pred = probabilities[None] > self.thresholds
             self.total += np.stack(
                 [(pred & truth).sum((1, 2)), (pred & background).sum((1, 2)), (~pred & truth).sum((1, 2))], axis=1

@@ -18,8 +18,9 @@ def save_checkpoint(
     """Write ``{"model", "arch", "state_dict", **info}`` atomically with ``torch.save``.
 
     ``info`` holds ``out_channels`` (logit channels), ``classes`` (the task's classes as JSON data,
-    :func:`pipeline.data.classes.classes_to_json`), ``epoch`` (1-based), ``valid_dice`` and ``image_size``
-    (pixels) for :func:`load_checkpoint` (a multi-class task's also ``valid_miou``); every value must be
+    :func:`pipeline.data.classes.classes_to_json`), ``epoch`` (1-based), ``valid_dice``, ``image_size``
+    (pixels) and ``resize`` (the scale photos are taken at, :func:`pipeline.data.geometry.resize_to_json`) for
+    :func:`load_checkpoint` (a multi-class task's also ``valid_miou``); every value must be
     loadable with ``weights_only=True``.
     """
     with atomic_path(path) as tmp:
@@ -38,7 +39,7 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[nn.Module, dict[s
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         model = build_model(ckpt["model"], ckpt["out_channels"], **ckpt["arch"])
         model.load_state_dict(ckpt["state_dict"])
-        for key in ("classes", "epoch", "valid_dice", "image_size"):
+        for key in ("classes", "epoch", "valid_dice", "image_size", "resize"):
             ckpt[key]
     except FileNotFoundError:
         raise UserError(f"{path}: checkpoint not found; run the training stage first (dvc repro)") from None

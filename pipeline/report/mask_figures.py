@@ -50,7 +50,7 @@ def _show(ax: Axes, picture: np.ndarray, title: str) -> None:
 def _scene(test: CachedSplit, i: int) -> tuple[np.ndarray, np.ndarray]:
     """Image ``i``'s photo resized to its truth's size, and the truth (class indices, 255 ignored)."""
     truth = target_mask(test.native, test.native_ignore, i)
-    return native_photo(test.images[i], *truth.shape), truth
+    return native_photo(test.photo(i), *truth.shape), truth
 
 
 def overlay_grid(

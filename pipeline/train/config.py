@@ -9,6 +9,7 @@ from pipeline.core.device import Compute
 from pipeline.core.errors import UserError
 from pipeline.core.params import MODEL_SECTIONS, AugmentOptions, ModelTraining, Params, TrainKeys
 from pipeline.data.classes import BINARY_PETS, Classes
+from pipeline.data.geometry import Resize
 
 
 class TrainConfig(TrainKeys, ModelTraining):
@@ -55,7 +56,10 @@ class RunConfig:
     ``classes`` the task's classes (1 logit for a binary task, C for C classes); ``compute`` the
     device and autocast dtype (the CPU in fp32 by default); ``sync_batchnorm`` BatchNorm statistics
     over the global batch when several processes train (CUDA only); ``progress`` whether this
-    process shows bars and epoch lines (rank 0 only, whatever it says).
+    process shows bars and epoch lines (rank 0 only, whatever it says). ``resize`` is the scale the cache's
+    photos were taken at (None: squashed to the train images' square) and ``image_size`` the side of the
+    training crops in pixels (None: the train images' side); ``crops_per_image`` how many crops each train
+    image gives an epoch; ``class_weights`` the cross-entropy's weight of each class (None: unweighted).
     """
 
     model: str
@@ -66,3 +70,7 @@ class RunConfig:
     compute: Compute = Compute()
     sync_batchnorm: bool = False
     progress: bool = True
+    resize: Resize | None = None
+    image_size: int | None = None
+    crops_per_image: int = 1
+    class_weights: tuple[float, ...] | None = None

@@ -16,6 +16,7 @@ from pipeline.core.device import peak_memory_mib
 from pipeline.core.errors import UserError
 from pipeline.core.messages import hide_bar
 from pipeline.data.classes import Classes, classes_to_json
+from pipeline.data.geometry import Resize, resize_to_json
 from pipeline.evaluate.confusion import task_metric
 from pipeline.models.checkpoint import save_checkpoint
 from pipeline.train import distributed
@@ -92,16 +93,17 @@ def fit(
     """Train ``config.model`` for ``config.classes`` and save the weights of the epoch with the best
     valid score (:func:`selection_metric`) to ``config.checkpoint``.
 
-    ``train`` and ``valid`` are (images uint8 (N, S, S, 3), masks uint8 (N, S, S): class indices, 255
-    ignored). Each epoch calls ``log(epoch, record)`` with train/loss, valid/loss, valid/dice (a
-    multi-class task's mean class Dice, and valid/miou), lr (the lr of the epoch's first step),
-    time/data_wait (share of the epoch's seconds spent waiting for batches) and, on CUDA,
-    gpu/peak_memory_mib; then ``save_state(state)`` with everything needed to continue (``state``
-    given back resumes after its epoch with identical results on the CPU). The checkpoint
-    (:func:`pipeline.models.checkpoint.save_checkpoint`, atomic) holds ``model``, ``arch``,
-    ``state_dict``, ``out_channels``, ``classes``, ``epoch``, ``valid_dice`` (and ``valid_miou``) and
-    ``image_size``. Raises UserError if the loss becomes non-finite (naming the epoch and step; the
-    last good checkpoint is kept).
+    ``train`` and ``valid`` are :class:`~pipeline.train.setup.Arrays` (or their first two, images uint8 (N, S,
+    S, 3) and masks uint8 (N, S, S): class indices, 255 ignored). Each epoch calls ``log(epoch, record)`` with
+    train/loss, valid/loss, valid/dice (a multi-class task's mean class Dice, and valid/miou), lr (the lr of the
+    epoch's first step), time/data_wait (share of the epoch's seconds spent waiting for batches) and, on CUDA,
+    gpu/peak_memory_mib; then ``save_state(state)`` with everything needed to continue (``state`` given back
+    resumes after its epoch with identical results on the CPU). The checkpoint
+    (:func:`pipeline.models.checkpoint.save_checkpoint`, atomic) holds ``model``, ``arch``, ``state_dict``,
+    ``out_channels``, ``classes``, ``epoch``, ``valid_dice`` (and ``valid_miou``) and ``image_size`` (the
+    training images' side) and ``resize`` (the scale photos are taken at,
+    :func:`pipeline.data.geometry.resize_to_json`). Raises UserError if the loss becomes non-finite (naming the
+    epoch and step; the last good checkpoint is kept).
 
     Under torchrun (a process group, see :mod:`pipeline.train.distributed`) every rank calls this:
     ``batch_size`` is the global batch, each rank trains its share under DDP (SyncBatchNorm if
@@ -127,7 +129,8 @@ def _keep(config: RunConfig, run: Run, best: Best) -> None:
     if run.main:
         valid = {f"valid_{name}": value for name, value in best.scores.items()}
         classes = {"out_channels": config.classes.logits, "classes": classes_to_json(config.classes)}
-        info = {"epoch": best.epoch, **valid, **classes, "image_size": run.image_size}
+        resize = resize_to_json(config.resize or Resize("square", run.image_size))
+        info = {"epoch": best.epoch, **valid, **classes, "image_size": run.image_size, "resize": resize}
         save_checkpoint(config.checkpoint, config.model, config.arch, best.weights, **info)
 
 

@@ -3,7 +3,7 @@ optimiser, the schedule and the rest of a training step, built in a fixed order.
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -22,7 +22,14 @@ from pipeline.train.loop import Batch, TrainStep, accumulation_groups
 from pipeline.train.losses import loss_function
 from pipeline.train.schedules import LrSchedule, make_optimizer
 
-Arrays = tuple[np.ndarray, np.ndarray]  # (images uint8 (N, S, S, 3), masks uint8 (N, S, S))
+
+class Arrays(NamedTuple):
+    """A split as training takes it: ``images`` uint8 (N, H, W, 3), ``masks`` uint8 (N, H, W) (class indices,
+    255 ignored) and ``sizes`` int (N, 2), each image's (height, width) on the canvas (None: all of it)."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    sizes: np.ndarray | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -38,7 +45,7 @@ class Run:
 
     ``model`` is the plain module whose weights are saved; ``net`` what runs them (``model``, or
     ``torch.compile(model)``); ``step`` the optimiser, schedule, loss and the rest an epoch steps
-    with. ``image_size`` is the training images' side in pixels. ``main``: this process writes
+    with. ``image_size`` is the side of the training images (or crops) in pixels. ``main``: this process writes
     files (rank 0); ``progress``: it shows bars and epoch lines. ``parts`` are the stateful pieces a
     resume state holds (:func:`pipeline.train.resume.capture`).
     """
@@ -64,27 +71,27 @@ class Run:
         )
 
 
-def set_up(config: RunConfig, train: Arrays, valid: Arrays) -> Run:
+def set_up(config: RunConfig, train: Arrays | tuple, valid: Arrays | tuple) -> Run:
     """Seed every RNG with ``config.train.seed`` and build, in this order (each draws from the seeded
     RNGs, so the order is part of the result), the model and its initial weights, the loaders, the
     optimiser, the schedule and the grad scaler, on ``config.compute.device``. Arguments as
     :func:`pipeline.train.fit.fit`. Raises UserError if the rank count does not divide ``batch_size``,
     for sync_batchnorm off CUDA, and as :func:`~pipeline.models.init.init_weights`,
     :func:`~pipeline.models.pretrained.load_encoder_weights` and the schedule do for a bad setting."""
-    cfg, device = config.train, config.compute.device
+    cfg, device, train, valid = config.train, config.compute.device, Arrays(*train), Arrays(*valid)
     seed_everything(cfg.seed)
     configure_backends(device.type, fixed_size=True)  # every training batch is size x size pixels
     rank, world = distributed.rank(), distributed.world_size()
     batch = distributed.per_rank_batch(cfg.batch_size, world)
     distributed.check_sync_batchnorm(config.sync_batchnorm, world, device.type)
     model = _model(config)
-    size = train[0].shape[1]
+    size = config.image_size or train.images.shape[1]
     workers = resolve_num_workers(cfg.num_workers, device.type, nproc=world)
-    augment = train_transform(size, cfg.augment, cfg.augmentation)
+    augment = train_transform(size, cfg.augment, cfg.augmentation, config.resize)
     jitter = jitter_strength(cfg.augment, cfg.augmentation)
-    dataset = SegmentationDataset(*train, augment, jitter)
+    dataset = SegmentationDataset(*train[:2], augment, jitter, train.sizes, config.crops_per_image)
     train_loader = make_train_loader(dataset, cfg.batch_size, cfg.seed, workers, device.type, rank, world)
-    shard = Subset(SegmentationDataset(*valid), range(rank, len(valid[0]), world))
+    shard = Subset(SegmentationDataset(*valid[:2]), range(rank, len(valid.images), world))
     step = _train_step(config, model, len(train_loader), jitter > 0)
     return Run(
         model=model,
@@ -116,8 +123,9 @@ def _train_step(config: RunConfig, model: nn.Module, batches: int, jitter: bool)
     fused = device.type == "cuda"
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum, fused=fused)
     steps_per_epoch = len(accumulation_groups(batches, cfg.accumulate_steps))
+    weights = None if config.class_weights is None else torch.tensor(config.class_weights, device=device)
     return TrainStep(
-        loss_fn=loss_function(cfg.loss, config.classes.logits),
+        loss_fn=loss_function(cfg.loss, config.classes.logits, weights),
         optimizer=optimizer,
         schedule=LrSchedule(cfg.scheduler, optimizer, steps_per_epoch, cfg.epochs, cfg.warmup_epochs),
         scaler=torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(dtype)),

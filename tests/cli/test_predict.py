@@ -24,6 +24,7 @@ from pipeline.evaluate.export import export_checked
 from pipeline.evaluate.inference import onnx_providers
 from pipeline.models.registry import build_model
 from pipeline.train.losses import bce_dice_loss
+from tests.support import square
 
 SIZE = 32
 
@@ -73,6 +74,7 @@ def model_dir(tmp_path_factory) -> Path:
         "epoch": 1,
         "valid_dice": 0.5,
         "image_size": SIZE,
+        "resize": square(SIZE),
     }
     torch.save(ckpt, root / "unet.pt")
     return root
@@ -87,7 +89,12 @@ def onnx_weights(model_dir, tmp_path_factory) -> Path:
     images = np.stack([scene(rng, SIZE, SIZE)[0] for _ in range(2)])
     x = model_input(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
     path = tmp_path_factory.mktemp("onnx") / "unet.onnx"
-    meta = {"model": "unet", "image_size": str(SIZE), "classes": json.dumps(classes_to_json(BINARY_PETS))}
+    meta = {
+        "model": "unet",
+        "image_size": str(SIZE),
+        "resize": json.dumps(square(SIZE)),
+        "classes": json.dumps(classes_to_json(BINARY_PETS)),
+    }
     export_checked(model.eval(), path, meta, x, opset=18, tolerance=1e-3)
     return path
 

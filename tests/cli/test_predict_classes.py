@@ -20,6 +20,7 @@ from pipeline.models.registry import build_model
 from pipeline.report.overlays import palette_overlay
 from tests.cli import test_predict
 from tests.cli.test_predict import SIZE, error_lines, predict, scene
+from tests.support import square
 
 # test_predict's fixtures, shared: its photos in odd sizes and formats, and torch on one thread.
 photos, one_thread = test_predict.photos, test_predict.one_thread
@@ -59,12 +60,17 @@ def multiclass(tmp_path_factory) -> tuple[Path, Path]:
     classes = classes_to_json(CLASSES)
     save_checkpoint(
         checkpoint, "unet", {"base_channels": 4}, model.state_dict(), out_channels=3, classes=classes, epoch=1,
-        valid_dice=0.5, valid_miou=0.4, image_size=SIZE,
+        valid_dice=0.5, valid_miou=0.4, image_size=SIZE, resize=square(SIZE),
     )  # fmt: skip
     images = np.stack([scene3(rng, SIZE, SIZE)[0] for _ in range(2)])
     x = model_input(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
     onnx = tmp_path_factory.mktemp("multiclass_onnx") / "unet.onnx"
-    meta = {"model": "unet", "image_size": str(SIZE), "classes": json.dumps(classes)}
+    meta = {
+        "model": "unet",
+        "image_size": str(SIZE),
+        "resize": json.dumps(square(SIZE)),
+        "classes": json.dumps(classes),
+    }
     export_checked(model.eval(), onnx, meta, x, opset=18, tolerance=1e-3)
     return checkpoint, onnx
 

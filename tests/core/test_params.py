@@ -86,6 +86,17 @@ def test_exponent_without_decimal_point_is_read_as_a_number():
         ({"split": {"valid_fraction": -0.1}}, "split.valid_fraction: must be greater than or equal to 0"),
         ({"preprocess": {"boundary": "edge"}}, "preprocess.boundary: must be 'pet', 'background' or 'ignore'"),
         ({"evaluate": 3}, "evaluate must be a section \\(a mapping\\), got 3"),
+        ({"task": "pets"}, "task: must be 'auto', 'binary' or 'trimap'"),
+        ({"class_weights": "balanced"}, "class_weights: must be none, median_frequency or \\[w0, w1, ...\\]"),
+        ({"class_weights": [1.0]}, "class_weights: must be none, median_frequency or"),
+        ({"class_weights": [1.0, -2.0]}, "class_weights: must be none, median_frequency or"),
+        ({"class_weights": [1.0, True]}, "class_weights: must be none, median_frequency or"),
+        ({"loss": "dice", "class_weights": "median_frequency"}, "unet: class_weights weigh the cross-entropy"),
+        ({"preprocess": {"resize": "crop"}}, "preprocess.resize: must be 'square' or 'keep_aspect'"),
+        ({"preprocess": {"short_side": 16}}, "preprocess.short_side: must be auto or a whole number of pixels >= 32"),
+        ({"evaluate": {"window": 100}}, "evaluate.window: must be 0 \\(whole images\\) or a multiple of 32"),
+        ({"augmentation": {"scale": [2.0, 0.5]}}, "augmentation: .*scale must be two factors 0 < lo <= hi"),
+        ({"train": {"crops_per_image": 0}}, "train.crops_per_image: must be greater than or equal to 1"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(changes, message):

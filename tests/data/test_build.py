@@ -13,6 +13,7 @@ from pipeline.data.build import build_cache, decode_row
 from pipeline.data.cache import load_cache, save_cache
 from pipeline.data.classes import pet_classes
 from pipeline.data.decode import trimap_to_mask
+from pipeline.data.geometry import Resize
 from pipeline.data.layout import UNKNOWN_SPECIES, image_path, read_stems, trimap_path
 from pipeline.data.masks import IGNORE, PackedMasks
 from pipeline.data.report import UNDECODABLE_TRIMAP
@@ -22,6 +23,8 @@ from tests.support import TRIMAP
 # --- build_cache, through save_cache and load_cache ---------------------------------------------
 
 SIZE = 64
+
+SQUARE_8 = Resize("square", 8)
 
 
 def test_cache_round_trip_shapes_dtypes_and_masks(synthetic_root, tmp_path):
@@ -41,7 +44,8 @@ def test_cache_round_trip_shapes_dtypes_and_masks(synthetic_root, tmp_path):
     np.testing.assert_array_equal(loaded.masks, cache.masks)
     assert [p.name for p in path.parent.iterdir()] == ["train"]  # no temporary left behind
     assert sorted(p.name for p in path.iterdir()) == [
-        "images.npy", "masks.npy", "meta.json", "native_bits.npy", "native_offsets.npy", "native_shapes.npy"
+        "images.npy", "masks.npy", "meta.json", "native_bits.npy", "native_offsets.npy", "native_shapes.npy",
+        "sizes.npy",
     ]  # fmt: skip
 
     for i, stem in enumerate(stems):
@@ -134,7 +138,7 @@ def _pets(root, boundary, species=None):
 
 def test_an_undecodable_trimap_is_skipped_as_such_with_its_one_line_message(tmp_path):
     _pair(tmp_path, "Abyssinian_1", trimap_bytes=b"not a png")
-    skipped = decode_row(_pets(tmp_path, "pet"), "Abyssinian_1", 8)
+    skipped = decode_row(_pets(tmp_path, "pet"), "Abyssinian_1", SQUARE_8, (8, 8))
     assert skipped.item == "Abyssinian_1" and skipped.reason == UNDECODABLE_TRIMAP
     assert skipped.detail.startswith(f"{trimap_path(tmp_path, 'Abyssinian_1')}: cannot decode")
     assert skipped.detail.endswith("replace the file or delete the pair") and "\n" not in skipped.detail
@@ -143,7 +147,7 @@ def test_an_undecodable_trimap_is_skipped_as_such_with_its_one_line_message(tmp_
 @pytest.mark.parametrize("boundary", ["pet", "background", "ignore"])
 def test_a_decoded_row_packs_ignored_pixels_only_under_boundary_ignore(tmp_path, boundary):
     _pair(tmp_path, "Abyssinian_1")
-    row = decode_row(_pets(tmp_path, boundary), "Abyssinian_1", 8)
+    row = decode_row(_pets(tmp_path, boundary), "Abyssinian_1", SQUARE_8, (8, 8))
     native = PackedMasks.from_packed([row.native_bits], [row.shape])[0]
     np.testing.assert_array_equal(native, trimap_to_mask(TRIMAP, boundary) == 1)
     if boundary == "ignore":
@@ -159,7 +163,10 @@ def test_a_chunk_is_decoded_in_order_with_each_stems_species(tmp_path):
     for stem in ("Abyssinian_1", "beagle_2"):
         _pair(tmp_path, stem)
     rows = build._decode_chunk(
-        _pets(tmp_path, "ignore", {"beagle_2": "dog", "Abyssinian_1": "cat"}), ["beagle_2", "Abyssinian_1"], 8
+        _pets(tmp_path, "ignore", {"beagle_2": "dog", "Abyssinian_1": "cat"}),
+        ["beagle_2", "Abyssinian_1"],
+        SQUARE_8,
+        (8, 8),
     )
     assert [(r.stem, r.breed, r.species) for r in rows] == [
         ("beagle_2", "beagle", "dog"),

@@ -210,11 +210,9 @@ def _split(n: int = 2, size: int = 8) -> dict:
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"images": np.zeros((2, 8, 8, 3), np.float32)}, r"images must be uint8 \(N, S, S, 3\), got float32"),
-        (
-            {"images": np.zeros((2, 8, 9, 3), np.uint8)},
-            r"images must be uint8 \(N, S, S, 3\), got uint8 \(2, 8, 9, 3\)",
-        ),
+        ({"images": np.zeros((2, 8, 8, 3), np.float32)}, r"images must be uint8 \(N, H, W, 3\), got float32"),
+        ({"images": np.zeros((2, 8, 9, 3), np.uint8), "masks": np.zeros((2, 8, 9), np.uint8)}, "8x9 canvas needs"),
+        ({"sizes": np.array([[8, 8], [8, 9]])}, r"sizes must be \(N, 2\) within the 8x8 canvas"),
         ({"masks": np.zeros((2, 8, 8), bool)}, r"masks must be uint8 \(2, 8, 8\) as the images, got bool"),
         ({"stems": ["a"]}, "2 images but 1 stems, 2 breeds, 2 species, 2 native masks"),
         ({"native": PackedMasks(np.zeros(16, np.uint8), np.array([0, 8, 8]), np.full((2, 2), 8))}, "native offsets"),
@@ -236,7 +234,7 @@ def test_only_2d_masks_pack():
 def test_the_writer_rejects_an_image_of_another_size(tmp_path):
     row = CacheRow("a_1", "a", "cat", np.zeros((9, 9, 3), np.uint8), np.zeros((8, 8), np.uint8), (8, 8), np.zeros(8))
     with pytest.raises(ValueError, match=r"images.npy: rows must be uint8 \(8, 8, 3\), got uint8 \(9, 9, 3\)"):
-        with CacheWriter(tmp_path / "c", 8, ignore=False) as writer:
+        with CacheWriter(tmp_path / "c", (8, 8), ignore=False) as writer:
             writer.add(row)
     assert not (tmp_path / "c" / "meta.json").exists()  # left incomplete for atomic_path to remove
 

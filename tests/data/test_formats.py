@@ -34,7 +34,7 @@ def _dataset(root, classes_yaml: str = THREE):
 
 
 def _decode(root, stem: str):
-    image, mask = open_source(root, "binary", "pet").decode(stem)
+    image, mask = open_source(root, "auto", "pet").decode(stem)
     return np.asarray(image), mask
 
 

@@ -40,7 +40,7 @@ FOUR = "classes: [background, road, car, sign]\nignore_index: 9\n"
 @pytest.mark.parametrize("palette_mode", [False, True], ids=["mode-L", "mode-P"])
 def test_a_folder_mask_keeps_its_class_indices_and_maps_the_ignore_label_to_255(tmp_path, palette_mode):
     root = _folder(tmp_path / "d", {"a": LABELS}, FOUR, palette_mode=palette_mode)
-    source = open_source(root, "binary", "pet")
+    source = open_source(root, "auto", "pet")
     assert source.folder and source.classes.names == ("background", "road", "car", "sign")
     image, mask = source.decode("a")
     expected = LABELS.copy()
@@ -58,7 +58,7 @@ def test_a_folder_mask_with_a_value_outside_the_classes_or_another_size_is_a_bad
     Image.new("RGB", (4, 3)).save(root / "images" / "small.png")
     (root / "masks" / "broken.png").write_bytes(b"not a png")
     Image.new("RGB", (4, 3)).save(root / "images" / "broken.png")
-    source = open_source(root, "binary", "pet")
+    source = open_source(root, "auto", "pet")
     with pytest.raises(BadPair) as info:
         source.decode("bad")
     assert info.value.reason == BAD_MASK_VALUES and "values [4] outside the 4 classes" in str(info.value)
@@ -100,11 +100,17 @@ def test_two_classes_in_a_folder_make_a_binary_task(tmp_path):
     assert split.classes.binary and set(np.unique(split.masks)) <= {0, 1}
 
 
-def test_a_folder_dataset_refuses_the_trimap_task_in_one_line(tmp_path):
+@pytest.mark.parametrize("task", ["trimap", "binary"])
+def test_a_folder_dataset_of_four_classes_refuses_a_pets_task_in_one_line(tmp_path, task):
     root = _folder(tmp_path / "d", {"a": LABELS}, FOUR)
-    with pytest.raises(UserError, match=r"task: trimap .* set task: binary$") as info:
-        open_source(root, "trimap", "pet")
+    with pytest.raises(UserError, match=rf"task: {task} .* 4 classes .* set task: auto$") as info:
+        open_source(root, task, "pet")
     assert "\n" not in str(info.value)
+    assert open_source(root, "auto", "pet").classes.count == 4
+
+
+def test_auto_makes_the_pets_binary(synthetic_root):
+    assert open_source(synthetic_root, "auto", "pet").classes == open_source(synthetic_root, "binary", "pet").classes
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from pipeline.data.classes import BINARY_PETS, Classes, classes_to_json
 from pipeline.evaluate.export import export_checked
 from pipeline.evaluate.inference import load_model, onnx_forward, torch_forward
 from pipeline.models.registry import build_model
+from tests.support import SQUARE_32, SQUARE_64
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,12 @@ def exported(tmp_path_factory):
     model = build_model("resnet34_unet", decoder_channels=[8, 8, 8, 4, 4]).eval()
     path = tmp_path_factory.mktemp("onnx") / "r.onnx"
     images = np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype(np.float32)
-    meta = {"model": "resnet34_unet", "image_size": "64", "classes": json.dumps(classes_to_json(BINARY_PETS))}
+    meta = {
+        "model": "resnet34_unet",
+        "image_size": "64",
+        "resize": json.dumps(SQUARE_64),
+        "classes": json.dumps(classes_to_json(BINARY_PETS)),
+    }
     diff = export_checked(model, path, meta, images, 18, 1e-3)
     return model, path, diff
 
@@ -74,7 +80,12 @@ def test_a_three_class_model_exports_with_parity_and_its_classes(tmp_path):
     model = build_model("unet", 3, base_channels=4).eval()
     classes = Classes(("background", "pet", "boundary"))
     images = np.random.default_rng(2).normal(size=(2, 3, 32, 32)).astype(np.float32)
-    meta = {"model": "unet", "image_size": "32", "classes": json.dumps(classes_to_json(classes))}
+    meta = {
+        "model": "unet",
+        "image_size": "32",
+        "resize": json.dumps(SQUARE_32),
+        "classes": json.dumps(classes_to_json(classes)),
+    }
     diff = export_checked(model, tmp_path / "u.onnx", meta, images, 18, 1e-3)
     assert 0.0 <= diff <= 1e-3
     loaded = load_model(tmp_path / "u.onnx", torch.device("cpu"))

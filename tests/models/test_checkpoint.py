@@ -7,6 +7,7 @@ from pipeline.core.errors import UserError
 from pipeline.data.classes import BINARY_PETS, classes_to_json
 from pipeline.models.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.models.registry import build_model
+from tests.support import SQUARE_32
 
 
 def test_load_checkpoint_errors(tmp_path):
@@ -21,7 +22,14 @@ def test_load_checkpoint_errors(tmp_path):
 def _tiny_checkpoint(path):
     model = build_model("unet", base_channels=4)
     arch = {"base_channels": 4}
-    info = {"out_channels": 1, "classes": classes_to_json(BINARY_PETS), "epoch": 1, "valid_dice": 0.5, "image_size": 32}
+    info = {
+        "out_channels": 1,
+        "classes": classes_to_json(BINARY_PETS),
+        "epoch": 1,
+        "valid_dice": 0.5,
+        "image_size": 32,
+        "resize": SQUARE_32,
+    }
     save_checkpoint(path, "unet", arch, model.state_dict(), **info)
 
 

@@ -20,12 +20,12 @@ from pipeline.data.synthetic import make_synthetic_folder
 from pipeline.evaluate.confusion import confusion_matrix
 from pipeline.models.checkpoint import save_checkpoint
 from pipeline.models.registry import build_model
-from tests.support import write_params
+from tests.support import SQUARE_32, write_params
 
 # After the headline (MULTICLASS_HEADLINE_METRICS, first and in that order), what else was measured.
 DETAIL_KEYS = [
     *("per_class", "miou_per_image", "at_image_size", "species", "images", "threshold", "tta", "image_size"),
-    *("images_per_s", "device", "onnx_max_abs_diff"),
+    *("resize", "images_per_s", "device", "onnx_max_abs_diff"),
 ]
 
 
@@ -41,7 +41,7 @@ def evaluated(tmp_path_factory):
     model = build_model("unet", 3, base_channels=4)
     save_checkpoint(
         root / "unet.pt", "unet", {"base_channels": 4}, model.state_dict(), out_channels=3,
-        classes=classes_to_json(test.classes), epoch=2, valid_dice=0.4, valid_miou=0.3, image_size=32,
+        classes=classes_to_json(test.classes), epoch=2, valid_dice=0.4, valid_miou=0.3, image_size=32, resize=SQUARE_32,
     )  # fmt: skip
     params = write_params(root / "params.yaml", image_size=32, evaluate={"threshold": "auto", "batch_size": 4})
     p = ["--params", str(params)]

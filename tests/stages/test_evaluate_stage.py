@@ -18,7 +18,7 @@ from pipeline.data.masks import PackedMasks
 # After the headline a reviewer compares (HEADLINE_METRICS, first and in that order), what else was measured.
 DETAIL_KEYS = [
     "per_class", "dice_per_image_median", "pixel_accuracy", "at_image_size", "species", "images", "threshold", "tta",
-    "image_size", "images_per_s", "device", "onnx_max_abs_diff",
+    "image_size", "resize", "images_per_s", "device", "onnx_max_abs_diff",
 ]  # fmt: skip
 
 

@@ -35,7 +35,16 @@ def folder_run(tmp_path_factory):
             labels = np.array(img)
         labels[:, :8] = 255  # classes.yaml's ignore_index: in no loss and no metric
         Image.fromarray(labels).save(mask)
-    params = {**TINY, "data": {"source": str(data), "max_bad_fraction": 0.1}}
+    # Kept aspect (photos 96..160 px a side, short side 32, canvas 64), balanced classes, two crops an image,
+    # and 32-pixel sliding windows: a user's own data the way the issue asks, through every stage.
+    params = {
+        **TINY,
+        "data": {"source": str(data), "max_bad_fraction": 0.1},
+        "preprocess": {"resize": "keep_aspect"},
+        "class_weights": "median_frequency",
+        "train": {"crops_per_image": 2},
+        "evaluate": {"window": 32},
+    }
     repo = new_project(root / "repo", params)
     output = run(repo, "dvc", "repro")
     assert stages_run(output) == ALL_STAGES
@@ -47,6 +56,8 @@ def test_a_folder_dataset_runs_end_to_end_with_per_class_metrics(folder_run):
     assert json.loads((repo / "metrics" / "skipped.json").read_text()) == {"skipped": 1}
     report = json.loads((repo / "metrics" / "data.json").read_text())
     assert bad in json.dumps(report) and "bad_mask_values" in json.dumps(report)
+    weights = {name: entry["median_frequency"] for name, entry in report["train_classes"].items()}
+    assert list(weights) == NAMES and min(weights.values()) > 0 and weights["background"] < 1 < weights["part3"]
     for model in ("unet", "resnet34_unet"):
         metrics = json.loads((repo / "metrics" / "evaluation" / f"{model}.json").read_text())
         assert list(metrics["per_class"]) == NAMES
@@ -55,6 +66,7 @@ def test_a_folder_dataset_runs_end_to_end_with_per_class_metrics(folder_run):
         present = [v["iou"] for v in metrics["per_class"].values() if v["iou"] is not None]
         assert metrics["miou"] == pytest.approx(float(np.mean(present)), abs=1e-12)
         assert 0.0 <= metrics["pixel_accuracy"] <= 1.0 and "best_valid_miou" in metrics
+        assert metrics["resize"] == {"mode": "keep_aspect", "side": 32}
     summary = json.loads((repo / "metrics" / "test.json").read_text())
     assert list(summary)[0] == "miou" and set(summary["miou"]) == {"unet", "resnet34_unet"}
     for png in ("confusion", "per_class_iou"):
@@ -64,7 +76,7 @@ def test_a_folder_dataset_runs_end_to_end_with_per_class_metrics(folder_run):
     (repo / "params.yaml").write_text(yaml.safe_dump({**params, "task": "trimap"}, sort_keys=False))
     done = subprocess.run([str(DVC), "repro"], cwd=repo, env=dvc_env(), capture_output=True, text=True)
     errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error: ")]
-    assert done.returncode != 0 and len(errors) == 1 and "set task: binary" in errors[0]
+    assert done.returncode != 0 and len(errors) == 1 and "set task: auto" in errors[0]
     assert "Running stage 'download'" not in done.stdout and "Running stage 'split'" not in done.stdout
 
 

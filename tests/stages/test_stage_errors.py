@@ -93,7 +93,7 @@ def test_evaluate_stage_rejects_a_cache_of_another_size(evaluate_args, tmp_path,
     split = CachedSplit(images, masks, ["a", "b"], PackedMasks.pack(list(masks)), ["a", "b"], ["cat", "dog"])
     save_cache(tmp_path / "test64.npz", split)
     assert run_stage(stages.evaluate.main, evaluate_args(tmp_path, test=tmp_path / "test64.npz")) == 1
-    assert "images are 64 px but" in _one_error_line(capsys)
+    assert "photos cached at 64x64 px but" in _one_error_line(capsys)
     assert list(tmp_path.glob("unet*")) == [] and not (tmp_path / "pred.npz").exists()
 
 

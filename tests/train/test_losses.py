@@ -251,3 +251,43 @@ def test_ce_dice_backpropagates_towards_the_true_class():
     ce_dice_loss(x, torch.tensor([[[[0, 2]]]])).backward()
     # Raising the true class's logit lowers the loss; raising another's raises it.
     assert x.grad[0, 0, 0, 0] < 0 and x.grad[0, 2, 0, 1] < 0 and x.grad[0, 1].gt(0).all()
+
+
+# --- class weights ---------------------------------------------------------------------------------
+
+
+def test_weighted_cross_entropy_is_the_weighted_mean_of_the_counted_pixels():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 2, 2)
+    target = torch.tensor([[[[0, 1], [2, IGNORE]]]], dtype=torch.uint8)
+    weights = torch.tensor([1.0, 4.0, 0.5])
+    terms = -torch.log_softmax(logits, 1)[0, [0, 1, 2], [0, 0, 1], [0, 1, 0]]  # the three counted pixels
+    expected = (terms * weights).sum() / weights.sum()
+    assert ce_loss(logits, target, weights).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert ce_loss(logits, target, torch.ones(3)).item() == pytest.approx(ce_loss(logits, target).item(), rel=1e-6)
+
+
+def test_binary_class_weights_weigh_the_positive_term_by_w1_over_w0():
+    logits = torch.tensor([[[[2.0, -1.0, 0.5]]]])
+    target = torch.tensor([[[[1.0, 0.0, float(IGNORE)]]]])
+    positive, negative = F.softplus(torch.tensor(-2.0)), F.softplus(torch.tensor(-1.0))  # -log p, -log(1 - p)
+    expected = (3.0 * positive + negative) / 2  # w1 / w0 = 6 / 2; two counted pixels
+    assert bce_loss(logits, target, torch.tensor([2.0, 6.0])).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_the_multiclass_dice_averages_over_the_classes_present_only():
+    logits = torch.zeros(1, 3, 2, 2)  # every class 1/3 everywhere
+    target = torch.tensor([[[[0, 0], [1, 1]]]], dtype=torch.uint8)  # class 2 absent
+    per_class = 1.0 - (2.0 * (2 / 3) + 1.0) / (4 / 3 + 2.0 + 1.0)  # classes 0 and 1 alike
+    assert multiclass_dice_loss(logits, target).item() == pytest.approx(per_class, rel=1e-6)
+
+
+def test_weights_reach_the_cross_entropy_and_the_dice_loss_refuses_them():
+    weights = torch.tensor([1.0, 3.0, 1.0])
+    logits, target = torch.randn(1, 3, 4, 4), torch.randint(0, 3, (1, 1, 4, 4), dtype=torch.uint8)
+    weighted = loss_function("ce_dice", 3, weights)(logits, target)
+    assert weighted.item() == pytest.approx(
+        (ce_loss(logits, target, weights) + multiclass_dice_loss(logits, target)).item()
+    )
+    with pytest.raises(ValueError, match="dice loss has none"):
+        loss_function("dice", 3, weights)
