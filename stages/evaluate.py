@@ -8,8 +8,10 @@ for more classes), then the breakdowns, the threshold and TTA, throughput, devic
 A binary model (one logit) predicts class 1 where sigmoid > ``evaluate.threshold`` (``auto``: the best on
 valid). A multi-class model (C logits) predicts each pixel's highest logit's class, so it has no threshold:
 ``evaluate.threshold`` is not used (``auto`` reads no valid split), and the metrics and the record beside
-the weights hold ``"threshold": null``. The predictions .npz holds the native-size label maps at the depth
-of the test cache's masks (bits for a binary task, a byte a pixel for more classes).
+the weights hold ``"threshold": null``. The per-breed table and the metrics' ``species`` are written for a
+dataset with breeds (the pets), not for a folder dataset, whose images are all of breed "unknown". The
+predictions .npz holds the native-size label maps at the depth of the test cache's masks (bits for a binary
+task, a byte a pixel for more classes).
 """
 
 import argparse
@@ -84,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--test", required=True, help="test split cache folder")
     parser.add_argument("--metrics", required=True, help="output .json of what was measured")
     parser.add_argument("--per-image", required=True, help="output per-image .csv")
-    parser.add_argument("--per-breed", required=True, help="output per-breed .csv")
+    parser.add_argument(
+        "--per-breed", required=True, help="output per-breed .csv, for a dataset with breeds (the pets) only"
+    )
     parser.add_argument("--predictions", required=True, help="output predicted native-size masks (.npz)")
     parser.add_argument("--record", required=True, help="output .json beside the weights: threshold and tta used")
     return parser
@@ -147,15 +151,18 @@ def _write(
     stems: list[str],
     predictions: PackedMasks,
     per_image: pd.DataFrame,
-    per_breed: pd.DataFrame,
+    per_breed: pd.DataFrame | None,
     metrics: dict,
 ) -> None:
-    """Write the stage's outputs, the metrics last: the native-size predictions (.npz), both tables, the
-    eval record (the threshold and TTA ``metrics`` hold) and the metrics."""
+    """Write the stage's outputs, the metrics last: the native-size predictions (.npz), the per-image table,
+    the per-breed table where the dataset has breeds (else none, and none left from an earlier run), the eval
+    record (the threshold and TTA ``metrics`` hold) and the metrics."""
     with atomic_path(args.predictions) as tmp, open(tmp, "wb") as f:
         np.savez(f, stems=np.array(stems), **predictions.to_arrays("masks"))
     write_csv(args.per_image, per_image)
-    write_csv(args.per_breed, per_breed)
+    Path(args.per_breed).unlink(missing_ok=True)
+    if per_breed is not None:
+        write_csv(args.per_breed, per_breed)
     write_eval_record(Path(args.record), model.name, model.image_size, metrics["threshold"], metrics["tta"])
     write_json(args.metrics, metrics)
 

@@ -1,6 +1,6 @@
-"""Stage `plot`: learning curves, mask overlays, worst images, score distribution, per-breed and test score
-figures, the test confusion matrices and per-class IoU, and the models' test scores side by side (the DVC
-metrics file a reviewer compares).
+"""Stage `plot`: learning curves, mask overlays, worst images, score distribution, per-breed (for a dataset
+with breeds: the pets) and test score figures, the test confusion matrices and per-class IoU, and the models'
+test scores side by side (the DVC metrics file a reviewer compares).
 
 One set of figures for every task: each shows the task's score (the Dice of class 1 for a binary task, the
 mIoU for more classes: the test cache's classes say which) and draws masks in the classes' palette, wrong
@@ -26,6 +26,7 @@ from pipeline.core.params import load_params
 from pipeline.core.runner import run_stage
 from pipeline.data.cache import CachedSplit, load_cache
 from pipeline.data.masks import PackedMasks
+from pipeline.data.sources import any_known
 from pipeline.evaluate.confusion import task_metric
 from pipeline.report.class_figures import class_iou, confusion_figure, per_class_iou_bars, split_confusion
 from pipeline.report.files import FIGURES, model_files
@@ -37,7 +38,8 @@ from pipeline.report.table import side_by_side
 
 @dataclass
 class Inputs:
-    """Every model's inputs, read and checked against the test split, by model name in display order."""
+    """Every model's inputs, read and checked against the test split, by model name in display order;
+    ``per_breed`` is empty for a dataset without breeds."""
 
     curves: dict[str, pd.DataFrame]
     metrics: dict[str, dict]
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--params", required=True)
     parser.add_argument("--models", nargs="+", required=True, help="model names, in display order")
     parser.add_argument("--live", required=True, help="folder of the dvclive folders, one per model")
-    parser.add_argument("--evaluation", required=True, help="folder of the evaluate stages' .json and .csv files")
+    parser.add_argument("--evaluation", required=True, help="folder of the evaluate stages' folders, one per model")
     parser.add_argument("--predictions", required=True, help="folder of the evaluate stages' predictions (.npz)")
     parser.add_argument("--test", required=True, help="test split cache folder")
     parser.add_argument("--plots", required=True, help="output folder of the figures")
@@ -73,11 +75,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "overlays": overlay_grid(test, inputs.predictions, inputs.per_image, chosen, score),
         "worst": worst_grid(test, inputs.predictions, inputs.per_image, params.worst, score),
         "distribution": score_distribution(inputs.per_image, score),
-        "breeds": per_breed_bars(inputs.per_breed, score),
+        **({"breeds": per_breed_bars(inputs.per_breed, score)} if inputs.per_breed else {}),
         "scores": score_bars(inputs.metrics, test.classes.count),
         "confusion": confusion_figure(inputs.matrices, names),
         "per_class": per_class_iou_bars(class_iou(inputs.matrices, names), names),
     }
+    # A per-breed figure left by an earlier run on the pets is not about this dataset.
+    (Path(args.plots) / FIGURES["breeds"]).unlink(missing_ok=True)
     for name, fig in figures.items():
         save_figure(fig, Path(args.plots) / FIGURES[name])
     write_json(args.summary, side_by_side(inputs.metrics, headline_keys(test.classes.count)))
@@ -91,15 +95,15 @@ def _read(args: argparse.Namespace, test: CachedSplit) -> Inputs:
     score = task_metric(count)
     # An image whose every pixel is ignored has no mIoU (NaN); a binary image always has a Dice.
     nullable = () if count == 2 else (score,)
+    breeds = any_known(test.breeds)  # a folder dataset's are all "unknown": it has no per-breed table
     inputs = Inputs({}, {}, {}, {}, {}, {})
     for model in args.models:
         files = model_files(model, Path(args.live), Path(args.evaluation), Path(args.predictions))
         inputs.curves[model] = read_curves(files.live, score)
         inputs.metrics[model] = metrics = read_metrics(files.metrics, count)
         inputs.per_image[model] = per_image = read_table(files.per_image, ("stem",), (score,), nullable)
-        inputs.per_breed[model] = per_breed = read_table(
-            files.per_breed, ("breed", "species"), ("images", score), nullable
-        )
+        if breeds:
+            inputs.per_breed[model] = _read_per_breed(files.per_breed, test, nullable, args.test)
         masks, stems = load_predictions(files.predictions)
         inputs.predictions[model] = masks
         same_masks = (
@@ -110,7 +114,6 @@ def _read(args: argparse.Namespace, test: CachedSplit) -> Inputs:
         for path, same in (
             (files.metrics, metrics["images"] == len(test.stems)),
             (files.per_image, per_image["stem"].tolist() == test.stems),
-            (files.per_breed, per_breed.groupby("breed")["images"].sum().to_dict() == Counter(test.breeds)),
             (files.predictions, same_masks),
         ):
             if not same:
@@ -120,6 +123,16 @@ def _read(args: argparse.Namespace, test: CachedSplit) -> Inputs:
         except ValueError as err:  # a predicted class index the task does not have
             raise UserError(f"{files.predictions}: {err}; {REDO_EVALUATE}") from None
     return inputs
+
+
+def _read_per_breed(path: Path, test: CachedSplit, nullable: tuple[str, ...], where: str) -> pd.DataFrame:
+    """A model's per-breed table, checked to count ``test``'s images breed by breed. Raises UserError if it is
+    missing, corrupt or about other images."""
+    score = task_metric(test.classes.count)
+    table = read_table(path, ("breed", "species"), ("images", score), nullable)
+    if table.groupby("breed")["images"].sum().to_dict() != Counter(test.breeds):
+        raise UserError(f"{path}: not about the {len(test.stems)} test images of {where}; {REDO_EVALUATE}")
+    return table
 
 
 if __name__ == "__main__":

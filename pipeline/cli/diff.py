@@ -66,7 +66,8 @@ def read_sources(root: Path) -> Sources:
         if "stages.evaluate" in argv:
             metrics, per_image = _option(argv, "--metrics"), _option(argv, "--per-image")
             if metrics and per_image:
-                models.append(Evaluated(Path(metrics).stem, metrics, per_image))
+                # Each model's files lie in its own folder, named after it (pipeline/report/files.py).
+                models.append(Evaluated(Path(metrics).parent.name, metrics, per_image))
         elif "stages.plot" in argv and _option(argv, "--plots"):
             for label, name in (("worst images", "worst"), ("learning curves", "curves")):
                 figures[label] = (Path(_option(argv, "--plots")) / FIGURES[name]).as_posix()

@@ -47,11 +47,12 @@ _PREDICT = (
 )
 _DIFF = (
     "compare each model's test metrics with a git revision, with a confidence interval",
-    "Each model's headline metrics (metrics/<model>.json) in the workspace against REV, read through git "
-    "as `dvc metrics diff` does, and whether its test Dice changed by more than the noise: a "
-    f"{100 * options.CONFIDENCE:g} % confidence interval of the change from a paired bootstrap over the "
-    "test images (metrics/<model>_per_image.csv of both sides), the number of images that got better and "
-    "worse, and a verdict: better, worse, or within noise. Exit status 0, or 1 if something cannot be read.",
+    "Each model's headline metrics (metrics/evaluation/<model>/scores.json) in the workspace against REV, "
+    "read through git as `dvc metrics diff` does, and whether its test score (Dice, or mIoU for more than two "
+    f"classes) changed by more than the noise: a {100 * options.CONFIDENCE:g} % confidence interval of the "
+    "change from a paired bootstrap over the test images (metrics/evaluation/<model>/per_image.csv of both "
+    "sides), the number of images that got better and worse, and a verdict: better, worse, or within noise. "
+    "Exit status 0, or 1 if something cannot be read.",
 )
 _PARAMS = (
     "list every params.yaml key: the values it takes, its default and what it does",

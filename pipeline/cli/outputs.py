@@ -46,12 +46,12 @@ def write_outputs(
 ) -> tuple[Path, Path]:
     """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` (RGB ``image``, W x H, the mask drawn on it) into
     ``out``, each atomically; return their paths. ``mask`` is a label map uint8 (H, W); the overlay tints each
-    class but the first in its ``classes.palette`` colour. Binary ``classes``: a mode L mask of 0 and 255 (the
-    pet). Otherwise a mode P mask of the class indices 0..C-1 with the palette (a viewer shows the class
-    colours, a reader gets the indices).
+    class in its ``classes.palette`` colour but one named background (:func:`~pipeline.report.overlays.backdrop`).
+    Binary ``classes``: a mode L mask of 0 and 255 (the pet). Otherwise a mode P mask of the class indices
+    0..C-1 with the palette (a viewer shows the class colours, a reader gets the indices).
     Raises UserError if a file cannot be written."""
     mask_path, overlay_path = output_paths(out, source)
-    overlay = palette_overlay(np.asarray(image), mask, classes.palette)
+    overlay = palette_overlay(np.asarray(image), mask, classes)
     mask_png = Image.fromarray(mask * 255 if classes.binary else mask, "L")
     if not classes.binary:
         mask_png.putpalette([value for colour in classes.palette for value in colour])  # L → P, indices kept

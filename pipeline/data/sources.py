@@ -2,6 +2,7 @@
 the user's images and label masks. The split and preprocess stages open either through :func:`open_source`.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,12 @@ from pipeline.data.masks import IGNORE
 from pipeline.data.report import BAD_MASK_VALUES, UNDECODABLE_IMAGE, UNDECODABLE_MASK
 
 UNKNOWN = layout.UNKNOWN_SPECIES  # breed and species of a folder dataset's images
+
+
+def any_known(labels: Sequence[str]) -> bool:
+    """Whether any of a split's breeds or species (``labels``, one per image) is known: the pets' are, while a
+    folder dataset's are all :data:`UNKNOWN`, so its reports have no breakdown by either."""
+    return any(label != UNKNOWN for label in labels)
 
 
 @dataclass(frozen=True)

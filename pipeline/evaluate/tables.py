@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from pipeline.core.constants import headline_keys
+from pipeline.data.sources import any_known
 from pipeline.evaluate.confusion import (
     class_counts,
     class_scores,
@@ -27,7 +28,7 @@ from pipeline.evaluate.confusion import (
 )
 from pipeline.evaluate.scoring import Scored
 
-# A per-class entry of metrics/<model>.json: these lists of class_scores, by class name.
+# A per-class entry of metrics/evaluation/<model>/scores.json: these lists of class_scores, by class name.
 PER_CLASS_KEYS = ("iou", "dice", "precision", "recall", "pixels")
 
 
@@ -91,11 +92,12 @@ def headline(scored: Scored) -> dict[str, float | None]:
 
 
 def details(scored: Scored, names: tuple[str, ...], species: list[str]) -> dict:
-    """What else the matrices say, after the headline in ``metrics/<model>.json``, at native size unless
-    said: ``per_class`` {name: {iou, dice, precision, recall, pixels}} in class order (None where a score
-    is undefined: :func:`~pipeline.evaluate.confusion.class_scores`), the task's other scores of
+    """What else the matrices say, after the headline in ``metrics/evaluation/<model>/scores.json``, at native
+    size unless said: ``per_class`` {name: {iou, dice, precision, recall, pixels}} in class order (None where a
+    score is undefined: :func:`~pipeline.evaluate.confusion.class_scores`), the task's other scores of
     :func:`summary`, ``at_image_size`` (those at the cache's size), ``species`` {name: {<score>,
-    <score>_per_image, images}} and ``images``."""
+    <score>_per_image, images}} where any image's species is known
+    (:func:`~pipeline.data.sources.any_known`: the pets, not a folder dataset) and ``images``."""
     keys = headline_keys(len(names))
     total = torch.from_numpy(scored.native.sum(0))
     scores = class_scores(total) if total.sum() else {key: [None] * len(names) for key in PER_CLASS_KEYS}
@@ -106,7 +108,7 @@ def details(scored: Scored, names: tuple[str, ...], species: list[str]) -> dict:
         "per_class": per_class,
         **{key: _json(value) for key, value in summary(scored.native).items() if key not in keys},
         "at_image_size": {key: _json(value) for key, value in at_size.items() if key != metric},
-        "species": _species(scored.native, species),
+        **({"species": _species(scored.native, species)} if any_known(species) else {}),
         "images": len(scored.native),
     }
 
@@ -142,11 +144,14 @@ def per_image_table(
     return pd.DataFrame(columns)
 
 
-def per_breed_table(scored: Scored, per_image: pd.DataFrame) -> pd.DataFrame:
-    """One row per breed (a folder dataset's images are all breed and species "unknown": one row): breed,
-    species, images, the task's score within the breed (its images' matrices summed; NaN if all its pixels
-    are ignored) and ``<score>_per_image`` (the mean of its images' own scores); sorted by the score,
-    worst first."""
+def per_breed_table(scored: Scored, per_image: pd.DataFrame) -> pd.DataFrame | None:
+    """One row per breed: breed, species, images, the task's score within the breed (its images' matrices
+    summed; NaN if all its pixels are ignored) and ``<score>_per_image`` (the mean of its images' own scores);
+    sorted by the score, worst first. None where no image's breed is known
+    (:func:`~pipeline.data.sources.any_known`: a folder dataset, whose one "unknown" row would only repeat the
+    test score)."""
+    if not any_known(per_image["breed"]):
+        return None
     metric = task_metric(scored.native.shape[-1])
     rows = []
     for (breed, species), group in per_image.groupby(["breed", "species"], sort=True):

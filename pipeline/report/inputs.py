@@ -17,8 +17,8 @@ from pipeline.data.masks import LABELS, PackedMasks
 
 # dvclive writes one TSV per metric under <live>/plots/metrics/, with columns step (0-based epoch) and <name>.
 CURVES = {"train/loss": "train loss", "valid/loss": "valid loss", "valid/dice": "valid Dice"}
-# Numbers the figures need from metrics/<model>.json besides its headline (and a binary task's threshold:
-# a multi-class task has none, a pixel taking its highest logit's class).
+# Numbers the figures need from metrics/evaluation/<model>/scores.json besides its headline (and a binary task's
+# threshold: a multi-class task has none, a pixel taking its highest logit's class).
 DETAIL_KEYS = ("images", "image_size")
 REDO_EVALUATE = "run dvc repro -f for its evaluate stage"
 
@@ -43,9 +43,9 @@ def read_curves(live_dir: Path, score: str = "dice") -> pd.DataFrame:
 
 
 def read_metrics(path: Path, num_classes: int = 2) -> dict:
-    """What an evaluate stage measured about a model (``metrics/<model>.json``), with a number for every
-    key of the task's :func:`~pipeline.core.constants.headline_keys` and of DETAIL_KEYS (and ``threshold``
-    for two classes), and a ``tta``.
+    """What an evaluate stage measured about a model (``metrics/evaluation/<model>/scores.json``), with a number
+    for every key of the task's :func:`~pipeline.core.constants.headline_keys` and of DETAIL_KEYS (and
+    ``threshold`` for two classes), and a ``tta``.
 
     Raises UserError if the file is missing, not JSON, or lacks one of those keys.
     """

@@ -37,8 +37,14 @@ def worst_stems(per_image: pd.DataFrame, k: int, score: str) -> list[str]:
 
 
 def _legend(fig: Figure, test: CachedSplit) -> None:
-    handles = class_legend(test.classes.palette, test.classes.names, wrong=True)
+    handles = class_legend(test.classes, wrong=True)
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False)
+
+
+def _key(test: CachedSplit) -> str:
+    """What the colours and the photo of a mask figure are: its titles' last line."""
+    size = test.images.shape[1]
+    return f"Colours: classes as in the legend, wrong pixels purple; photo: the {size} px model input, upsampled"
 
 
 def _show(ax: Axes, picture: np.ndarray, title: str) -> None:
@@ -65,7 +71,7 @@ def overlay_grid(
     ``per_image[model]``, beside stem). ``predictions[model][i]`` is a label map uint8 (h, w), the size of
     ``test.native[i]``. Raises KeyError if a chosen stem has no score."""
     values = {name: table.set_index("stem")[score] for name, table in per_image.items()}
-    palette, label = test.classes.palette, SCORE_LABELS[score]
+    label = SCORE_LABELS[score]
     cols = 2 + len(predictions)
     fig = Figure(figsize=(PANEL_INCHES * cols, PANEL_INCHES * len(rows) + 0.8), layout="constrained")
     axes = fig.subplots(len(rows), cols, squeeze=False)
@@ -73,14 +79,17 @@ def overlay_grid(
     for ax_row, i in zip(axes, rows, strict=True):
         (photo, truth), stem = _scene(test, i), test.stems[i]
         panels = [(photo, f"{stem} ({truth.shape[1]}x{truth.shape[0]})")]
-        panels.append((palette_overlay(photo, truth, palette), "ground truth"))
+        panels.append((palette_overlay(photo, truth, test.classes), "ground truth"))
         for name, masks in predictions.items():
             title = f"{name}: {label} {values[name][stem]:.3f}"
-            panels.append((outcome_overlay(photo, masks[i], truth, palette), title))
+            panels.append((outcome_overlay(photo, masks[i], truth, test.classes), title))
         for ax, (picture, title) in zip(ax_row, panels, strict=True):
             _show(ax, picture, title)
-    size = test.images.shape[1]
-    fig.suptitle(f"Test images at native size (photo shown at {size} px, upsampled)", fontsize=10)
+    fig.suptitle(
+        f"{len(rows)} of {len(test.stems)} test images at their own size: the photo, its ground truth, then each "
+        f"model's prediction, titled with that model's {label} of the image\n{_key(test)}",
+        fontsize=10,
+    )
     _legend(fig, test)
     return fig
 
@@ -105,8 +114,8 @@ def worst_grid(
             ax.axis("off")
         for ax, stem in zip(axes, stems, strict=False):
             photo, truth = _scene(test, index[stem])
-            picture = outcome_overlay(photo, predictions[name][index[stem]], truth, test.classes.palette)
+            picture = outcome_overlay(photo, predictions[name][index[stem]], truth, test.classes)
             _show(ax, picture, f"{stem}: {label} {values[stem]:.3f}")
-    fig.suptitle(f"Worst test images at native size (photo shown at {test.images.shape[1]} px, upsampled)", fontsize=10)
+    fig.suptitle(f"Each model's lowest-{label} test images at their own size\n{_key(test)}", fontsize=10)
     _legend(fig, test)
     return fig

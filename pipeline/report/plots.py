@@ -1,4 +1,4 @@
-"""Figures for review: learning curves, the per-image Dice distribution, per-breed and test Dice bars.
+"""Figures for review: learning curves, the per-image score distribution, per-breed and test score bars.
 
 Every figure takes the task's score (``score``: "dice" for a binary task, "miou" for more classes: the
 column of the per-image and per-breed tables, the valid curve), so one set of figures serves every task.
@@ -88,8 +88,8 @@ def breed_order(per_breed: dict[str, pd.DataFrame], score: str = "dice") -> list
     Each table has one row per breed with columns breed and ``score``; a breed missing from a model's
     table is averaged over the others.
     """
-    dice = pd.concat([t.set_index("breed")[score] for t in per_breed.values()], axis=1).mean(axis=1)
-    return sorted(dice.index, key=lambda breed: (dice[breed], breed))
+    mean = pd.concat([t.set_index("breed")[score] for t in per_breed.values()], axis=1).mean(axis=1)
+    return sorted(mean.index, key=lambda breed: (mean[breed], breed))
 
 
 def per_breed_bars(per_breed: dict[str, pd.DataFrame], score: str = "dice") -> Figure:
@@ -106,8 +106,8 @@ def per_breed_bars(per_breed: dict[str, pd.DataFrame], score: str = "dice") -> F
     fig = Figure(figsize=(8, 1.5 + 0.22 * len(order) * len(per_breed)), layout="constrained")
     ax = fig.subplots()
     for i, (name, table) in enumerate(per_breed.items()):
-        dice = table.set_index("breed")[score].reindex(order)
-        ax.barh(y + (len(per_breed) / 2 - 0.5 - i) * height, dice, height, label=name)
+        values = table.set_index("breed")[score].reindex(order)
+        ax.barh(y + (len(per_breed) / 2 - 0.5 - i) * height, values, height, label=name)
     ax.set_yticks(y, [f"{b} (n={int(first.loc[b, 'images'])})" for b in order], fontsize=8)
     for label, breed in zip(ax.get_yticklabels(), order, strict=True):
         label.set_color(SPECIES_COLOURS.get(first.loc[breed, "species"], "black"))

@@ -10,5 +10,5 @@ first two metric columns, or, for a multi-class task, their test mIoU.
 def side_by_side(metrics: dict[str, dict], keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """``{score: {model: value}}`` for each score of ``keys`` (the task's
     :func:`~pipeline.core.constants.headline_keys`), from each model's measured
-    metrics (``{model: metrics/<model>.json}``), in the models' order."""
+    metrics (``{model: metrics/evaluation/<model>/scores.json}``), in the models' order."""
     return {key: {model: values[key] for model, values in metrics.items()} for key in keys}

@@ -38,13 +38,13 @@ def counts(seed: int, quality: float) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def write(repo: Path, model: str, table: pd.DataFrame) -> None:
-    """The model's metrics file and per-image CSV of ``table`` in repo/metrics/evaluation/ (dvc.yaml's paths)."""
+    """The model's scores and per-image CSV of ``table`` in repo/metrics/evaluation/<model>/ (dvc.yaml's paths)."""
     dice = 2 * table.tp.sum() / (2 * table.tp.sum() + table.fp.sum() + table.fn.sum()) if "tp" in table else 0.5
     metrics = {"dice": dice, "iou": dice / (2 - dice), "dice_per_image": table.dice.mean(), "best_epoch": 3}
-    folder = repo / "metrics" / "evaluation"
+    folder = repo / "metrics" / "evaluation" / model
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{model}.json").write_text(json.dumps(metrics))
-    table.to_csv(folder / f"{model}_per_image.csv", index=False)
+    (folder / "scores.json").write_text(json.dumps(metrics))
+    table.to_csv(folder / "per_image.csv", index=False)
 
 
 @pytest.fixture
@@ -132,7 +132,8 @@ def test_an_unknown_revision_or_uncommitted_metrics_are_one_line_errors(repo, ca
     _git(repo, "rm", "-rq", "--cached", "metrics")
     _git(repo, "commit", "-qm", "metrics untracked")
     code, _, err = run(repo, capsys)
-    assert code == 1 and "HEAD:metrics/evaluation/unet.json: not in that revision" in err and err.count("\n") == 1
+    assert code == 1 and err.count("\n") == 1
+    assert "HEAD:metrics/evaluation/unet/scores.json: not in that revision" in err
 
 
 def _class_table(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, names=("background", "pet", "boundary")):

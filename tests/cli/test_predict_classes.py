@@ -111,9 +111,7 @@ def test_a_multiclass_model_writes_palette_pngs_of_class_indices_at_each_photos_
         seen |= set(np.unique(labels).tolist())
         with Image.open(tmp_path / f"{source.stem}_overlay.png") as overlay:
             assert overlay.mode == "RGB"
-            np.testing.assert_array_equal(
-                np.asarray(overlay), palette_overlay(np.asarray(photo), labels, CLASSES.palette)
-            )
+            np.testing.assert_array_equal(np.asarray(overlay), palette_overlay(np.asarray(photo), labels, CLASSES))
     assert seen == {0, 1, 2}  # every class is predicted somewhere, so the indices are not trivially all 0
 
     # The mask is the argmax of the logits upsampled bilinearly to the photo, not an upsampled label map.

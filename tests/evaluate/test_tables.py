@@ -308,3 +308,20 @@ def test_species_and_breed_scores_sum_counts_within_the_group(task):
     summed = {**headline(scored), **more}
     assert {key: summed[key] for key in case["overall"]} == _approx(case["overall"])
     json.dumps(summed, allow_nan=False)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_folder_dataset_gets_no_breed_table_and_no_species_breakdown(task):
+    # A folder dataset's images are all of breed and species "unknown": one row, one entry, saying nothing
+    # the test score does not.
+    case = GROUPS[task]
+    scored = case["scored"]()
+    unknown = ["unknown"] * 3
+    per_image = per_image_table(scored, case["names"], ["a", "b", "c"], unknown, unknown)
+    assert per_breed_table(scored, per_image) is None
+    more = details(scored, case["names"], unknown)
+    assert "species" not in more and more["images"] == 3
+    # One known breed or species among them is enough for a breakdown (the pets).
+    per_image.loc[0, "breed"] = "a"
+    assert per_breed_table(scored, per_image)["breed"].tolist().count("a") == 1
+    assert set(details(scored, case["names"], ["cat", "unknown", "unknown"])["species"]) == {"cat", "unknown"}

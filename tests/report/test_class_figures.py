@@ -10,7 +10,15 @@ from matplotlib.patches import Rectangle
 from pipeline.data.classes import Classes
 from pipeline.data.masks import IGNORE
 from pipeline.report.class_figures import confusion_figure, per_class_iou_bars
-from pipeline.report.overlays import IGNORE_COLOUR, WRONG, class_legend, outcome_overlay, palette_mask, palette_overlay
+from pipeline.report.overlays import (
+    IGNORE_COLOUR,
+    WRONG,
+    backdrop,
+    class_legend,
+    outcome_overlay,
+    palette_mask,
+    palette_overlay,
+)
 from pipeline.report.plots import save_figure
 
 CLASSES = Classes(("background", "road", "car"))
@@ -46,7 +54,7 @@ def test_palette_overlay_tints_each_class_by_alpha_and_keeps_background_and_igno
     image = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
     mask = rng.choice(np.array([0, 1, 2, IGNORE], np.uint8), (4, 5))
     mask[0, :4] = [0, 1, 2, IGNORE]  # every value at least once
-    out = palette_overlay(image, mask, PALETTE, alpha=0.3)
+    out = palette_overlay(image, mask, CLASSES, alpha=0.3)
     assert out.shape == image.shape and out.dtype == np.uint8
     kept = (mask == 0) | (mask == IGNORE)
     np.testing.assert_array_equal(out[kept], image[kept])
@@ -54,7 +62,27 @@ def test_palette_overlay_tints_each_class_by_alpha_and_keeps_background_and_igno
         expected = np.round(0.7 * image[mask == c].astype(np.float32) + 0.3 * np.array(PALETTE[c], np.float32))
         np.testing.assert_array_equal(out[mask == c], expected.astype(np.uint8))
     with pytest.raises(ValueError, match="differ in size"):
-        palette_overlay(image, mask[:, :4], PALETTE)
+        palette_overlay(image, mask[:, :4], CLASSES)
+
+
+@pytest.mark.parametrize(
+    "names, photo",
+    [(("sky", "road", "car"), ()), (("road", "Background", "car"), (1,)), (("background", "pet"), (0,))],
+    ids=["no background", "background second", "the pets"],
+)
+def test_only_a_class_named_background_keeps_the_photo_every_other_is_coloured(names, photo):
+    classes = Classes(names)
+    assert backdrop(names) == photo
+    image = np.full((1, len(names) + 1, 3), 200, np.uint8)
+    mask = np.array([[*range(len(names)), IGNORE]], np.uint8)
+    out = palette_overlay(image, mask, classes, alpha=0.5)
+    for c in range(len(names)):
+        expected = image[0, c] if c in photo else np.round(100 + np.array(classes.palette[c]) / 2)
+        np.testing.assert_array_equal(out[0, c], expected)
+    np.testing.assert_array_equal(out[0, -1], image[0, -1])  # ignored pixels keep the photo
+    legend = [h.get_label() for h in class_legend(classes)]
+    shown = [names[c] for c in photo]
+    assert legend == [" / ".join([*shown, "ignored"]) + ": photo", *(n for n in names if n not in shown)]
 
 
 @pytest.mark.filterwarnings("error")  # an empty row must not divide by zero
@@ -119,8 +147,8 @@ def test_outcome_overlay_draws_right_pixels_in_the_palette_and_wrong_ones_marked
     image = np.full((2, 4, 3), 100, np.uint8)
     truth = np.array([[1, 1, 0, 0], [0, 1, IGNORE, 0]], np.uint8)
     pred = np.array([[1, 0, 1, 0], [0, 1, 1, 0]], np.uint8)
-    out = outcome_overlay(image, pred, truth, classes.palette, alpha=0.5)
-    drawn = palette_overlay(image, pred, classes.palette)  # class 1 tinted at 0.5, class 0 the photo
+    out = outcome_overlay(image, pred, truth, classes, alpha=0.5)
+    drawn = palette_overlay(image, pred, classes)  # class 1 tinted at 0.5, class 0 (background) the photo
     expected = drawn.copy()
     for y, x in ((0, 1), (0, 2)):  # a missed class-1 pixel and a wrong class-1 pixel
         expected[y, x] = np.round(drawn[y, x] / 2 + WRONG / 2)
@@ -128,10 +156,10 @@ def test_outcome_overlay_draws_right_pixels_in_the_palette_and_wrong_ones_marked
     assert (out[1, 2] == drawn[1, 2]).all()  # an ignored pixel shows the prediction, never marked wrong
     assert (out[0, 3] == image[0, 3]).all()  # class 0 predicted right keeps the photo
     with pytest.raises(ValueError, match="differ in size"):
-        outcome_overlay(image, pred[:, :3], truth, classes.palette)
+        outcome_overlay(image, pred[:, :3], truth, classes)
 
 
 def test_the_class_legend_names_every_class_and_the_wrong_pixels():
-    names = [h.get_label() for h in class_legend(PALETTE, NAMES, wrong=True)]
+    names = [h.get_label() for h in class_legend(CLASSES, wrong=True)]
     assert names == ["background / ignored: photo", "road", "car", "wrong (over the predicted class)"]
-    assert [h.get_label() for h in class_legend(PALETTE, NAMES)] == names[:-1]
+    assert [h.get_label() for h in class_legend(CLASSES)] == names[:-1]

@@ -30,6 +30,7 @@ MODELS = ("unet", "resnet34_unet")
 STEMS = ["Bengal_1", "Bengal_2", "beagle_1", "beagle_2", "beagle_3", "Persian_7"]
 SHAPES = [(20, 30), (24, 18), (16, 16), (30, 20), (18, 26), (22, 22)]  # (height, width), as photos vary
 TRIMAP = Classes(("background", "pet", "boundary"))
+STREET = Classes(("sky", "road", "car"))  # a folder dataset's classes: none of them is the background
 TASKS = {"binary": BINARY_PETS, "3 classes": TRIMAP}
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -62,7 +63,14 @@ def _truths(classes: Classes) -> list[np.ndarray]:
     return truths
 
 
-def _write_model(root: Path, m: int, model: str, truths: list[np.ndarray], classes: Classes) -> None:
+def _labels(pets: bool) -> tuple[list[str], list[str]]:
+    """Each of STEMS's breed and species: from the pets' stem, or "unknown" for a folder dataset."""
+    if not pets:
+        return ["unknown"] * len(STEMS), ["unknown"] * len(STEMS)
+    return [breed_of(s) for s in STEMS], ["cat" if s[0].isupper() else "dog" for s in STEMS]
+
+
+def _write_model(root: Path, m: int, model: str, truths: list[np.ndarray], classes: Classes, pets: bool) -> None:
     files = model_files(model, root / "live", root / "evaluation", root / "predictions")
     depth = 1 if classes.binary else LABELS
     preds = [np.roll(np.where(t == IGNORE, 0, t), 2 * m + i % 3, axis=1).astype(np.uint8) for i, t in enumerate(truths)]
@@ -70,15 +78,16 @@ def _write_model(root: Path, m: int, model: str, truths: list[np.ndarray], class
     with open(files.predictions, "wb") as f:
         np.savez(f, stems=np.array(STEMS), **PackedMasks.pack(preds, depth).to_arrays("masks"))
     score = "dice" if classes.binary else "miou"
-    breeds, species = [breed_of(s) for s in STEMS], ["cat" if s[0].isupper() else "dog" for s in STEMS]
+    breeds, species = _labels(pets)
     values = [_score(p, t, classes) for p, t in zip(preds, truths, strict=True)]
     table = pd.DataFrame({"stem": STEMS, "breed": breeds, "species": species, score: values})
     files.metrics.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(files.per_image, index=False, na_rep="")
-    per_breed = table.groupby(["breed", "species"], as_index=False).agg(
-        images=("stem", "size"), **{score: (score, "mean")}
-    )
-    per_breed.to_csv(files.per_breed, index=False, na_rep="")
+    if pets:  # as the evaluate stage: a folder dataset has no per-breed table
+        per_breed = table.groupby(["breed", "species"], as_index=False).agg(
+            images=("stem", "size"), **{score: (score, "mean")}
+        )
+        per_breed.to_csv(files.per_breed, index=False, na_rep="")
     if classes.binary:
         metrics = {"dice": 0.9 - m / 10, "iou": 0.8, "dice_per_image": 0.85, "dice_at_image_size": 0.95}
         metrics |= {"best_valid_dice": 0.9, "threshold": 0.5}
@@ -94,22 +103,32 @@ def _write_model(root: Path, m: int, model: str, truths: list[np.ndarray], class
         pd.DataFrame({"step": [0, 1, 2], column: [0.9, 0.5, 0.4]}).to_csv(path, sep="\t", index=False)
 
 
-@pytest.fixture(params=list(TASKS))
-def inputs(request, tmp_path) -> Path:
-    """Everything the plot stage reads, by folder, for MODELS on 6 test images at 16 px, for each task in
-    TASKS; returns the folder."""
-    classes = TASKS[request.param]
+def _make_inputs(root: Path, classes: Classes, pets: bool) -> Path:
+    """Everything the plot stage reads, by folder, for MODELS on 6 test images at 16 px of ``classes``, with
+    the pets' breeds or a folder dataset's "unknown" ones; returns ``root``."""
     truths = _truths(classes)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (len(STEMS), 16, 16, 3), dtype=np.uint8)
     masks = np.zeros((len(STEMS), 16, 16), np.uint8)
     native = PackedMasks.pack(truths, 1 if classes.binary else LABELS)
-    breeds, species = [breed_of(s) for s in STEMS], ["cat" if s[0].isupper() else "dog" for s in STEMS]
-    save_cache(tmp_path / "test.npz", CachedSplit(images, masks, STEMS, native, breeds, species, classes=classes))
+    breeds, species = _labels(pets)
+    save_cache(root / "test.npz", CachedSplit(images, masks, STEMS, native, breeds, species, classes=classes))
     for m, model in enumerate(MODELS):
-        _write_model(tmp_path, m, model, truths, classes)
-    write_params(tmp_path / "params.yaml", plot={"num_images": 3, "worst": 2, "seed": 0})
-    return tmp_path
+        _write_model(root, m, model, truths, classes, pets)
+    write_params(root / "params.yaml", plot={"num_images": 3, "worst": 2, "seed": 0})
+    return root
+
+
+@pytest.fixture(params=list(TASKS))
+def inputs(request, tmp_path) -> Path:
+    """:func:`_make_inputs` of the pets, for each task in TASKS."""
+    return _make_inputs(tmp_path, TASKS[request.param], pets=True)
+
+
+@pytest.fixture
+def folder_inputs(tmp_path) -> Path:
+    """:func:`_make_inputs` of a 3-class folder dataset (STREET): no breeds, no per-breed tables."""
+    return _make_inputs(tmp_path, STREET, pets=False)
 
 
 def plot_args(root: Path) -> list[str]:
@@ -192,9 +211,13 @@ def test_overlay_grid_draws_each_prediction_at_native_size_with_its_score(inputs
         for col, m in enumerate(MODELS, start=2):
             value = per_image[m].set_index("stem").loc[STEMS[i], score]
             assert axes[row, col].get_title() == f"{m}: {label} {value:.3f}"
-            expected = outcome_overlay(photo, predictions[m][i], truth, test.classes.palette)
+            expected = outcome_overlay(photo, predictions[m][i], truth, test.classes)
             np.testing.assert_array_equal(axes[row, col].get_images()[0].get_array(), expected)
-    assert "photo shown at 16 px, upsampled" in fig.get_suptitle()
+    # The title says what the figure shows, for every model alike: the split, the size, the colours.
+    title = fig.get_suptitle()
+    assert title.startswith("2 of 6 test images at their own size: the photo, its ground truth, then each model's")
+    assert f"titled with that model's {label} of the image" in title and "wrong pixels purple" in title
+    assert "16 px model input, upsampled" in title and not any(m in title for m in MODELS)
 
 
 def test_worst_images_are_each_models_lowest_scores_never_an_image_without_one(inputs):
@@ -228,6 +251,7 @@ def test_the_confusion_matrices_count_native_pixels_and_skip_ignored_ones(inputs
 def test_plot_stage_writes_every_figure_into_its_folder_and_the_test_scores(inputs):
     assert run_stage(stages.plot.main, plot_args(inputs)) == 0
     assert sorted(p.name for p in (inputs / "figs").iterdir()) == sorted(FIGURES.values())
+    assert (inputs / "figs" / "per_breed.png").is_file()  # the pets have breeds
     for name in FIGURES.values():
         with Image.open(inputs / "figs" / name) as img:
             assert img.format == "PNG" and min(img.size) > 100
@@ -238,6 +262,32 @@ def test_plot_stage_writes_every_figure_into_its_folder_and_the_test_scores(inpu
     first = "dice" if binary else "miou"
     assert scores[first] == pytest.approx({"unet": 0.9 if binary else 0.7, "resnet34_unet": 0.8 if binary else 0.6})
     assert list(scores[first]) == list(MODELS) and scores["best_epoch"] == {"unet": 3, "resnet34_unet": 4}
+
+
+def test_a_folder_dataset_gets_no_per_breed_figure_and_figures_named_by_no_metric(folder_inputs, capsys):
+    figs = folder_inputs / "figs"
+    figs.mkdir()
+    (figs / "per_breed.png").write_bytes(PNG)  # left by an earlier run on the pets
+    # A per_breed.csv left by such a run is not read: the test split's breeds decide.
+    (folder_inputs / "evaluation" / MODELS[0] / "per_breed.csv").write_text("breed,species,images,miou\nx,cat,1,0.5\n")
+    assert run_stage(stages.plot.main, plot_args(folder_inputs)) == 0
+    written = sorted(p.name for p in figs.iterdir())
+    assert written == sorted(name for key, name in FIGURES.items() if key != "breeds")
+    assert not any("dice" in name for name in written)  # a 3-class run's figures hold mIoU
+    assert "wrote 7 figures" in capsys.readouterr().out
+
+
+def test_a_folder_datasets_first_class_is_coloured_in_the_overlays(folder_inputs):
+    test, score, predictions, per_image = _loaded(folder_inputs)
+    fig = overlay_grid(test, predictions, per_image, [0], score)
+    photo, truth = native_photo(test.images[0], *SHAPES[0]), test.native[0]
+    drawn = fig.axes[1].get_images()[0].get_array()  # the ground truth
+    sky = truth == 0
+    expected = np.round(0.5 * photo[sky].astype(np.float32) + 0.5 * np.array(STREET.palette[0], np.float32))
+    np.testing.assert_array_equal(drawn[sky], expected.astype(np.uint8))
+    assert (drawn[sky] != photo[sky]).any()  # the default palette's black darkens the sky: it is drawn
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["ignored: photo", "sky", "road", "car", "wrong (over the predicted class)"]
 
 
 def _other_stems(path: Path) -> None:
@@ -270,6 +320,8 @@ def _remove(path: Path) -> None:
         ("per_image", lambda p: p.write_text("stem,iou\nBengal_1,0.5\n"), "lacks column"),
         ("per_image", lambda p: p.write_text("stem,dice,miou\nBengal_1,high,high\n"), "holds a non-number"),
         ("per_breed", lambda p: p.write_text("breed,species,images,dice,miou\nBengal,cat,x,0.5,0.5\n"), "images holds"),
+        ("per_breed", lambda p: p.write_text("breed,species,images,dice,miou\nBengal,cat,2,0.5,0.5\n"), "not about"),
+        ("per_breed", _remove, "not found"),
         ("predictions", lambda p: p.write_bytes(b"not a zip"), "not a predictions file"),
         ("predictions", _other_stems, "not about the 6 test images"),
         ("predictions", _remove, "predictions not found"),

@@ -24,15 +24,16 @@ from tests.support import SQUARE_32, write_params
 
 # After the headline (MULTICLASS_HEADLINE_METRICS, first and in that order), what else was measured.
 DETAIL_KEYS = [
-    *("per_class", "miou_per_image", "at_image_size", "species", "images", "threshold", "tta", "image_size"),
+    *("per_class", "miou_per_image", "at_image_size", "images", "threshold", "tta", "image_size"),
     *("resize", "images_per_s", "device", "onnx_max_abs_diff"),
 ]
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    """A folder with a 6-image 3-class test cache at 32 px, an untrained 3-class UNet checkpoint (seed 0), its
-    ONNX export, and the evaluate stage's outputs under ``evaluate.threshold: auto`` with no valid split."""
+    """A folder with a 6-image 3-class test cache at 32 px (a folder dataset: no breeds), an untrained 3-class
+    UNet checkpoint (seed 0), its ONNX export, and the evaluate stage's outputs under ``evaluate.threshold:
+    auto`` with no valid split, run over a per_breed.csv left by an earlier run on the pets."""
     root = tmp_path_factory.mktemp("multiclass")
     make_synthetic_folder(root / "data", 6, seed=0, classes=3)
     test = build_cache(root / "data", [f"shape_{i}" for i in range(6)], 32, "pet", progress=False)
@@ -54,6 +55,7 @@ def evaluated(tmp_path_factory):
         "--per-image", str(root / "per_image.csv"), "--per-breed", str(root / "per_breed.csv"),
         "--predictions", str(root / "pred.npz"), "--record", str(root / "unet.eval.json"),
     ]  # fmt: skip
+    (root / "per_breed.csv").write_text("breed,species,images,dice,dice_per_image\nBengal,cat,3,0.5,0.5\n")
     assert run_stage(stages.evaluate.main, [*p, *evaluate]) == 0
     return root
 
@@ -67,8 +69,7 @@ def test_multiclass_metrics_keys_and_values(evaluated):
     assert list(metrics["per_class"]) == ["background", "part1", "part2"]
     assert all(set(c) == {"iou", "dice", "precision", "recall", "pixels"} for c in metrics["per_class"].values())
     assert metrics["at_image_size"]["miou_per_image"] is not None and "miou" not in metrics["at_image_size"]
-    assert metrics["species"] == {"unknown": {"miou": metrics["miou"], "miou_per_image": pytest.approx(
-        metrics["miou_per_image"]), "images": 6}}  # fmt: skip
+    assert "species" not in metrics  # a folder dataset's are all unknown
     for key in ("miou", "dice", "dice_per_image", "miou_at_image_size", "pixel_accuracy"):
         assert 0 <= metrics[key] <= 1
 
@@ -105,11 +106,8 @@ def test_multiclass_tables_and_record(evaluated):
         union = tp + fp + fn
         assert row["miou"] == pytest.approx((tp[union > 0] / union[union > 0]).mean())
         assert (tp + fn).sum() == row["width"] * row["height"]
-    per_breed = pd.read_csv(evaluated / "per_breed.csv")
-    assert per_breed.to_dict("records") == [
-        {"breed": "unknown", "species": "unknown", "images": 6, "miou": pytest.approx(metrics["miou"]),
-         "miou_per_image": pytest.approx(metrics["miou_per_image"])}
-    ]  # fmt: skip
+    # A folder dataset has no breeds: no per-breed table, and the earlier run's one is gone.
+    assert not (evaluated / "per_breed.csv").exists()
     record = json.loads((evaluated / "unet.eval.json").read_text())
     assert record == {"model": "unet", "image_size": 32, "threshold": None, "tta": "none"}
 

@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 
 from pipeline.data.synthetic import make_synthetic_folder
+from pipeline.report.files import FIGURES
 from tests.support import ALL_STAGES, DVC, TINY, dvc_env, new_project, run, stages_run
 
 pytestmark = pytest.mark.e2e
@@ -59,8 +60,11 @@ def test_a_folder_dataset_runs_end_to_end_with_per_class_metrics(folder_run):
     weights = {name: entry["median_frequency"] for name, entry in report["train_classes"].items()}
     assert list(weights) == NAMES and min(weights.values()) > 0 and weights["background"] < 1 < weights["part3"]
     for model in ("unet", "resnet34_unet"):
-        metrics = json.loads((repo / "metrics" / "evaluation" / f"{model}.json").read_text())
-        assert list(metrics["per_class"]) == NAMES
+        # No breeds in a folder dataset: no per-breed table and no species breakdown.
+        evaluation = repo / "metrics" / "evaluation" / model
+        assert sorted(p.name for p in evaluation.iterdir()) == ["per_image.csv", "scores.json"]
+        metrics = json.loads((evaluation / "scores.json").read_text())
+        assert list(metrics["per_class"]) == NAMES and "species" not in metrics
         for name in NAMES:
             assert set(metrics["per_class"][name]) == {"iou", "dice", "precision", "recall", "pixels"}
         present = [v["iou"] for v in metrics["per_class"].values() if v["iou"] is not None]
@@ -69,8 +73,12 @@ def test_a_folder_dataset_runs_end_to_end_with_per_class_metrics(folder_run):
         assert metrics["resize"] == {"mode": "keep_aspect", "side": 32}
     summary = json.loads((repo / "metrics" / "test.json").read_text())
     assert list(summary)[0] == "miou" and set(summary["miou"]) == {"unet", "resnet34_unet"}
-    for png in ("confusion", "per_class_iou"):
-        assert (repo / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Every figure but the per-breed one, none named after a Dice it does not show.
+    figures = sorted(p.name for p in (repo / "plots").iterdir())
+    assert figures == sorted(name for key, name in FIGURES.items() if key != "breeds")
+    assert not [name for name in figures if "dice" in name]
+    for png in figures:
+        assert (repo / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # task reruns preprocess onward only; on a folder dataset, trimap fails first, in one line.
     params = yaml.safe_load((repo / "params.yaml").read_text())
     (repo / "params.yaml").write_text(yaml.safe_dump({**params, "task": "trimap"}, sort_keys=False))

@@ -61,7 +61,7 @@ def _experiment(change: str):
 
     def job(repo: Path) -> tuple[str, dict]:
         out = run(repo, "dvc", "exp", "run", "-S", change)
-        return out, json.loads((repo / "metrics" / "evaluation" / "unet.json").read_text())
+        return out, json.loads((repo / "metrics" / "evaluation" / "unet" / "scores.json").read_text())
 
     return job
 
@@ -120,7 +120,7 @@ def test_repro_writes_metrics_models_and_plots_for_both_models(dvc_repo, finishe
     for model in ("unet", "resnet34_unet"):  # TINY asks for bf16: the autocast path trained both
         assert re.search(rf"train {model}: .*; precision: bf16 \(asked; (native|emulated)", said), said[-3000:]
     for model in ("unet", "resnet34_unet"):
-        metrics = json.loads((repo / "metrics" / "evaluation" / f"{model}.json").read_text())
+        metrics = json.loads((repo / "metrics" / "evaluation" / model / "scores.json").read_text())
         assert metrics["images"] == 8  # synthetic: every other image is in test.txt
         for key in ("dice", "dice_per_image", "iou", "pixel_accuracy", "best_valid_dice"):
             assert 0.0 <= metrics[key] <= 1.0
@@ -128,9 +128,14 @@ def test_repro_writes_metrics_models_and_plots_for_both_models(dvc_repo, finishe
         # The record petseg predict looks for beside the weights (the path is in dvc.yaml).
         record = json.loads(eval_record_path(repo / "models" / f"{model}.pt").read_text())
         assert record["model"] == model and record["threshold"] == metrics["threshold"]
-        for name in (f"models/{model}.pt", f"models/{model}.onnx", f"metrics/evaluation/{model}_per_image.csv"):
+        for name in (f"models/{model}.pt", f"models/{model}.onnx", f"metrics/evaluation/{model}/per_image.csv"):
             assert (repo / name).stat().st_size > 0
+        # The pets have breeds: a per-breed table beside the scores, in the model's folder (git-tracked).
+        assert sorted(p.name for p in (repo / "metrics" / "evaluation" / model).iterdir()) == [
+            "per_breed.csv", "per_image.csv", "scores.json"
+        ]  # fmt: skip
         assert (repo / "live" / model / "plots" / "metrics" / "valid" / "dice.tsv").exists()
+    assert sorted(p.name for p in (repo / "plots").iterdir()) == sorted(FIGURES.values())  # per_breed.png too
     for name in FIGURES.values():
         assert (repo / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     shown = json.loads(run(repo, "dvc", "metrics", "show", "--json"))

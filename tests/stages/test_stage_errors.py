@@ -30,9 +30,9 @@ def _plot_args(root, out, metrics=None, predictions=None):
     folders = out.parent / "inputs"
     links = {
         folders / "live" / "unet": root / "live",
-        folders / "evaluation" / "unet.json": metrics or root / "unet.json",
-        folders / "evaluation" / "unet_per_image.csv": root / "unet_per_image.csv",
-        folders / "evaluation" / "unet_per_breed.csv": root / "unet_per_breed.csv",
+        folders / "evaluation" / "unet" / "scores.json": metrics or root / "unet.json",
+        folders / "evaluation" / "unet" / "per_image.csv": root / "unet_per_image.csv",
+        folders / "evaluation" / "unet" / "per_breed.csv": root / "unet_per_breed.csv",
         folders / "predictions" / "unet.npz": predictions or root / "pred.npz",
     }
     for link, target in links.items():
