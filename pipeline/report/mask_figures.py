@@ -18,6 +18,7 @@ from PIL import Image
 
 from pipeline.core.constants import SCORE_LABELS
 from pipeline.data.cache import CachedSplit
+from pipeline.data.geometry import describe
 from pipeline.data.masks import PackedMasks, target_mask
 from pipeline.report.overlays import class_legend, outcome_overlay, palette_overlay
 
@@ -43,8 +44,10 @@ def _legend(fig: Figure, test: CachedSplit) -> None:
 
 def _key(test: CachedSplit) -> str:
     """What the colours and the photo of a mask figure are: its titles' last line."""
-    size = test.images.shape[1]
-    return f"Colours: classes as in the legend, wrong pixels purple; photo: the {size} px model input, upsampled"
+    return (
+        f"Colours: classes as in the legend, wrong pixels purple; photo: the model input ({describe(test.resize)}), "
+        "upsampled"
+    )
 
 
 def _show(ax: Axes, picture: np.ndarray, title: str) -> None:

@@ -217,7 +217,7 @@ def test_overlay_grid_draws_each_prediction_at_native_size_with_its_score(inputs
     title = fig.get_suptitle()
     assert title.startswith("2 of 6 test images at their own size: the photo, its ground truth, then each model's")
     assert f"titled with that model's {label} of the image" in title and "wrong pixels purple" in title
-    assert "16 px model input, upsampled" in title and not any(m in title for m in MODELS)
+    assert "model input (at 16x16 px), upsampled" in title and not any(m in title for m in MODELS)
 
 
 def test_worst_images_are_each_models_lowest_scores_never_an_image_without_one(inputs):
