@@ -28,7 +28,7 @@ from pipeline.data.cache import CachedSplit, load_cache
 from pipeline.data.masks import PackedMasks
 from pipeline.data.sources import any_known
 from pipeline.evaluate.confusion import task_metric
-from pipeline.report.class_figures import class_iou, confusion_figure, per_class_iou_bars, split_confusion
+from pipeline.report.class_figures import confusion_figure, per_class, per_class_bars, split_confusion
 from pipeline.report.files import FIGURES, model_files
 from pipeline.report.inputs import REDO_EVALUATE, load_predictions, read_curves, read_metrics, read_table
 from pipeline.report.mask_figures import overlay_grid, worst_grid
@@ -78,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         **({"breeds": per_breed_bars(inputs.per_breed, score)} if inputs.per_breed else {}),
         "scores": score_bars(inputs.metrics, test.classes.count),
         "confusion": confusion_figure(inputs.matrices, names),
-        "per_class": per_class_iou_bars(class_iou(inputs.matrices, names), names),
+        "per_class": per_class_bars(per_class(inputs.matrices, names), names),
+        "recall": per_class_bars(per_class(inputs.matrices, names, "recall"), names, "recall"),
     }
     # A per-breed figure left by an earlier run on the pets is not about this dataset.
     (Path(args.plots) / FIGURES["breeds"]).unlink(missing_ok=True)

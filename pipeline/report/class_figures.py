@@ -73,12 +73,13 @@ def confusion_figure(matrices: dict[str, np.ndarray], names: Sequence[str]) -> F
     return fig
 
 
-def per_class_iou_bars(scores: dict[str, dict[str, float | None]], names: Sequence[str]) -> Figure:
-    """Horizontal grouped bars of each model's test IoU per class, one group per class (the first class on
-    top) and one bar per model, its value printed beside it. A None IoU (the class is in neither the
-    truth nor the prediction, so its IoU is undefined) gets no bar but the word "absent".
+def per_class_bars(scores: dict[str, dict[str, float | None]], names: Sequence[str], measure: str = "IoU") -> Figure:
+    """Horizontal grouped bars of each model's test ``measure`` ("IoU" or "recall") per class, one group per
+    class (the first class on top) and one bar per model, its value printed beside it. A None value (IoU: the
+    class is in neither the truth nor the prediction; recall: not in the truth, so it is undefined) gets no
+    bar but the word "absent".
 
-    ``scores[model][name]`` is an IoU in [0, 1] or None for every class name in ``names``. Raises KeyError
+    ``scores[model][name]`` is a value in [0, 1] or None for every class name in ``names``. Raises KeyError
     if a model's scores lack a class.
     """
     y = np.arange(len(names))[::-1]  # the first class at the top
@@ -98,9 +99,9 @@ def per_class_iou_bars(scores: dict[str, dict[str, float | None]], names: Sequen
     ax.set_yticks(y, list(names))
     ax.set_ylim(-0.6, len(names) - 0.4)
     ax.set_xlim(0, 1.1)  # room for the value labels of bars near 1
-    ax.set_xlabel("test IoU of the class")
+    ax.set_xlabel(f"test {measure} of the class")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title("Per-class IoU (test split)", pad=24)
+    ax.set_title(f"Per-class {measure} (test split)", pad=24)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(scores), frameon=False, fontsize=9)
     return fig
 
@@ -124,11 +125,13 @@ def split_confusion(test: CachedSplit, predictions: dict[str, PackedMasks]) -> d
     return matrices
 
 
-def class_iou(matrices: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, dict[str, float | None]]:
-    """``{model: {class name: IoU or None}}`` from each model's int64 (C, C) confusion matrix
-    (:func:`pipeline.evaluate.confusion.class_scores`; None for a class in neither truth nor prediction),
-    as :func:`per_class_iou_bars` takes them."""
+def per_class(
+    matrices: dict[str, np.ndarray], names: Sequence[str], key: str = "iou"
+) -> dict[str, dict[str, float | None]]:
+    """``{model: {class name: value or None}}``, the ``key`` ("iou" or "recall") of
+    :func:`pipeline.evaluate.confusion.class_scores` from each model's int64 (C, C) confusion matrix (None
+    where undefined), as :func:`per_class_bars` takes them."""
     return {
-        model: dict(zip(names, class_scores(torch.from_numpy(matrix))["iou"], strict=True))
+        model: dict(zip(names, class_scores(torch.from_numpy(matrix))[key], strict=True))
         for model, matrix in matrices.items()
     }

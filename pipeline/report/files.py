@@ -21,6 +21,7 @@ FIGURES = {
     "scores": "test_scores.png",
     "confusion": "confusion.png",
     "per_class": "per_class_iou.png",
+    "recall": "per_class_recall.png",
 }
 
 

@@ -33,6 +33,8 @@ def test_a_canvas_holds_every_size_rounded_up_to_32_and_pads_bottom_right():
     with pytest.raises(ValueError, match="cannot pad a 2x3 array to 1x5"):
         pad(np.ones((2, 3), np.uint8), 1, 5, 0)
     assert describe(Resize("keep_aspect", 96)) == "with a short side of 96 px"
+    with pytest.raises(ValueError, match="resize must be one of square, keep_aspect"):
+        Resize("crop", 96)
 
 
 def _folder(root, shapes):
@@ -99,3 +101,10 @@ def test_a_rescaled_crop_keeps_the_shape_under_its_mask():
         inner = labelled & torch.roll(labelled, 1, 0) & torch.roll(labelled, -1, 0)
         inner &= torch.roll(labelled, 1, 1) & torch.roll(labelled, -1, 1)
         assert (image[0][inner] > 200).all() and (image[0][~labelled & (mask[0] == 0)] < 200).float().mean() > 0.9
+
+
+def test_a_kept_aspect_split_of_undecodable_photos_is_empty_not_an_error(tmp_path):
+    root = _folder(tmp_path / "d", [(60, 90)])
+    (root / "images" / "p0.png").write_bytes(b"not a png")
+    split = build_cache(root, ["p0"], Resize("keep_aspect", 32), "pet", progress=False)
+    assert len(split.stems) == 0 and split.images.shape == (0, 32, 32, 3) and split.skipped[0].item == "p0"

@@ -9,7 +9,7 @@ from matplotlib.patches import Rectangle
 
 from pipeline.data.classes import Classes
 from pipeline.data.masks import IGNORE
-from pipeline.report.class_figures import confusion_figure, per_class_iou_bars
+from pipeline.report.class_figures import confusion_figure, per_class_bars
 from pipeline.report.overlays import (
     IGNORE_COLOUR,
     WRONG,
@@ -116,12 +116,12 @@ def test_confusion_figure_rejects_a_matrix_of_another_size():
         confusion_figure({"unet": np.eye(2, dtype=np.int64)}, NAMES)
 
 
-def test_per_class_iou_bars_draw_a_bar_per_model_and_present_class_and_mark_absent_ones(tmp_path):
+def test_per_class_bars_draw_a_bar_per_model_and_present_class_and_mark_absent_ones(tmp_path):
     scores = {
         "unet": {"background": 0.9, "road": 0.5, "car": None},
         "deeplab": {"background": 0.8, "road": 0.0, "car": 0.25},
     }
-    fig = per_class_iou_bars(scores, NAMES)
+    fig = per_class_bars(scores, NAMES)
     ax = fig.axes[0]
     bars = [p for p in ax.patches if isinstance(p, Rectangle)]
     assert sorted(b.get_width() for b in bars) == sorted([0.9, 0.5, 0.8, 0.0, 0.25])
@@ -135,11 +135,13 @@ def test_per_class_iou_bars_draw_a_bar_per_model_and_present_class_and_mark_abse
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["unet", "deeplab"]
     assert ax.get_title() == "Per-class IoU (test split)"
     _saves_png(fig, tmp_path / "iou.png")
+    recall = per_class_bars(scores, NAMES, "recall").axes[0]
+    assert recall.get_title() == "Per-class recall (test split)" and recall.get_xlabel() == "test recall of the class"
 
 
-def test_per_class_iou_bars_want_every_class_of_every_model():
+def test_per_class_bars_want_every_class_of_every_model():
     with pytest.raises(KeyError, match="car"):
-        per_class_iou_bars({"unet": {"background": 0.9, "road": 0.5}}, NAMES)
+        per_class_bars({"unet": {"background": 0.9, "road": 0.5}}, NAMES)
 
 
 @pytest.mark.parametrize("classes", [Classes(("background", "pet")), CLASSES], ids=["binary", "3 classes"])
