@@ -9,6 +9,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.cli.options import IMAGE_EXTENSIONS
 from pipeline.core.errors import UserError, first_line
+from pipeline.data.decode import SIXTEEN_BIT_MODES, to_8bit
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,15 @@ def read_image(path: Path) -> Image.Image:
     """Decode ``path`` as an RGB image at its own size, as the training cache does.
 
     The format comes from the content, not the extension (the official set has PNGs and GIFs named
-    .jpg); RGBA, palette and greyscale images are converted to RGB, and a GIF gives its first frame.
+    .jpg); RGBA, palette and greyscale images are converted to RGB, a 16-bit one as the cache converts it
+    (:func:`pipeline.data.decode.to_8bit`), and a GIF gives its first frame.
     Raises UserError (message ``"<path>: <what>; <fix>"``) for a missing, unreadable or undecodable file.
     """
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")  # convert() decodes fully, so a truncated file fails here
+            # 16-bit photos by the cache's rule (the high byte), not PIL's clipping; convert() decodes fully,
+            # so a truncated file fails here.
+            return (to_8bit(img) if img.mode in SIXTEEN_BIT_MODES else img).convert("RGB")
     except FileNotFoundError:
         raise UserError(f"{path}: not found; check the path") from None
     except Image.DecompressionBombError as err:

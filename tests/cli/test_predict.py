@@ -408,3 +408,10 @@ def test_ctrl_c_exits_130(model_dir, photos, tmp_path, capsys, monkeypatch):
 def test_onnx_runs_on_cuda_first_when_asked():
     assert onnx_providers("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert onnx_providers("cpu") == ["CPUExecutionProvider"]
+
+
+def test_a_16_bit_photo_is_read_as_the_cache_reads_it(tmp_path):
+    values = np.array([[0, 255, 256], [32768, 65280, 65535]], np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")  # mode I;16
+    photo = np.asarray(read_image(tmp_path / "deep.png"))
+    assert photo.shape == (2, 3, 3) and (photo == (values >> 8).astype(np.uint8)[..., None]).all()
