@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     scorer = Scorer(test.masks, test.native, model.classes.count, cut, test.native_ignore, test.sizes)
     seconds = 0.0
     # Batch by batch: the split's logits (N x L x H x W float32) are never held at once.
-    for logits, spent in iter_logits(model.forward, test.images, batch_size, tta, window):
+    for logits, spent in iter_logits(model.forward, test.images, batch_size, tta, window, test.sizes):
         scorer.add(logits)
         seconds += spent
     scored = scorer.result()
@@ -124,7 +124,8 @@ def _checked_split(path: str, model: LoadedModel, checkpoint: str) -> CachedSpli
 def _best_threshold(valid: CachedSplit, model: LoadedModel, settings: Evaluate) -> float:
     """``evaluate.threshold: auto``: the threshold of the best native Dice on ``valid``, batch by batch."""
     search = ThresholdSearch(valid.native, native_ignore=valid.native_ignore, sizes=valid.sizes)
-    for logits, _ in iter_logits(model.forward, valid.images, settings.batch_size, settings.tta, settings.window):
+    batches = iter_logits(model.forward, valid.images, settings.batch_size, settings.tta, settings.window, valid.sizes)
+    for logits, _ in batches:
         search.add(logits)
     return search.best()
 

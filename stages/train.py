@@ -85,7 +85,7 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
     # Rank 0 puts the dvclive folder back with the state and says so; the others only read the state.
     state = store.load() if rank0 else load_state(store.path, inputs)[0]
     config = _run_config(args, params, cfg, arch, train, compute)
-    data = Arrays(train.images, train.masks, train.sizes), Arrays(valid.images, valid.masks)
+    data = Arrays(train.images, train.masks, train.sizes), Arrays(valid.images, valid.masks, valid.sizes)
     if not rank0:
         fit(config, *data, lambda epoch, record: None, state)  # fit() writes and prints nothing on this rank
         return

@@ -60,6 +60,21 @@ def padded(height: int, width: int) -> tuple[int, int]:
     return tuple(math.ceil(n / SIZE_MULTIPLE) * SIZE_MULTIPLE for n in (height, width))
 
 
+def own_padding(sizes: np.ndarray) -> np.ndarray:
+    """Each (height, width) of ``sizes`` int (N, 2) :func:`padded`: int64 (N, 2), the input each image is taken
+    at, so that it carries no more padding than the models need (a split's canvas may hold much more: a
+    portrait photo's on a canvas that also fits landscapes)."""
+    return (np.ceil(np.asarray(sizes, np.float64) / SIZE_MULTIPLE) * SIZE_MULTIPLE).astype(np.int64).reshape(-1, 2)
+
+
+def same_shape_runs(shapes: np.ndarray) -> dict[tuple[int, int], list[int]]:
+    """The positions of ``shapes`` int (N, 2) by shape, each list in order, shapes in order of first appearance."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (height, width) in enumerate(np.asarray(shapes).tolist()):
+        groups.setdefault((height, width), []).append(i)
+    return groups
+
+
 def canvas(sizes: Iterable[tuple[int, int]]) -> tuple[int, int]:
     """The (height, width) that holds every (height, width) of ``sizes``, :func:`padded`. Raises ValueError if
     ``sizes`` is empty."""

@@ -13,10 +13,12 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.core.errors import UserError
+from pipeline.data.geometry import same_shape_runs
 
 # More workers than this rarely speed up a single GPU's input pipeline and each one holds a
 # process's worth of memory and prefetched batches.
@@ -188,9 +190,20 @@ def make_train_loader(
     )
 
 
-def make_eval_loader(dataset: Dataset, batch_size: int, num_workers: int, device_type: str) -> DataLoader:
+def make_eval_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, device_type: str, shapes: np.ndarray | None = None
+) -> DataLoader:
     """Loader over ``dataset`` in index order, keeping the last partial batch; settings as
-    :func:`loader_kwargs`. Meant for datasets without random transforms (nothing is seeded)."""
-    return DataLoader(
-        dataset, batch_size=batch_size, generator=_private_generator(0), **loader_kwargs(device_type, num_workers)
-    )
+    :func:`loader_kwargs`. Meant for datasets without random transforms (nothing is seeded). ``shapes``
+    (optional) int (N, 2), each item's (height, width): batches then hold items of one shape only, shape by
+    shape (:func:`~pipeline.data.geometry.same_shape_runs`), so items of different sizes need no padding
+    to one; the order changes, which a sum over the set (a confusion matrix) does not see."""
+    kwargs = loader_kwargs(device_type, num_workers)
+    if shapes is None:
+        return DataLoader(dataset, batch_size=batch_size, generator=_private_generator(0), **kwargs)
+    batches = [
+        rows[start : start + batch_size]
+        for rows in same_shape_runs(shapes).values()
+        for start in range(0, len(rows), batch_size)
+    ]
+    return DataLoader(dataset, batch_sampler=batches, generator=_private_generator(0), **kwargs)

@@ -21,7 +21,7 @@ from pipeline.core.device import autocast, memory_format
 from pipeline.core.errors import UserError, first_line
 from pipeline.data.classes import Classes, classes_from_json
 from pipeline.data.colour import model_input
-from pipeline.data.geometry import Resize, resize_from_json
+from pipeline.data.geometry import Resize, own_padding, resize_from_json, same_shape_runs
 from pipeline.evaluate.confusion import to_labels
 from pipeline.models.checkpoint import load_checkpoint
 
@@ -162,27 +162,38 @@ def window_forward(forward: Forward, x: np.ndarray, window: int) -> np.ndarray:
 
 
 def iter_logits(
-    forward: Forward, images: np.ndarray, batch_size: int, tta: str, window: int = 0
+    forward: Forward, images: np.ndarray, batch_size: int, tta: str, window: int = 0, sizes: np.ndarray | None = None
 ) -> Iterator[tuple[np.ndarray, float]]:
     """Logits float32 (B, L, H, W) (L = 1 for a binary model, C for C classes) of uint8 images (N, H, W, 3),
     H and W multiples of 32, ``batch_size`` images at a time, in order, each with the seconds spent in
-    ``forward`` on it; ``window`` > 0 runs each batch in sliding windows (:func:`window_forward`), inside
-    the ``tta``. Memory: one batch, however large ``images`` (a memory map is read one batch at a time)."""
+    ``forward`` on it; ``window`` > 0 runs the images in sliding windows (:func:`window_forward`), inside the
+    ``tta``. ``sizes`` (optional) int (N, 2): each image's (height, width) on the canvas; each is then taken
+    with only its own padding to a multiple of 32 (:func:`~pipeline.data.geometry.own_padding`; the images of
+    a batch that share that shape run together), and its logits outside it are 0. Memory: one batch, however
+    large ``images`` (a memory map is read one batch at a time)."""
     run = forward if window == 0 else lambda x: window_forward(forward, x, window)
+    shapes = own_padding(np.tile(images.shape[1:3], (len(images), 1)) if sizes is None else sizes)
     for start in range(0, len(images), batch_size):
-        x = prepare(images[start : start + batch_size])
-        tic = time.perf_counter()
-        logits = tta_forward(run, x, tta)  # hflip flips the last axis, whatever L is
-        yield logits, time.perf_counter() - tic
+        batch = images[start : start + batch_size]
+        logits, seconds = None, 0.0
+        for (height, width), rows in same_shape_runs(shapes[start : start + batch_size]).items():
+            x = prepare(batch[rows, :height, :width] if len(rows) < len(batch) else batch[:, :height, :width])
+            tic = time.perf_counter()
+            part = tta_forward(run, x, tta)  # hflip flips the last axis, whatever L is
+            seconds += time.perf_counter() - tic
+            if logits is None:
+                logits = np.zeros((len(batch), part.shape[1], *batch.shape[1:3]), np.float32)
+            logits[rows, :, :height, :width] = part
+        yield logits, seconds
 
 
 def predict_logits(
-    forward: Forward, images: np.ndarray, batch_size: int, tta: str, window: int = 0
+    forward: Forward, images: np.ndarray, batch_size: int, tta: str, window: int = 0, sizes: np.ndarray | None = None
 ) -> tuple[np.ndarray, float]:
     """Logits float32 (N, L, H, W) for uint8 images (N, H, W, 3), in batches of ``batch_size``: all of
     :func:`iter_logits` in one array, and the seconds spent in ``forward`` alone (inference
     throughput = N / seconds)."""
-    batches = list(iter_logits(forward, images, batch_size, tta, window))
+    batches = list(iter_logits(forward, images, batch_size, tta, window, sizes))
     return np.concatenate([logits for logits, _ in batches]), sum(spent for _, spent in batches)
 
 

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Subset
 
 from pipeline.core.device import configure_backends, memory_format, needs_grad_scaler
 from pipeline.data.dataset import SegmentationDataset, jitter_strength, train_transform
+from pipeline.data.geometry import own_padding
 from pipeline.data.loader import make_eval_loader, make_train_loader, resolve_num_workers
 from pipeline.models.init import init_weights
 from pipeline.models.pretrained import load_encoder_weights
@@ -30,6 +31,11 @@ class Arrays(NamedTuple):
     images: np.ndarray
     masks: np.ndarray
     sizes: np.ndarray | None = None
+
+    @property
+    def extents(self) -> np.ndarray:
+        """``sizes``, or the whole canvas for each image when it is None: int (N, 2)."""
+        return np.tile(self.images.shape[1:3], (len(self.images), 1)) if self.sizes is None else self.sizes
 
 
 def seed_everything(seed: int) -> None:
@@ -91,13 +97,18 @@ def set_up(config: RunConfig, train: Arrays | tuple, valid: Arrays | tuple) -> R
     jitter = jitter_strength(cfg.augment, cfg.augmentation)
     dataset = SegmentationDataset(*train[:2], augment, jitter, train.sizes, config.crops_per_image)
     train_loader = make_train_loader(dataset, cfg.batch_size, cfg.seed, workers, device.type, rank, world)
-    shard = Subset(SegmentationDataset(*valid[:2]), range(rank, len(valid.images), world))
+    # Each valid image with only its own padding to a multiple of 32, as the evaluate stage takes it.
+    shard_rows = range(rank, len(valid.images), world)
+    own = own_padding(
+        valid.sizes if valid.sizes is not None else np.tile(valid.images.shape[1:3], (len(valid.images), 1))
+    )
+    shard = Subset(SegmentationDataset(*valid[:2], sizes=own), shard_rows)
     step = _train_step(config, model, len(train_loader), jitter > 0)
     return Run(
         model=model,
         net=torch.compile(model) if cfg.compile else model,
         train_loader=train_loader,
-        valid_loader=make_eval_loader(shard, batch, workers, device.type),
+        valid_loader=make_eval_loader(shard, batch, workers, device.type, own[shard_rows]),
         step=step,
         image_size=size,
         main=rank == 0,

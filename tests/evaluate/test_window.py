@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.data.loader import make_eval_loader
 from pipeline.evaluate.inference import iter_logits, torch_forward, window_forward, window_starts
 
 
@@ -49,3 +50,25 @@ def test_the_evaluate_loop_runs_its_batches_in_windows():
     images = np.zeros((3, 64, 96, 3), np.uint8)
     shapes = [logits.shape for logits, _ in iter_logits(forward, images, 2, "none", window=64)]
     assert shapes == [(2, 1, 64, 96), (1, 1, 64, 96)] and set(seen) == {(64, 64)}
+
+
+def test_each_image_runs_with_only_its_own_padding_to_32():
+    seen = []
+
+    def forward(x):
+        seen.append(x.shape)
+        return np.ones((x.shape[0], 1, *x.shape[2:]), np.float32)
+
+    images = np.zeros((3, 96, 96, 3), np.uint8)  # a canvas that fits portraits and landscapes
+    sizes = np.array([[40, 90], [90, 40], [33, 70]])  # padded to 64x96, 96x64 and 64x96
+    (logits, _), *_ = iter_logits(forward, images, 3, "none", sizes=sizes)
+    assert seen == [(2, 3, 64, 96), (1, 3, 96, 64)]  # the two of one shape run together
+    assert logits.shape == (3, 1, 96, 96)
+    assert logits[0, 0, :64, :].all() and not logits[0, 0, 64:].any()
+    assert logits[1, 0, :, :64].all() and not logits[1, 0, :, 64:].any()
+
+
+def test_an_eval_loader_given_shapes_batches_one_shape_at_a_time():
+    shapes = np.array([[32, 64], [64, 32], [32, 64], [32, 64], [64, 32]])
+    loader = make_eval_loader(list(range(5)), 2, 0, "cpu", shapes)
+    assert [batch.tolist() for batch in loader] == [[0, 2], [3], [1, 4]]
