@@ -19,6 +19,8 @@ preprocess writes the record into each split's meta.json, training copies it int
 export into the ONNX metadata, so every later stage and ``petseg predict`` know the classes.
 """
 
+import colorsys
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,15 +31,27 @@ from pipeline.data.masks import IGNORE
 
 CLASSES_FILE = "classes.yaml"  # the file that marks a folder of the user's images and masks
 PET_CLASSES = {"binary": ("background", "pet"), "trimap": ("background", "pet", "boundary")}
-# Okabe & Ito's colour-blind-safe palette (https://jfly.uni-koeln.de/color/), then grey for more classes.
+# Okabe & Ito's colour-blind-safe palette (https://jfly.uni-koeln.de/color/) for the first seven classes.
 OKABE_ITO = ((0, 0, 0), (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0))
+# Classes past the seventh: hues a golden angle apart (each as far from the ones before as the count allows),
+# alternately bright and deep, so that no two of even 255 classes share a colour.
+GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+def default_palette(count: int) -> tuple[tuple[int, int, int], ...]:
+    """``count`` RGB triples (0..255): :data:`OKABE_ITO`, then golden-angle hues (distinct, none grey)."""
+    extra = (
+        colorsys.hsv_to_rgb((0.1 + k * GOLDEN) % 1.0, 0.75, 0.95 if k % 2 else 0.7)
+        for k in range(max(0, count - len(OKABE_ITO)))
+    )
+    return (OKABE_ITO + tuple(tuple(round(255 * c) for c in rgb) for rgb in extra))[:count]
 
 
 @dataclass(frozen=True)
 class Classes:
     """The classes of a task: ``names`` (index = position), ``ignore_index`` (the mask value the source
     uses for pixels in no loss and no metric; the cache stores them as 255) and ``palette``, one RGB
-    triple per class."""
+    triple per class (:func:`default_palette` when not given)."""
 
     names: tuple[str, ...]
     ignore_index: int = IGNORE
@@ -45,8 +59,7 @@ class Classes:
 
     def __post_init__(self):
         if not self.palette:
-            colours = OKABE_ITO + ((128, 128, 128),) * max(0, self.count - len(OKABE_ITO))
-            object.__setattr__(self, "palette", colours[: self.count])
+            object.__setattr__(self, "palette", default_palette(self.count))
 
     @property
     def count(self) -> int:

@@ -163,3 +163,10 @@ def test_a_folder_with_splits_uses_its_lists(tmp_path):
     )
     assert split.listed == {"train": 3, "valid": 1, "test": 3}
     assert [s.item for s in split.skipped["test"]] == ["shape_5"]
+
+
+def test_the_default_palette_gives_every_one_of_many_classes_its_own_colour():
+    classes = Classes(tuple(f"c{i}" for i in range(59)))  # CCP's 59 clothing classes
+    assert len(set(classes.palette)) == 59 and (128, 128, 128) not in classes.palette
+    assert classes.palette[:3] == ((0, 0, 0), (230, 159, 0), (86, 180, 233))  # Okabe & Ito first
+    assert all(0 <= v <= 255 for colour in classes.palette for v in colour)
