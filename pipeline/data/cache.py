@@ -38,7 +38,7 @@ from pipeline.core.errors import UserError, first_line
 from pipeline.core.io import atomic_path
 from pipeline.data.balance import PixelCounts
 from pipeline.data.classes import BINARY_PETS, Classes, classes_from_json, classes_to_json
-from pipeline.data.geometry import Resize, resize_from_json, resize_to_json
+from pipeline.data.geometry import Resize, extents, resize_from_json, resize_to_json
 from pipeline.data.masks import BINARY, LABELS, PackedMasks, target_mask
 
 META = "meta.json"
@@ -117,7 +117,7 @@ class CachedSplit:
     def _derive(self, shape: tuple[int, ...]) -> None:
         """Fill the fields left None from the arrays; raise ValueError if ``sizes`` do not fit the canvas."""
         if self.sizes is None:
-            object.__setattr__(self, "sizes", np.tile(np.array(shape[1:3], np.int64), (shape[0], 1)))
+            object.__setattr__(self, "sizes", extents(shape, None))
         if self.sizes.shape != (shape[0], 2) or (self.sizes > np.array(shape[1:3])).any():
             raise ValueError(f"sizes must be (N, 2) within the {shape[1]}x{shape[2]} canvas, got {self.sizes.shape}")
         if self.resize is None:

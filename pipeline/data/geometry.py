@@ -60,6 +60,14 @@ def padded(height: int, width: int) -> tuple[int, int]:
     return tuple(math.ceil(n / SIZE_MULTIPLE) * SIZE_MULTIPLE for n in (height, width))
 
 
+def extents(shape: tuple[int, ...], sizes: np.ndarray | None) -> np.ndarray:
+    """Each image's (height, width) on a canvas of images (or masks) of ``shape`` (N, H, W, ...): ``sizes``
+    as int64 (N, 2), or the whole canvas (H, W) for every image when it is None."""
+    if sizes is None:
+        return np.tile(np.array(shape[1:3], np.int64), (shape[0], 1))
+    return np.asarray(sizes, np.int64).reshape(-1, 2)
+
+
 def own_padding(sizes: np.ndarray) -> np.ndarray:
     """Each (height, width) of ``sizes`` int (N, 2) :func:`padded`: int64 (N, 2), the input each image is taken
     at, so that it carries no more padding than the models need (a split's canvas may hold much more: a

@@ -21,7 +21,7 @@ from pipeline.core.device import autocast, memory_format
 from pipeline.core.errors import UserError, first_line
 from pipeline.data.classes import Classes, classes_from_json
 from pipeline.data.colour import model_input
-from pipeline.data.geometry import Resize, own_padding, resize_from_json, same_shape_runs
+from pipeline.data.geometry import Resize, extents, own_padding, resize_from_json, same_shape_runs
 from pipeline.evaluate.confusion import to_labels
 from pipeline.models.checkpoint import load_checkpoint
 
@@ -172,7 +172,7 @@ def iter_logits(
     a batch that share that shape run together), and its logits outside it are 0. Memory: one batch, however
     large ``images`` (a memory map is read one batch at a time)."""
     run = forward if window == 0 else lambda x: window_forward(forward, x, window)
-    shapes = own_padding(np.tile(images.shape[1:3], (len(images), 1)) if sizes is None else sizes)
+    shapes = own_padding(extents(images.shape, sizes))
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
         logits, seconds = None, 0.0

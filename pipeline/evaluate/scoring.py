@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.core.constants import DEFAULT_THRESHOLD
+from pipeline.data.geometry import extents
 from pipeline.data.masks import LABELS, PackedMasks, pack_mask, target_mask
 from pipeline.evaluate.confusion import ConfusionMeter, dice_from_counts
 from pipeline.evaluate.inference import native_labels, resize_logits
@@ -31,11 +32,6 @@ class Scored:
     native: np.ndarray
     at_size: np.ndarray
     predictions: PackedMasks
-
-
-def _sizes(sizes: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
-    """``sizes`` as int (N, 2), or the whole (H, W) canvas of masks of ``shape`` (N, H, W) for each when None."""
-    return np.tile(np.array(shape[1:3]), (shape[0], 1)) if sizes is None else np.asarray(sizes)
 
 
 def _check_ignore(native: PackedMasks, native_ignore: PackedMasks | None) -> None:
@@ -75,7 +71,7 @@ class Scorer:
                 f"native masks of {num_classes} classes must be label maps (depth {LABELS}), got depth {native.depth}"
             )
         self.masks, self.native, self.ignore = masks, native, native_ignore
-        self.sizes = _sizes(sizes, masks.shape)
+        self.sizes = extents(masks.shape, sizes)
         self.meters = {"at_size": ConfusionMeter(num_classes, threshold), "native": ConfusionMeter(num_classes)}
         self.threshold = threshold
         n, c = len(masks), num_classes

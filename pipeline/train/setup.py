@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Subset
 
 from pipeline.core.device import configure_backends, memory_format, needs_grad_scaler
 from pipeline.data.dataset import SegmentationDataset, jitter_strength, train_transform
-from pipeline.data.geometry import own_padding
+from pipeline.data.geometry import extents, own_padding
 from pipeline.data.loader import make_eval_loader, make_train_loader, resolve_num_workers
 from pipeline.models.init import init_weights
 from pipeline.models.pretrained import load_encoder_weights
@@ -31,11 +31,6 @@ class Arrays(NamedTuple):
     images: np.ndarray
     masks: np.ndarray
     sizes: np.ndarray | None = None
-
-    @property
-    def extents(self) -> np.ndarray:
-        """``sizes``, or the whole canvas for each image when it is None: int (N, 2)."""
-        return np.tile(self.images.shape[1:3], (len(self.images), 1)) if self.sizes is None else self.sizes
 
 
 def seed_everything(seed: int) -> None:
@@ -99,9 +94,7 @@ def set_up(config: RunConfig, train: Arrays | tuple, valid: Arrays | tuple) -> R
     train_loader = make_train_loader(dataset, cfg.batch_size, cfg.seed, workers, device.type, rank, world)
     # Each valid image with only its own padding to a multiple of 32, as the evaluate stage takes it.
     shard_rows = range(rank, len(valid.images), world)
-    own = own_padding(
-        valid.sizes if valid.sizes is not None else np.tile(valid.images.shape[1:3], (len(valid.images), 1))
-    )
+    own = own_padding(extents(valid.images.shape, valid.sizes))
     shard = Subset(SegmentationDataset(*valid[:2], sizes=own), shard_rows)
     step = _train_step(config, model, len(train_loader), jitter > 0)
     return Run(

@@ -38,6 +38,9 @@ def test_overlapping_windows_are_averaged():
     assert calls == [(1, 3, 32, 64), (1, 3, 32, 64)]  # windows at 0 and 32, the 32-pixel height taken whole
     assert logits[0, 0, 0, :32].tolist() == [0.0] * 32 and logits[0, 0, 0, 64:].tolist() == [1.0] * 32
     assert logits[0, 0, 0, 32:64].tolist() == [0.5] * 32  # both windows cover the middle
+    calls.clear()
+    window_forward(forward, np.zeros((1, 3, 32, 64), np.float32), 64)  # fits one window: taken whole, once
+    assert calls == [(1, 3, 32, 64)]
 
 
 def test_the_evaluate_loop_runs_its_batches_in_windows():
