@@ -25,6 +25,7 @@ from pipeline.core.params import Params, load_params
 from pipeline.core.runner import report_progress, run_stage
 from pipeline.data.balance import class_weights
 from pipeline.data.cache import CachedSplit, load_cache
+from pipeline.data.device_augment import augment_on
 from pipeline.models.registry import check_options
 from pipeline.train import distributed
 from pipeline.train.config import RunConfig, TrainConfig, train_config
@@ -76,15 +77,23 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
         )
     compute, said = decide(params.device, params.precision, params.threads)
     train, valid = load_cache(args.train), load_cache(args.valid)
+    split_bytes = sum(array.nbytes for array in (train.images, train.masks, train.sizes))
+    where = augment_on(params.train.augment_on, compute.device, split_bytes)
+    said = [*said, where.why]
     caches = [Path(args.train), Path(args.valid)]
-    # The precision is what ran, not the param: `auto` means bf16 on one machine and fp32 on another.
-    settings = {**cfg.fingerprint_inputs(), "train": params.train.model_dump(), "precision": compute.precision}
+    # The precision and augment_on are what ran, not the params: `auto` decides differently on other machines.
+    settings = {
+        **cfg.fingerprint_inputs(),
+        "train": params.train.model_dump(),
+        "precision": compute.precision,
+        "augment_on": where.value,
+    }
     inputs = training_inputs(args.model, arch, settings, caches, cfg.encoder_weights)
     store = ResumeStore(Path(args.resume), inputs, Path(args.live))
     rank0 = distributed.rank() == 0
     # Rank 0 puts the dvclive folder back with the state and says so; the others only read the state.
     state = store.load() if rank0 else load_state(store.path, inputs)[0]
-    config = _run_config(args, params, cfg, arch, train, compute)
+    config = _run_config(args, params, cfg, arch, train, compute, where.value)
     data = Arrays(train.images, train.masks, train.sizes), Arrays(valid.images, valid.masks, valid.sizes)
     if not rank0:
         fit(config, *data, lambda epoch, record: None, state)  # fit() writes and prints nothing on this rank
@@ -107,9 +116,11 @@ def _run_config(
     arch: dict[str, Any],
     train: CachedSplit,
     compute: Compute,
+    where: str,
 ) -> RunConfig:
     """The run's :class:`RunConfig`: the model, its settings, the train cache's classes and scale, the class
-    weights for its pixel counts. Raises UserError as :func:`~pipeline.data.balance.class_weights`."""
+    weights for its pixel counts, the geometric augmentation on the loader's workers or the device (``where``).
+    Raises UserError as :func:`~pipeline.data.balance.class_weights`."""
     weights = class_weights(cfg.class_weights, train.counts)
     return RunConfig(
         args.model,
@@ -123,6 +134,7 @@ def _run_config(
         image_size=params.image_size,
         crops_per_image=params.train.crops_per_image,
         class_weights=None if weights is None else tuple(weights.tolist()),
+        augment_on=where,
     )
 
 

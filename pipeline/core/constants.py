@@ -15,6 +15,14 @@ LOSSES = ("ce_dice", "dice", "ce")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "constant", "onecycle", "plateau")
 AUGMENT_LEVELS = ("none", "flip", "full")
+# Where the geometric augmentation runs: per sample on the loader's workers, or batch-wise on the training
+# device with the train split kept there (pipeline.data.device_augment); auto picks.
+AUGMENT_ON = ("auto", "device", "workers")
+# `auto` puts the split on a GPU if it takes at most this share of the free memory: the rest is for the model,
+# its activations and the optimiser (a few GB for the ResNet34-UNet at batch 16, 256 px).
+DEVICE_SPLIT_SHARE = 0.25
+# `auto` on a CPU: the faster path at the README's CPU settings in bench/augment.py (docs/performance.md).
+CPU_AUGMENT_ON = "workers"
 INIT_SCHEMES = ("default", "kaiming")
 TTA_MODES = ("none", "hflip")
 DEVICES = ("auto", "cuda", "cpu")

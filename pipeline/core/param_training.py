@@ -190,6 +190,14 @@ class Train(Section):
         description="random crops drawn from each train image an epoch (each with its own augmentation), so a "
         "few large images still make an epoch of batches",
     )
+    augment_on: Literal[constants.AUGMENT_ON] = Field(
+        "auto",
+        description="where flips, rotation and crops run: `workers` (per sample on the loader's workers), `device` "
+        "(the train split copied to the training device as uint8 once, each batch warped there; the workers only "
+        "draw each sample's parameters, the same draws for a seed) or `auto`: `device` on CUDA when the split "
+        f"takes at most {constants.DEVICE_SPLIT_SHARE:.0%} of the free GPU memory, `{constants.CPU_AUGMENT_ON}` on "
+        "a CPU (docs/performance.md)",
+    )
     sync_batchnorm: Flag = Field(
         False,
         description="BatchNorm statistics over the global batch rather than each process's share (CUDA only; "

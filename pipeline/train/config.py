@@ -59,7 +59,9 @@ class RunConfig:
     process shows bars and epoch lines (rank 0 only, whatever it says). ``resize`` is the scale the cache's
     photos were taken at (None: squashed to the train images' square) and ``image_size`` the side of the
     training crops in pixels (None: the train images' side); ``crops_per_image`` how many crops each train
-    image gives an epoch; ``class_weights`` the cross-entropy's weight of each class (None: unweighted).
+    image gives an epoch; ``class_weights`` the cross-entropy's weight of each class (None: unweighted);
+    ``augment_on`` where the geometric augmentation runs, "workers" or "device" (``train.augment_on`` once
+    decided, :func:`pipeline.data.device_augment.augment_on`).
     """
 
     model: str
@@ -74,3 +76,4 @@ class RunConfig:
     image_size: int | None = None
     crops_per_image: int = 1
     class_weights: tuple[float, ...] | None = None
+    augment_on: str = "workers"

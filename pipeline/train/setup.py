@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Subset
 
 from pipeline.core.device import configure_backends, memory_format, needs_grad_scaler
 from pipeline.data.dataset import SegmentationDataset, jitter_strength, train_transform
+from pipeline.data.device_augment import AffineDataset, DeviceLoader, DeviceSplit
 from pipeline.data.geometry import extents, own_padding
 from pipeline.data.loader import make_eval_loader, make_train_loader, resolve_num_workers
 from pipeline.models.init import init_weights
@@ -53,7 +54,7 @@ class Run:
 
     model: nn.Module
     net: nn.Module
-    train_loader: DataLoader
+    train_loader: DataLoader | DeviceLoader
     valid_loader: DataLoader
     step: TrainStep
     image_size: int
@@ -88,10 +89,8 @@ def set_up(config: RunConfig, train: Arrays | tuple, valid: Arrays | tuple) -> R
     model = _model(config)
     size = config.image_size or train.images.shape[1]
     workers = resolve_num_workers(cfg.num_workers, device.type, nproc=world)
-    augment = train_transform(size, cfg.augment, cfg.augmentation, config.resize)
     jitter = jitter_strength(cfg.augment, cfg.augmentation)
-    dataset = SegmentationDataset(*train[:2], augment, jitter, train.sizes, config.crops_per_image)
-    train_loader = make_train_loader(dataset, cfg.batch_size, cfg.seed, workers, device.type, rank, world)
+    train_loader = _train_loader(config, train, size, workers)
     # Each valid image with only its own padding to a multiple of 32, as the evaluate stage takes it.
     shard_rows = range(rank, len(valid.images), world)
     own = own_padding(extents(valid.images.shape, valid.sizes))
@@ -107,6 +106,22 @@ def set_up(config: RunConfig, train: Arrays | tuple, valid: Arrays | tuple) -> R
         main=rank == 0,
         progress=config.progress and rank == 0,  # the other ranks write and print nothing
     )
+
+
+def _train_loader(config: RunConfig, train: Arrays, size: int, workers: int) -> DataLoader | DeviceLoader:
+    """The seeded training loader of ``size``-pixel samples: augmented per sample on ``workers`` worker
+    processes, or (``config.augment_on`` "device") the split copied to the device once and each batch
+    warped there, the loader drawing only each sample's affine map and jitter."""
+    cfg, device, rank, world = config.train, config.compute.device, distributed.rank(), distributed.world_size()
+    augment = train_transform(size, cfg.augment, cfg.augmentation, config.resize)
+    jitter = jitter_strength(cfg.augment, cfg.augmentation)
+    if config.augment_on == "device":
+        spans = extents(train.images.shape, train.sizes)
+        dataset = AffineDataset(spans, train.images.shape[1:3], augment, jitter, config.crops_per_image)
+        loader = make_train_loader(dataset, cfg.batch_size, cfg.seed, workers, device.type, rank, world)
+        return DeviceLoader(DeviceSplit.copy(train.images, train.masks, spans, device), loader, size)
+    dataset = SegmentationDataset(*train[:2], augment, jitter, train.sizes, config.crops_per_image)
+    return make_train_loader(dataset, cfg.batch_size, cfg.seed, workers, device.type, rank, world)
 
 
 def _model(config: RunConfig) -> nn.Module:
