@@ -97,6 +97,7 @@ def test_exponent_without_decimal_point_is_read_as_a_number():
         ({"evaluate": {"window": 100}}, "evaluate.window: must be 0 \\(whole images\\) or a multiple of 32"),
         ({"augmentation": {"scale": [2.0, 0.5]}}, "augmentation: .*scale must be two factors 0 < lo <= hi"),
         ({"train": {"crops_per_image": 0}}, "train.crops_per_image: must be greater than or equal to 1"),
+        ({"train": {"augment_on": "gpu"}}, "train.augment_on: must be 'auto', 'device' or 'workers', got 'gpu'"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(changes, message):

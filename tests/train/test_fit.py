@@ -44,11 +44,11 @@ CFG = TrainConfig(
 PLAIN = CFG.model_copy(update=dict(batch_size=2, augment="none"))
 
 
-def _fit(tmp_path, tiny_data, cfg=CFG, name="unet", classes=BINARY_PETS, **kwargs):
-    """fit() of a tiny ``name`` for ``classes`` on ``tiny_data`` into tmp_path/m.pt: its result and the
-    (epoch, record) logged."""
+def _fit(tmp_path, tiny_data, cfg=CFG, name="unet", classes=BINARY_PETS, augment_on="workers", **kwargs):
+    """fit() of a tiny ``name`` for ``classes`` on ``tiny_data`` into tmp_path/m.pt, augmenting on the loader's
+    workers or the device (``augment_on``): its result and the (epoch, record) logged."""
     logged = []
-    config = RunConfig(name, TINY_ARCH[name], cfg, tmp_path / "m.pt", classes, progress=False)
+    config = RunConfig(name, TINY_ARCH[name], cfg, tmp_path / "m.pt", classes, progress=False, augment_on=augment_on)
     result = fit(config, *tiny_data, lambda e, r: logged.append((e, r)), **kwargs)
     return result, logged
 
@@ -226,6 +226,26 @@ def test_resuming_from_a_saved_state_continues_exactly_like_the_uninterrupted_ru
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
 
 
+def test_a_run_augmented_on_the_device_killed_and_resumed_ends_as_the_uninterrupted_one(tmp_path, tiny_data):
+    cfg = PLAIN.model_copy(update=dict(augment="full", epochs=2, augmentation=AugmentOptions(degrees=20)))
+    states = []
+
+    def save_then_die(state):
+        states.append(copy.deepcopy(state))
+        raise KeyboardInterrupt
+
+    _, logged = _fit(tmp_path / "whole", tiny_data, cfg, augment_on="device")
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path / "killed", tiny_data, cfg, augment_on="device", save_state=save_then_die)
+    _, resumed = _fit(tmp_path / "killed", tiny_data, cfg, augment_on="device", state=states[0])
+    assert _results(resumed) == _results(logged)[1:]
+    a = torch.load(tmp_path / "whole" / "m.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "killed" / "m.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    _, on_workers = _fit(tmp_path / "workers", tiny_data, cfg)
+    assert _results(on_workers) != _results(logged)  # the device path ran: its resampling differs
+
+
 def test_a_resumed_run_remembers_the_best_epoch_and_the_patience_spent(tmp_path, tiny_data, monkeypatch):
     # Epoch 1 is the best; the run is killed after epoch 2 (one epoch of patience spent). Resumed, it
     # rewrites the checkpoint with epoch 1's weights, trains epoch 3, which is again no better, and stops.
@@ -317,10 +337,10 @@ class Spy(nn.Module):
         return self.unet(x)
 
 
-def _train_inputs(tmp_path, tiny_data, monkeypatch, cfg):
+def _train_inputs(tmp_path, tiny_data, monkeypatch, cfg, augment_on="workers"):
     spy = Spy()
     monkeypatch.setattr(setup, "build_model", lambda name, out_channels, **arch: spy)
-    _fit(tmp_path, tiny_data, cfg)
+    _fit(tmp_path, tiny_data, cfg, augment_on=augment_on)
     images = torch.tensor(tiny_data[0][0]).permute(0, 3, 1, 2).float() / 255
     originals = (images - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
     return torch.cat(spy.seen), originals
@@ -342,9 +362,19 @@ def test_the_full_augmentation_and_its_options_reach_the_training_batches(tmp_pa
     assert any(upright) and any(flipped)
 
 
-def test_no_augmentation_trains_on_the_cached_images(tmp_path, tiny_data, monkeypatch):
-    seen, originals = _train_inputs(tmp_path, tiny_data, monkeypatch, PLAIN.model_copy(update=dict(epochs=1)))
+@pytest.mark.parametrize("augment_on", ["workers", "device"])
+def test_no_augmentation_trains_on_the_cached_images(tmp_path, tiny_data, monkeypatch, augment_on):
+    cfg = PLAIN.model_copy(update=dict(epochs=1))
+    seen, originals = _train_inputs(tmp_path, tiny_data, monkeypatch, cfg, augment_on)
     assert len(seen) > 0 and all(_matches(x, originals) for x in seen)
+
+
+def test_flips_on_the_device_reach_the_training_batches(tmp_path, tiny_data, monkeypatch):
+    options = AugmentOptions(hflip=False, vflip=True, crop_scale=(1.0, 1.0), jitter=0.0)
+    cfg = PLAIN.model_copy(update=dict(epochs=2, augment="full", augmentation=options))
+    seen, originals = _train_inputs(tmp_path, tiny_data, monkeypatch, cfg, "device")
+    flipped = [_matches(x, originals.flip(-2)) for x in seen]
+    assert all(f or _matches(x, originals) for x, f in zip(seen, flipped, strict=True)) and any(flipped)
 
 
 def test_warmup_starts_below_the_peak_lr_and_reaches_it(tmp_path, tiny_data):
