@@ -202,15 +202,18 @@ class DeviceSplit:
         lies off its photo (outside its extent) is 0 in the image and :data:`IGNORE` in the mask, and one
         near the photo's edge repeats its border pixels, as a resize does, rather than blending in the canvas.
         """
-        device = self.images.device
-        indices = indices.to(device)
-        canvas = torch.tensor(self.images.shape[1:3], device=device)
-        grid = F.affine_grid(theta.to(device), [len(indices), 1, size, size], align_corners=False)
-        # Each photo's far edge, and its last pixel centres, in the canvas's normalised (x, y).
-        far = (2 * self.extents[indices] / canvas - 1).flip(-1).view(-1, 1, 1, 2)
-        half = (1 / canvas).flip(-1)
+        device, (height, width) = self.images.device, self.images.shape[1:3]
+        # Pinned on CUDA by the loader, so these copies need not wait; no other value crosses to the device.
+        indices = indices.to(device, non_blocking=True)
+        grid = F.affine_grid(theta.to(device, non_blocking=True), [len(indices), 1, size, size], align_corners=False)
+        # Each photo's far edge (x, y) in the canvas's normalised coordinates, (b, 1, 1, 2).
+        spans = self.extents[indices].float()
+        far = torch.stack([2 * spans[:, 1] / width - 1, 2 * spans[:, 0] / height - 1], -1).view(-1, 1, 1, 2)
         inside = ((grid >= -1) & (grid < far)).all(-1).unsqueeze(1)
-        grid = torch.minimum(torch.maximum(grid, -1 + half), far - half)
+        # Within the photo's outer pixel centres, so that its edge pixels repeat rather than blend with the canvas.
+        x = grid[..., 0].clamp(min=-1 + 1 / width).minimum(far[..., 0] - 1 / width)
+        y = grid[..., 1].clamp(min=-1 + 1 / height).minimum(far[..., 1] - 1 / height)
+        grid = torch.stack([x, y], -1)
         images = self.images[indices].permute(0, 3, 1, 2).float()
         images = F.grid_sample(images, grid, mode="bilinear", align_corners=False).round()
         masks = F.grid_sample(self.masks[indices].unsqueeze(1).float(), grid, mode="nearest", align_corners=False)
