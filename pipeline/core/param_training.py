@@ -4,7 +4,7 @@ and data-parallel training. Part of the schema (:mod:`pipeline.core.param_schema
 stage's view of them is :class:`pipeline.train.config.TrainConfig`.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, create_model, model_validator
 
@@ -14,6 +14,7 @@ from pipeline.core.param_types import (
     ClassWeights,
     Count,
     CountOrZero,
+    Endpoint,
     Flag,
     Fraction,
     Name,
@@ -178,12 +179,22 @@ class AugmentOptions(Section):
 
 
 class Train(Section):
-    """``train``: data-parallel training on this machine (docs/scaling.md)."""
+    """``train``: data-parallel training on one machine or several (docs/scaling.md)."""
 
     nproc: Count = Field(
         1,
-        description="training processes: 1 = one plain process; more run under torchrun (DistributedDataParallel, "
-        "one a GPU), `batch_size` staying the global batch (docs/scaling.md)",
+        description="training processes on each machine: 1 = one plain process; more run under torchrun "
+        "(DistributedDataParallel, one a GPU), `batch_size` staying the global batch (docs/scaling.md)",
+    )
+    nnodes: Count = Field(
+        1,
+        description="machines that train one model together, each running the training stage with the same "
+        "code, params and data; more than 1 needs `train.rdzv_endpoint` (docs/scaling.md)",
+    )
+    rdzv_endpoint: Endpoint = Field(
+        None,
+        description="where the machines of `train.nnodes` > 1 meet: host:port of one of them, reachable from all "
+        "(torchrun's c10d rendezvous); ignored on one machine",
     )
     crops_per_image: Count = Field(
         1,
@@ -195,3 +206,22 @@ class Train(Section):
         description="BatchNorm statistics over the global batch rather than each process's share (CUDA only; "
         "nothing to sync with one process)",
     )
+
+    @model_validator(mode="after")
+    def _endpoint_for_machines(self):
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise ValueError(
+                f"nnodes is {self.nnodes} but rdzv_endpoint is not set; set it to host:port of one of the machines"
+            )
+        return self
+
+    @property
+    def ranks(self) -> int:
+        """Training processes over all machines: ``nnodes`` x ``nproc``, the divisor of the global batch."""
+        return self.nnodes * self.nproc
+
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        """The keys that decide the trained weights, as JSON data: the rank count, not how it is split into
+        machines (rank r trains on the same samples either way), and not where the machines meet."""
+        kept = self.model_dump(mode="json", exclude={"nproc", "nnodes", "rdzv_endpoint"})
+        return {**kept, "ranks": self.ranks}

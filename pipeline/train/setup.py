@@ -87,7 +87,7 @@ def set_up(config: RunConfig, train: Arrays | tuple, valid: Arrays | tuple) -> R
     distributed.check_sync_batchnorm(config.sync_batchnorm, world, device.type)
     model = _model(config)
     size = config.image_size or train.images.shape[1]
-    workers = resolve_num_workers(cfg.num_workers, device.type, nproc=world)
+    workers = resolve_num_workers(cfg.num_workers, device.type, nproc=distributed.local_world_size())
     augment = train_transform(size, cfg.augment, cfg.augmentation, config.resize)
     jitter = jitter_strength(cfg.augment, cfg.augmentation)
     dataset = SegmentationDataset(*train[:2], augment, jitter, train.sizes, config.crops_per_image)

@@ -19,6 +19,7 @@ from torch import nn
 import pipeline.train.setup as setup
 import stages.train
 from pipeline.core.errors import UserError
+from pipeline.core.params import parse_params
 from pipeline.core.runner import run_stage
 from pipeline.data.build import build_cache
 from pipeline.data.cache import save_cache
@@ -30,7 +31,8 @@ from pipeline.models.registry import build_model
 from pipeline.train import distributed
 from pipeline.train.config import RunConfig, TrainConfig
 from pipeline.train.fit import fit
-from tests.support import REPO, shipped_params, write_params
+from pipeline.train.resume import check_same_inputs
+from tests.support import REPO, merge, shipped_params, write_params
 
 # --- the decisions, in this one process ---
 
@@ -49,7 +51,7 @@ def test_a_process_counts_as_launched_only_when_torchrun_started_it():
 def test_the_global_batch_is_divided_among_the_processes():
     assert distributed.per_rank_batch(16, 1) == 16
     assert distributed.per_rank_batch(16, 4) == 4
-    with pytest.raises(UserError, match=r"^params.yaml: batch_size \(16\) must be a multiple of train.nproc \(3\)$"):
+    with pytest.raises(UserError, match=r"^params.yaml: batch_size \(16\) must be a multiple of .* \(3\)$"):
         distributed.per_rank_batch(16, 3)
 
 
@@ -84,6 +86,86 @@ def test_without_a_process_group_it_is_one_plain_process():
     assert total.item() == 2.5 and distributed.earliest_step(step) is step
 
 
+def _train(**keys):
+    return parse_params(merge(shipped_params(), {"train": keys})).train
+
+
+def test_one_machine_runs_standalone_and_several_meet_at_the_endpoint():
+    assert distributed.torchrun_options(_train(nproc=2, rdzv_endpoint="h:1"), "petseg-unet") == [
+        "--standalone",
+        "--nproc-per-node=2",
+    ]
+    several = _train(nproc=2, nnodes=3, rdzv_endpoint="10.0.0.7:29400")
+    assert distributed.torchrun_options(several, "petseg-unet") == [
+        *("--nnodes=3", "--nproc-per-node=2", "--rdzv-backend=c10d"),
+        *("--rdzv-endpoint=10.0.0.7:29400", "--rdzv-id=petseg-unet"),
+    ]
+
+
+class FakeCuda:
+    """torch.cuda's calls that :func:`distributed.pin_device` and the device choice make, recorded in order,
+    on a machine of ``count`` GPUs; its first CUDA call (a tensor on "cuda") ends the stage."""
+
+    def __init__(self, monkeypatch, count=2):
+        self.calls = []
+        monkeypatch.setattr(torch.version, "cuda", "12.8")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda index: self.calls.append(("set_device", index)))
+        monkeypatch.setattr(torch, "zeros", self.zeros)
+
+    def zeros(self, *size, device=None, **kwargs):
+        self.calls.append(("first call", str(device)))
+        raise KeyboardInterrupt  # not an error the stage handles: the test ends it here
+
+
+def test_a_launched_rank_takes_its_gpu_before_the_first_cuda_call(tmp_path, monkeypatch):
+    cuda = FakeCuda(monkeypatch)
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    params = write_params(tmp_path / "params.yaml", train={"nproc": 2}, device="cuda")
+    argv = ["--params", str(params), "--model", "unet", "--train", "t", "--valid", "v"]
+    argv += ["--checkpoint", "m.pt", "--live", "live", "--resume", "r.pt"]
+    with pytest.raises(KeyboardInterrupt):
+        stages.train.main(argv)
+    assert cuda.calls == [("set_device", 1), ("first call", "cuda")]
+
+
+def test_only_a_launched_rank_that_may_use_cuda_pins_a_gpu(monkeypatch):
+    cuda = FakeCuda(monkeypatch)
+    rank = {"WORLD_SIZE": "4", "LOCAL_RANK": "3"}
+    distributed.pin_device("cpu", rank)  # a CPU training touches no GPU
+    distributed.pin_device("auto", {"PATH": "/bin"})  # a plain process keeps torch's default
+    distributed.pin_device("auto", rank)
+    assert cuda.calls == [("set_device", 3)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    distributed.pin_device("auto", rank)  # no GPU: nothing to pin
+    assert cuda.calls == [("set_device", 3)]
+
+
+def test_more_processes_than_gpus_on_a_machine_is_a_user_error(monkeypatch):
+    FakeCuda(monkeypatch, count=2)
+    distributed.check_gpus(2, "cuda")
+    distributed.check_gpus(8, "cpu")
+    with pytest.raises(UserError, match=r"^params.yaml: train.nproc is 3 but this machine has 2 GPUs; lower it$"):
+        distributed.check_gpus(3, "cuda")
+
+
+def test_the_processes_of_a_machine_share_its_loader_workers(monkeypatch):
+    assert distributed.local_world_size() == 1 and distributed.local_rank() == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert distributed.local_world_size() == 4 and distributed.local_rank() == 2
+
+
+def test_ranks_with_other_data_or_settings_are_refused_in_one_line():
+    inputs = {"model": "unet", "lr": 0.001, "cache:train": "ab" * 32}
+    check_same_inputs("unet", [inputs, dict(inputs)])
+    other = {**inputs, "cache:train": "cd" * 32}
+    with pytest.raises(UserError, match=r"^train unet: rank 2 has other training inputs than rank 0 \(cache:train: "):
+        check_same_inputs("unet", [inputs, inputs, other])
+
+
 # --- each rank's share of the training data ---
 
 
@@ -109,7 +191,9 @@ def test_the_ranks_share_every_global_batch_and_each_sample_once(n, batch, world
 
 
 def test_fewer_images_than_processes_is_a_user_error():
-    with pytest.raises(UserError, match=r"has 3 images, fewer than train.nproc \(4\)"):
+    with pytest.raises(
+        UserError, match=r"has 3 images, fewer than the training processes, train.nnodes x train.nproc \(4\)"
+    ):
         shard_positions(3, 8, 0, 4)
 
 
@@ -315,7 +399,10 @@ def test_two_processes_resume_give_the_valid_dice_of_one_and_write_each_output_o
 def test_bad_multi_process_settings_fail_in_one_line_before_any_process_starts(workdir, tmp_path, capsys):
     params = yaml.safe_load((workdir / "params2.yaml").read_text())
     for change, message in (
-        ({"batch_size": 15}, "batch_size (15) must be a multiple of train.nproc (2)"),
+        (
+            {"batch_size": 15},
+            "batch_size (15) must be a multiple of the training processes, train.nnodes x train.nproc (2)",
+        ),
         ({"train": {"nproc": 2, "sync_batchnorm": True}}, "train.sync_batchnorm needs CUDA GPUs"),
     ):
         (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, **change}))
@@ -334,14 +421,16 @@ def test_torchrun_with_another_process_count_than_train_nproc_is_refused(workdir
     monkeypatch.setenv("MASTER_PORT", "0")
     argv = _args(workdir, 2, tmp_path / "run")
     assert run_stage(stages.train.main, argv) == 1
-    assert "train.nproc is 2 but torchrun started 1 processes" in capsys.readouterr().err
+    assert "train.nnodes x train.nproc is 2 but torchrun started 1 processes" in capsys.readouterr().err
     assert not dist.is_initialized() and not (tmp_path / "run").exists()
 
 
 def test_a_failed_training_process_fails_the_stage_in_one_line(tmp_path, monkeypatch, capsys):
     params = write_params(tmp_path / "params.yaml", train={"nproc": 2}, batch_size=4)
     launched = []
-    monkeypatch.setattr(distributed, "launch", lambda n, module, argv: launched.append((n, module)) or 3)
+    monkeypatch.setattr(
+        distributed, "launch", lambda train, run_id, module, argv: launched.append((train.nproc, module)) or 3
+    )
     args = ["--params", str(params), "--model", "unet", "--train", "t", "--valid", "v"]
     args += ["--checkpoint", str(tmp_path / "m.pt"), "--live", str(tmp_path / "live"), "--resume", str(tmp_path / "r")]
     assert run_stage(stages.train.main, args) == 1
