@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if train.ranks > 1 and not distributed.launched():
         distributed.check_gpus(train.nproc, device.type)
         machines = f", {train.ranks} on {train.nnodes} machines" if train.nnodes > 1 else ""
-        print(f"train {args.model}: {train.nproc} processes on {device}{machines}")
+        print(f"train {args.model}: {train.nproc} {plural(train.nproc, 'process')} on {device}{machines}")
         # Every machine's stage gives the same rendezvous name: one training a model.
         code = distributed.launch(train, f"petseg-{args.model}", "stages.train", sys.argv[1:] if argv is None else argv)
         if code:

@@ -3,6 +3,7 @@ training stage under 2 CPU processes (gloo) against 1."""
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -84,6 +85,7 @@ def test_without_a_process_group_it_is_one_plain_process():
     distributed.sum_over_ranks(total)
     distributed.broadcast_buffers(model)
     assert total.item() == 2.5 and distributed.earliest_step(step) is step
+    assert distributed.from_rank0(model) is model and distributed.gather(model) == [model]
 
 
 def _train(**keys):
@@ -261,6 +263,7 @@ def _rank(rank, store, out, data):
         setup.build_model = _no_norm  # this process's own module
         logged = _fit_without_batchnorm(data, out / "run" / "m.pt")
         results = {"sum": total.item(), "steps": steps, "mean": norm.running_mean.item(), "norms": sorted(kinds)}
+        results |= {"sent": distributed.from_rank0(f"rank {rank}'s"), "gathered": distributed.gather(rank + 10)}
         torch.save({**results, "logged": logged}, out / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -276,6 +279,8 @@ def test_two_ranks_train_as_one_process_at_the_same_global_batch(tmp_path, tiny_
     assert [r["steps"] for r in ranks] == [[3, 2, 0], [3, 2, 0]]  # the earliest non-zero step, 0 = none
     assert [r["mean"] for r in ranks] == [7.0, 7.0]  # rank 0's buffers
     assert [r["norms"] for r in ranks] == [["SyncBatchNorm"], ["SyncBatchNorm"]]
+    assert [r["sent"] for r in ranks] == ["rank 0's", "rank 0's"]
+    assert [r["gathered"] for r in ranks] == [[10, 11], [10, 11]]
     # Rank 0 logs the values of one process (to float rounding: the ranks sum in another order).
     assert ranks[1]["logged"] == []  # log() is called on rank 0 only
     for got, want in zip(ranks[0]["logged"], single, strict=True):
@@ -297,7 +302,7 @@ EPOCHS = 3
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """Caches of 128 synthetic pets at 32 px (48 train, 16 valid) and params for 3 quick UNet epochs
-    at a global batch of 16, for 1 and for 2 processes."""
+    at a global batch of 16, for 1 and for 2 processes (params1.yaml, params2.yaml)."""
     root = tmp_path_factory.mktemp("distributed")
     make_synthetic(root / "raw", 128, seed=3)
     split = make_split(root / "raw", 0.25, seed=0)
@@ -312,19 +317,21 @@ def workdir(tmp_path_factory):
     return root
 
 
-def _args(root, nproc, run):
+def _args(root, which, run):
+    """The stage's arguments for params ``root``/params{which}.yaml and the outputs in ``root``/``run``."""
     return [
-        *("--params", str(root / f"params{nproc}.yaml"), "--model", "unet"),
+        *("--params", str(root / f"params{which}.yaml"), "--model", "unet"),
         *("--train", str(root / "train"), "--valid", str(root / "valid")),
         *("--checkpoint", str(root / run / "unet.pt"), "--live", str(root / run / "live")),
         *("--resume", str(root / run / ".resume" / "unet.pt")),
     ]
 
 
-def _stage(root, nproc, run, **kwargs):
-    """The stage as DVC runs it, in its own session (so that a kill reaches the ranks too)."""
+def _stage(root, which, run, **kwargs):
+    """The stage as DVC runs it (arguments as :func:`_args`), in its own session (so that a kill reaches the
+    ranks too)."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "stages.train", *_args(root, nproc, run)]
+    command = [sys.executable, "-m", "stages.train", *_args(root, which, run)]
     return subprocess.Popen(command, cwd=root, env=env, text=True, start_new_session=True, **kwargs)
 
 
@@ -355,8 +362,21 @@ def _history(run_dir):
     return {name: pd.read_csv(metrics / f"{name}.tsv", sep="\t") for name in ("train/loss", "valid/loss", "valid/dice")}
 
 
+@pytest.fixture(scope="module")
+def two_processes(workdir):
+    """The stage with train.nproc 2, killed after its first epoch and run again to the end: its stdout, and
+    the files that appeared in ``workdir`` meanwhile. (A resumed run ends as an uninterrupted one,
+    tests/train/test_resume.py.)"""
+    before = set(_files(workdir))
+    _kill_after_first_epoch(workdir, "two")
+    proc = _stage(workdir, 2, "two", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return out, set(_files(workdir)) - before
+
+
 @pytest.mark.e2e
-def test_two_processes_resume_give_the_valid_dice_of_one_and_write_each_output_once(workdir, capsys):
+def test_two_processes_resume_give_the_valid_dice_of_one_and_write_each_output_once(workdir, two_processes, capsys):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the ranks (torchrun sets OMP_NUM_THREADS=1): the same float sums
     try:
@@ -364,11 +384,7 @@ def test_two_processes_resume_give_the_valid_dice_of_one_and_write_each_output_o
     finally:
         torch.set_num_threads(threads)
     assert "train unet: 48 train / 16 valid images; device: cpu (" in capsys.readouterr().out
-    before = set(_files(workdir))
-    _kill_after_first_epoch(workdir, "two")
-    proc = _stage(workdir, 2, "two", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
+    out, new_files = two_processes
     assert out.startswith("train unet: 2 processes on cpu\n")
     # Every rank resumed after the epoch rank 0 saved (else they would disagree on the epochs to run);
     # rank 0 alone printed, each epoch once.
@@ -378,7 +394,7 @@ def test_two_processes_resume_give_the_valid_dice_of_one_and_write_each_output_o
     assert out.count("resuming after epoch") == 1 and out.count("best valid Dice") == 1
     # The files of one process, and nothing anywhere else: rank 1 wrote nothing, the state is gone.
     assert _files(workdir / "two") == _files(workdir / "one")
-    assert set(_files(workdir)) - before == {f"two/{name}" for name in _files(workdir / "two")}
+    assert new_files == {f"two/{name}" for name in _files(workdir / "two")}
     assert not (workdir / "two" / ".resume" / "unet.pt").exists()
     dice = {}
     for run in ("one", "two"):
@@ -394,6 +410,37 @@ def test_two_processes_resume_give_the_valid_dice_of_one_and_write_each_output_o
     # Close, not equal: without SyncBatchNorm each rank normalises by the statistics of its 8 images.
     # (Without BatchNorm the ranks train exactly as one process: see the test above.)
     assert (dice["two"] - dice["one"]).abs().max() < 0.01
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.e2e
+def test_two_machines_of_one_process_train_the_weights_of_one_machine_of_two(workdir, two_processes):
+    """Two "machines" on 127.0.0.1: two stages with train.nnodes 2 and train.nproc 1, meeting at one
+    endpoint, against one with train.nproc 2, at the same global batch. BatchNorm normalises over each
+    rank's share of the batch in both (no SyncBatchNorm on a CPU), so the comparison is fair: rank r
+    trains on the same images either way."""
+    params = yaml.safe_load((workdir / "params2.yaml").read_text())
+    params["train"] = {"nproc": 1, "nnodes": 2, "rdzv_endpoint": f"127.0.0.1:{_free_port()}", "sync_batchnorm": False}
+    (workdir / "params-machines.yaml").write_text(yaml.safe_dump(params))
+    machines = [_stage(workdir, "-machines", f"m{m}", stdout=subprocess.PIPE, stderr=subprocess.PIPE) for m in (0, 1)]
+    said = [machine.communicate(timeout=600) for machine in machines]
+    assert [machine.returncode for machine in machines] == [0, 0], [err[-3000:] for _, err in said]
+    assert [out.splitlines()[0] for out, _ in said] == ["train unet: 1 process on cpu, 2 on 2 machines"] * 2
+    # The machine of global rank 0 (torchrun's c10d rendezvous orders them by host name, then pid) wrote
+    # every output; the other wrote nothing and said where they are.
+    writer = [m for m in (0, 1) if (workdir / f"m{m}").exists()]
+    assert len(writer) == 1 and _files(workdir / f"m{writer[0]}") == _files(workdir / "two")
+    assert "which writes the outputs" in said[1 - writer[0]][0]
+    a = torch.load(workdir / "two" / "unet.pt", weights_only=True)
+    b = torch.load(workdir / f"m{writer[0]}" / "unet.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"]
+    for key in a["state_dict"]:
+        torch.testing.assert_close(b["state_dict"][key], a["state_dict"][key], rtol=0, atol=1e-5)
 
 
 def test_bad_multi_process_settings_fail_in_one_line_before_any_process_starts(workdir, tmp_path, capsys):
