@@ -33,7 +33,9 @@ class TrainKeys(Section):
     """
 
     epochs: Count = Field(description="passes over the train split")
-    batch_size: Count = Field(description="images per batch (the global batch when `train.nproc` > 1)")
+    batch_size: Count = Field(
+        description="images per batch (the global batch of all processes when `train.nproc` or `train.nnodes` > 1)"
+    )
     lr: Annotated[Number, Field(gt=0)] = Field(description="the peak learning rate of the schedule")
     weight_decay: NonNegative = Field(description="weight decay: AdamW's decoupled decay, or SGD's L2 term")
     optimizer: Literal[constants.OPTIMIZERS] = Field(
@@ -83,7 +85,8 @@ class TrainKeys(Section):
     )
     num_workers: AutoOrWorkers = Field(
         "auto",
-        description="DataLoader worker processes: `auto` = min(8, CPUs / `train.nproc`) on CUDA, 0 on a CPU; "
+        description="DataLoader worker processes: `auto` = min(8, CPUs this process may run on / `train.nproc`) on "
+        "CUDA, 0 on a CPU; "
         "each sample's augmentation is seeded from the run seed, so results do not depend on it",
     )
     compile: Flag = Field(False, description="`torch.compile` the model (speed only; the first epoch pays for it)")
