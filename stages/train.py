@@ -4,9 +4,11 @@ Resumable: a run killed at any moment continues after its last completed epoch w
 runs again with the same settings (see pipeline/train/resume.py for where the state lives and why).
 
 With ``train.nproc`` > 1 the stage starts itself again as that many ranks under torchrun and waits
-for them (pipeline/train/distributed.py), so `dvc repro` and `dvc exp run` stay the entry points. Rank 0
-alone writes the checkpoint, the dvclive folder and the resume state, and prints; every rank reads
-the resume state back, so a killed multi-process run resumes like a single one.
+for them (pipeline/train/distributed.py), so `dvc repro` and `dvc exp run` stay the entry points. With
+``train.nnodes`` > 1 every machine runs this stage, and their ranks meet at ``train.rdzv_endpoint``.
+Global rank 0 alone writes the checkpoint, the dvclive folder and the resume state, and prints; it
+sends the resume state it read to the other ranks, so a killed multi-process run resumes like a
+single one.
 """
 
 import argparse
@@ -30,7 +32,7 @@ from pipeline.models.registry import check_options
 from pipeline.train import distributed
 from pipeline.train.config import RunConfig, TrainConfig, train_config
 from pipeline.train.fit import FitResult, fit
-from pipeline.train.resume import ResumeStore, load_state, training_inputs
+from pipeline.train.resume import ResumeStore, check_same_inputs, training_inputs
 from pipeline.train.setup import Arrays
 
 # The stage's options, every one required (dvc.yaml passes them all): name → help.
@@ -52,15 +54,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.add_argument(f"--{name}", required=True, help=text)
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    distributed.pin_device(params.device)  # first: choosing the device makes a CUDA call
     cfg, arch = train_config(params, args.model)
     check_options(args.model, arch)  # before dvclive creates its folder
-    nproc, device = params.train.nproc, choose_device(params.device).value
-    # Checked before any rank starts, so that a bad setting fails in one line, once.
-    distributed.per_rank_batch(cfg.batch_size, nproc)
-    distributed.check_sync_batchnorm(params.train.sync_batchnorm, nproc, device.type)
-    if nproc > 1 and not distributed.launched():
-        print(f"train {args.model}: {nproc} processes on {device}")
-        code = distributed.launch(nproc, "stages.train", sys.argv[1:] if argv is None else argv)
+    train, device = params.train, choose_device(params.device).value
+    # Checked before any rank starts, so that a bad setting fails in one line, once (on each machine).
+    distributed.per_rank_batch(cfg.batch_size, train.ranks)
+    distributed.check_sync_batchnorm(train.sync_batchnorm, train.ranks, device.type)
+    if train.ranks > 1 and not distributed.launched():
+        distributed.check_gpus(train.nproc, device.type)
+        machines = f", {train.ranks} on {train.nnodes} machines" if train.nnodes > 1 else ""
+        print(f"train {args.model}: {train.nproc} {plural(train.nproc, 'process')} on {device}{machines}")
+        # Every machine's stage gives the same rendezvous name: one training a model.
+        code = distributed.launch(train, f"petseg-{args.model}", "stages.train", sys.argv[1:] if argv is None else argv)
         if code:
             raise UserError(f"train {args.model}: a training process failed with exit code {code} (see above)")
         return
@@ -70,10 +76,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[str, Any]) -> None:
     """Train in this process: the only one, or one rank of the process group."""
-    if distributed.world_size() != params.train.nproc:
+    if distributed.world_size() != params.train.ranks:
         raise UserError(
-            f"params.yaml: train.nproc is {params.train.nproc} but torchrun started {distributed.world_size()} "
-            "processes; run `python -m stages.train` without torchrun, it starts them itself"
+            f"params.yaml: train.nnodes x train.nproc is {params.train.ranks} but torchrun started "
+            f"{distributed.world_size()} processes; run `python -m stages.train` without torchrun, it starts them"
         )
     compute, said = decide(params.device, params.precision, params.threads)
     train, valid = load_cache(args.train), load_cache(args.valid)
@@ -84,18 +90,22 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
     # The precision and augment_on are what ran, not the params: `auto` decides differently on other machines.
     settings = {
         **cfg.fingerprint_inputs(),
-        "train": params.train.model_dump(),
+        "train": params.train.fingerprint_inputs(),
         "precision": compute.precision,
         "augment_on": where.value,
     }
     inputs = training_inputs(args.model, arch, settings, caches, cfg.encoder_weights)
+    check_same_inputs(args.model, distributed.gather(inputs))  # other machines read their own files
     store = ResumeStore(Path(args.resume), inputs, Path(args.live))
     rank0 = distributed.rank() == 0
-    # Rank 0 puts the dvclive folder back with the state and says so; the others only read the state.
-    state = store.load() if rank0 else load_state(store.path, inputs)[0]
+    # Rank 0 reads the state, puts the dvclive folder back and says so; the others, maybe on machines
+    # without the file, get its copy, so that every rank starts after the same epoch.
+    state = distributed.from_rank0(store.load() if rank0 else None)
     config = _run_config(args, params, cfg, arch, train, compute, where.value)
     data = Arrays(train.images, train.masks, train.sizes), Arrays(valid.images, valid.masks, valid.sizes)
     if not rank0:
+        if distributed.local_rank() == 0:  # the first rank of another machine: say where the outputs go
+            print(f"train {args.model}: training with rank 0 on {distributed.rank0_host()}, which writes the outputs")
         fit(config, *data, lambda epoch, record: None, state)  # fit() writes and prints nothing on this rank
         return
     images = plural(len(valid.stems), "image")

@@ -89,7 +89,9 @@ def _default(info: FieldInfo) -> str:
 
 
 def _yaml(value: Any) -> str:
-    # As params.yaml spells it: true/false, [a, b], 0.01.
+    # As params.yaml spells it: true/false, null, [a, b], 0.01.
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, tuple | list):

@@ -6,6 +6,7 @@ the record; the stages only call :func:`probe` and these functions.
 """
 
 import contextlib
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,16 @@ def choose_precision(requested: str, caps: Capabilities) -> Choice:
 def precision_name(dtype: torch.dtype | None) -> str:
     """ "bf16", "fp16" or "fp32" for an autocast dtype (None = fp32), as the ``precision`` param spells it."""
     return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[dtype]
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (Linux; what ``taskset``, ``docker --cpuset-cpus``
+    and Slurm restrict), not every CPU of the machine as ``os.cpu_count()`` counts them. Where the OS has
+    no affinity call (macOS, Windows) ``os.cpu_count()``, and 1 when even that is unknown. A cgroup CPU
+    quota (``docker --cpus``) is not an affinity and is not seen."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def choose_threads(requested: int | str) -> int | None:

@@ -4,7 +4,7 @@ and data-parallel training. Part of the schema (:mod:`pipeline.core.param_schema
 stage's view of them is :class:`pipeline.train.config.TrainConfig`.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, create_model, model_validator
 
@@ -14,6 +14,7 @@ from pipeline.core.param_types import (
     ClassWeights,
     Count,
     CountOrZero,
+    Endpoint,
     Flag,
     Fraction,
     Name,
@@ -32,7 +33,9 @@ class TrainKeys(Section):
     """
 
     epochs: Count = Field(description="passes over the train split")
-    batch_size: Count = Field(description="images per batch (the global batch when `train.nproc` > 1)")
+    batch_size: Count = Field(
+        description="images per batch (the global batch of all processes when `train.nproc` or `train.nnodes` > 1)"
+    )
     lr: Annotated[Number, Field(gt=0)] = Field(description="the peak learning rate of the schedule")
     weight_decay: NonNegative = Field(description="weight decay: AdamW's decoupled decay, or SGD's L2 term")
     optimizer: Literal[constants.OPTIMIZERS] = Field(
@@ -82,7 +85,8 @@ class TrainKeys(Section):
     )
     num_workers: AutoOrWorkers = Field(
         "auto",
-        description="DataLoader worker processes: `auto` = min(8, CPUs / `train.nproc`) on CUDA, 0 on a CPU; "
+        description="DataLoader worker processes: `auto` = min(8, CPUs this process may run on / `train.nproc`) on "
+        "CUDA, 0 on a CPU; "
         "each sample's augmentation is seeded from the run seed, so results do not depend on it",
     )
     compile: Flag = Field(False, description="`torch.compile` the model (speed only; the first epoch pays for it)")
@@ -178,12 +182,22 @@ class AugmentOptions(Section):
 
 
 class Train(Section):
-    """``train``: data-parallel training on this machine (docs/scaling.md)."""
+    """``train``: data-parallel training on one machine or several (docs/scaling.md)."""
 
     nproc: Count = Field(
         1,
-        description="training processes: 1 = one plain process; more run under torchrun (DistributedDataParallel, "
-        "one a GPU), `batch_size` staying the global batch (docs/scaling.md)",
+        description="training processes on each machine: 1 = one plain process; more run under torchrun "
+        "(DistributedDataParallel, one a GPU), `batch_size` staying the global batch (docs/scaling.md)",
+    )
+    nnodes: Count = Field(
+        1,
+        description="machines that train one model together, each running the training stage with the same "
+        "code, params and data; more than 1 needs `train.rdzv_endpoint` (docs/scaling.md)",
+    )
+    rdzv_endpoint: Endpoint = Field(
+        None,
+        description="where the machines of `train.nnodes` > 1 meet: host:port of one of them, reachable from all "
+        "(torchrun's c10d rendezvous); ignored on one machine",
     )
     crops_per_image: Count = Field(
         1,
@@ -203,3 +217,22 @@ class Train(Section):
         description="BatchNorm statistics over the global batch rather than each process's share (CUDA only; "
         "nothing to sync with one process)",
     )
+
+    @model_validator(mode="after")
+    def _endpoint_for_machines(self):
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise ValueError(
+                f"nnodes is {self.nnodes} but rdzv_endpoint is not set; set it to host:port of one of the machines"
+            )
+        return self
+
+    @property
+    def ranks(self) -> int:
+        """Training processes over all machines: ``nnodes`` x ``nproc``, the divisor of the global batch."""
+        return self.nnodes * self.nproc
+
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        """The keys that decide the trained weights, as JSON data: the rank count, not how it is split into
+        machines (rank r trains on the same samples either way), and not where the machines meet."""
+        kept = self.model_dump(mode="json", exclude={"nproc", "nnodes", "rdzv_endpoint"})
+        return {**kept, "ranks": self.ranks}

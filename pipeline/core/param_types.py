@@ -42,6 +42,7 @@ _AUTO_OR_PROBABILITY = "a number strictly between 0 and 1, or auto"
 _AUTO_OR_SIDE = f"auto or a whole number of pixels >= {SIZE_MULTIPLE}"
 _WINDOW = f"0 (whole images) or a multiple of {SIZE_MULTIPLE} pixels"
 _CLASS_WEIGHTS = "none, median_frequency or [w0, w1, ...], one number >= 0 per class"
+_ENDPOINT = "null or host:port, a port from 1 to 65535"
 _CLASS_COUNT = "0 (synthetic pets) or a number of classes from 2 to 255 (a synthetic folder dataset)"
 
 
@@ -109,6 +110,18 @@ def class_count(value: Any) -> int:
     raise ValueError(f"must be {_CLASS_COUNT}")
 
 
+def endpoint(value: Any) -> str | None:
+    """A network endpoint "host:port" (an IPv6 host in brackets: "[::1]:29400"), or None. Raises ValueError
+    otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        host, _, port = value.rpartition(":")
+        if host and port.isdigit() and 1 <= int(port) <= 65535:
+            return value
+    raise ValueError(f"must be {_ENDPOINT}")
+
+
 AutoOrCount = Annotated[int | str, BeforeValidator(auto_or_count), allowed(_AUTO_OR_COUNT)]
 AutoOrWorkers = Annotated[int | str, auto_or(loader_workers), allowed(_AUTO_OR_WORKERS)]
 AutoOrProbability = Annotated[float | str, auto_or(probability), allowed(_AUTO_OR_PROBABILITY)]
@@ -116,6 +129,7 @@ AutoOrSide = Annotated[int | str, auto_or(side), allowed(_AUTO_OR_SIDE)]
 WindowSide = Annotated[int, BeforeValidator(window), allowed(_WINDOW)]
 ClassWeights = Annotated[str | list[float], BeforeValidator(class_weight_spec), allowed(_CLASS_WEIGHTS)]
 ClassCount = Annotated[int, BeforeValidator(class_count), allowed(_CLASS_COUNT)]
+Endpoint = Annotated[str | None, BeforeValidator(endpoint), allowed(_ENDPOINT)]
 
 
 class Section(BaseModel):

@@ -9,7 +9,6 @@ processes each takes its share of every global batch of that same order (:func:`
 so the global batches, and every sample's seed, are the same whatever the number of processes.
 """
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pipeline.core.device import usable_cpus
 from pipeline.core.errors import UserError
 from pipeline.data.geometry import same_shape_runs
 
@@ -31,17 +31,18 @@ SEED_BOUND = 2**63 - 1
 
 
 def resolve_num_workers(value: int | str, device_type: str, cpu_count: int | None = None, nproc: int = 1) -> int:
-    """The DataLoader worker count of each of ``nproc`` training processes for the ``num_workers`` param.
+    """The DataLoader worker count of each of ``nproc`` training processes on this machine for the
+    ``num_workers`` param.
 
-    "auto" gives ``min(8, cpu_count // nproc)`` on "cuda" (``cpu_count`` defaults to
-    ``os.cpu_count()``; the processes share the cores) and 0 on any other device: there the same
-    cores run the model, so workers only compete with it. An int >= 0 is returned as is. Raises
-    UserError for anything else (a bool, a negative int, another string, a float).
+    "auto" gives ``min(8, cpu_count // nproc)`` on "cuda" (``cpu_count`` defaults to the CPUs this
+    process may run on, :func:`~pipeline.core.device.usable_cpus`; the processes share them) and 0 on
+    any other device: there the same cores run the model, so workers only compete with it. An int >= 0
+    is returned as is. Raises UserError for anything else (a bool, a negative int, another string, a float).
     """
     if value == "auto":
         if device_type != "cuda":
             return 0
-        cpus = cpu_count if cpu_count is not None else os.cpu_count() or 1
+        cpus = cpu_count if cpu_count is not None else usable_cpus()
         return min(MAX_AUTO_WORKERS, cpus // nproc)
     # bool is an int subclass, but `num_workers: yes` in YAML is a mistake, not one worker.
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -88,7 +89,10 @@ def shard_positions(num_samples: int, batch_size: int, rank: int = 0, world: int
     else:
         batches, share = 1, num_samples // world
     if share == 0:
-        raise UserError(f"the train split has {num_samples} images, fewer than train.nproc ({world}); lower it")
+        raise UserError(
+            f"the train split has {num_samples} images, fewer than the training processes, "
+            f"train.nnodes x train.nproc ({world}); lower them"
+        )
     stride = share * world
     return [start + rank * share + i for start in range(0, batches * stride, stride) for i in range(share)]
 

@@ -1,24 +1,30 @@
-"""Data-parallel training over ``train.nproc`` processes (DistributedDataParallel), and its launch.
+"""Data-parallel training over ``train.nnodes`` x ``train.nproc`` processes (DistributedDataParallel), and
+its launch.
 
-``nproc`` 1 is a plain process: no process group, and every function here is then a no-op or the
-identity, so single-process training runs exactly the code and numbers it always did. With
-``nproc`` > 1 the training stage starts itself again under torch's launcher (torchrun,
-``--standalone``: one machine, a free port), one process a rank; each rank joins the process group
-(:func:`process_group`), trains on its share of every global batch, and rank 0 alone writes files.
+One process (``nnodes`` and ``nproc`` 1) is a plain process: no process group, and every function here is
+then a no-op or the identity, so single-process training runs exactly the code and numbers it always did.
+Otherwise the training stage starts itself again under torch's launcher (torchrun), ``nproc`` processes
+a machine, one a rank: on one machine ``--standalone`` (a free local port); on ``nnodes`` machines, each
+running the stage, through torchrun's c10d rendezvous at ``train.rdzv_endpoint``. Each rank joins the
+process group (:func:`process_group`), trains on its share of every global batch, and global rank 0
+alone writes files.
 """
 
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from pipeline.core.device import usable_cpus
 from pipeline.core.errors import UserError
 from pipeline.core.orphans import die_with_parent
+from pipeline.core.param_training import Train
 
 # The pid of the stage that started torchrun, in the ranks' environment (pipeline.core.orphans).
 PARENT_ENV = "PETSEG_PARENT_PID"
@@ -36,12 +42,35 @@ def backend(device_type: str) -> str:
     return "nccl" if device_type == "cuda" else "gloo"
 
 
-def per_rank_batch(batch_size: int, nproc: int) -> int:
-    """Images each of ``nproc`` processes trains on per step, so that ``batch_size`` stays the global
-    batch. Raises UserError if ``nproc`` does not divide ``batch_size``."""
-    if batch_size % nproc:
-        raise UserError(f"params.yaml: batch_size ({batch_size}) must be a multiple of train.nproc ({nproc})")
-    return batch_size // nproc
+def per_rank_batch(batch_size: int, ranks: int) -> int:
+    """Images each of ``ranks`` processes (over all machines) trains on per step, so that ``batch_size``
+    stays the global batch. Raises UserError if ``ranks`` does not divide ``batch_size``."""
+    if batch_size % ranks:
+        raise UserError(
+            f"params.yaml: batch_size ({batch_size}) must be a multiple of the training processes, "
+            f"train.nnodes x train.nproc ({ranks})"
+        )
+    return batch_size // ranks
+
+
+def check_gpus(nproc: int, device_type: str) -> None:
+    """Raise UserError if ``nproc`` processes on this machine would need more CUDA GPUs than it has
+    (one each); do nothing off CUDA. Counting the GPUs creates no CUDA context."""
+    if device_type == "cuda" and nproc > (count := torch.cuda.device_count()):
+        raise UserError(f"params.yaml: train.nproc is {nproc} but this machine has {count} GPUs; lower it")
+
+
+def pin_device(requested: str, environ: dict[str, str] | None = None) -> None:
+    """In a rank that torchrun started, make the GPU of its ``LOCAL_RANK`` the current CUDA device.
+
+    Call it before anything else touches CUDA (choosing the device runs a first CUDA call): a call
+    before it opens a context, some hundreds of MB, on GPU 0 in every rank. Does nothing in a plain
+    process, for the ``device`` param "cpu", or where no CUDA GPU is visible (asking creates no context).
+    ``environ`` defaults to ``os.environ``.
+    """
+    environ = os.environ if environ is None else environ
+    if launched(environ) and requested != "cpu" and torch.cuda.is_available():
+        torch.cuda.set_device(int(environ["LOCAL_RANK"]))
 
 
 def check_sync_batchnorm(sync_batchnorm: bool, nproc: int, device_type: str) -> None:
@@ -58,22 +87,34 @@ def check_sync_batchnorm(sync_batchnorm: bool, nproc: int, device_type: str) -> 
         )
 
 
-def launch(nproc: int, module: str, argv: Sequence[str]) -> int:
-    """Run ``python -m module *argv`` as ``nproc`` ranks on this machine under torchrun; wait for them.
+def torchrun_options(train: Train, run_id: str) -> list[str]:
+    """torchrun's options for the ``train`` section: ``train.nproc`` ranks here, alone (``--standalone``)
+    or, with ``train.nnodes`` > 1, meeting the other machines through the c10d rendezvous at
+    ``train.rdzv_endpoint`` under the name ``run_id`` (which every machine must give)."""
+    here = f"--nproc-per-node={train.nproc}"
+    if train.nnodes == 1:
+        return ["--standalone", here]
+    rendezvous = ["--rdzv-backend=c10d", f"--rdzv-endpoint={train.rdzv_endpoint}", f"--rdzv-id={run_id}"]
+    return [f"--nnodes={train.nnodes}", here, *rendezvous]
+
+
+def launch(train: Train, run_id: str, module: str, argv: Sequence[str]) -> int:
+    """Run ``python -m module *argv`` as ``train.nproc`` ranks on this machine under torchrun, joined by
+    the other machines' ranks as :func:`torchrun_options` says; wait for them.
 
     Returns 0 when every rank succeeded, else the exit code of the first one that failed (its own
     error is already on stderr; torchrun stops the others). The ranks inherit the working
     directory and the environment, with ``OMP_NUM_THREADS`` set, unless it is, to an equal share of
     the cores (torchrun would set 1 and warn), so the ranks' thread pools do not oversubscribe them.
     """
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // train.nproc)))
     os.environ[PARENT_ENV] = str(os.getpid())  # torchrun runs in this process: it is the ranks' parent
     # Imported here: the launcher (torch.distributed.elastic) is only needed by the parent process.
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
     try:
-        torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", module, *argv])
+        torchrun([*torchrun_options(train, run_id), "-m", module, *argv])
     except ChildFailedError as err:
         return err.get_first_failure()[1].exitcode
     return 0
@@ -82,16 +123,14 @@ def launch(nproc: int, module: str, argv: Sequence[str]) -> int:
 @contextmanager
 def process_group(device_type: str) -> Iterator[None]:
     """Join the process group of torchrun's ranks for the block (backend per :func:`backend`), then
-    leave it; in a plain process (not :func:`launched`) do nothing. On CUDA each rank takes the
-    GPU of its ``LOCAL_RANK``, so ``torch.device("cuda")`` means that GPU inside the block. A rank
-    dies with its parent (:func:`pipeline.core.orphans.die_with_parent`)."""
+    leave it; in a plain process (not :func:`launched`) do nothing. A rank dies with its parent
+    (:func:`pipeline.core.orphans.die_with_parent`). On CUDA, :func:`pin_device` has already given it
+    its GPU."""
     if not launched():
         yield
         return
     # torchrun runs inside the stage's process: a SIGKILLed stage could not stop its ranks.
     die_with_parent(int(os.environ[PARENT_ENV]) if PARENT_ENV in os.environ else None)
-    if device_type == "cuda":
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(backend(device_type))
     try:
         yield
@@ -107,6 +146,40 @@ def world_size() -> int:
 def rank() -> int:
     """This process's rank in [0, :func:`world_size`); 0 without a process group. Rank 0 writes the files."""
     return dist.get_rank() if dist.is_initialized() else 0
+
+
+def local_rank() -> int:
+    """This process's rank among those on its machine: torchrun's ``LOCAL_RANK``, else 0."""
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def local_world_size() -> int:
+    """Training processes on this machine: torchrun's ``LOCAL_WORLD_SIZE``, else :func:`world_size`."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
+
+
+def rank0_host() -> str:
+    """The host of global rank 0, the one that writes the outputs: torchrun's ``MASTER_ADDR``."""
+    return os.environ["MASTER_ADDR"]
+
+
+def from_rank0(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (sent pickled; rank 0 gets its own back), ``obj`` itself without a
+    process group. On NCCL the bytes travel through the current GPU (:func:`pin_device`)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (sent pickled), on every rank; ``[obj]`` without a process group."""
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def convert_batchnorm(model: nn.Module, sync_batchnorm: bool) -> nn.Module:

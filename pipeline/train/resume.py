@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from pipeline.core.errors import first_line
+from pipeline.core.errors import UserError, first_line
 from pipeline.core.io import atomic_path
 
 # Bump when the layout of the state changes, so an old file is ignored rather than misread.
@@ -69,6 +69,20 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> str:
 
     keys = sorted(set(old) | set(new), key=str)
     return ", ".join(f"{k}: {show(old.get(k))} → {show(new.get(k))}" for k in keys if old.get(k) != new.get(k))
+
+
+def check_same_inputs(model: str, gathered: list[dict[str, Any]]) -> None:
+    """Raise UserError naming the first rank whose :func:`training_inputs` differ from rank 0's, and how;
+    ``gathered`` holds every rank's, in rank order. Ranks on several machines read their own params,
+    data and caches (and `precision: auto` may decide differently on other GPUs): they must agree, or
+    each would train on something else."""
+    for rank, theirs in enumerate(gathered[1:], start=1):
+        if fingerprint(theirs) != fingerprint(gathered[0]):
+            changed = differences(gathered[0], theirs)
+            raise UserError(
+                f"train {model}: rank {rank} has other training inputs than rank 0 ({changed}); "
+                "give every machine the same params.yaml and data"
+            )
 
 
 def rng_state() -> dict[str, Any]:

@@ -88,7 +88,7 @@ def set_up(config: RunConfig, train: Arrays | tuple, valid: Arrays | tuple) -> R
     distributed.check_sync_batchnorm(config.sync_batchnorm, world, device.type)
     model = _model(config)
     size = config.image_size or train.images.shape[1]
-    workers = resolve_num_workers(cfg.num_workers, device.type, nproc=world)
+    workers = resolve_num_workers(cfg.num_workers, device.type, nproc=distributed.local_world_size())
     jitter = jitter_strength(cfg.augment, cfg.augmentation)
     train_loader = _train_loader(config, train, size, workers)
     # Each valid image with only its own padding to a multiple of 32, as the evaluate stage takes it.

@@ -1,5 +1,6 @@
 """Device decisions, the CUDA ones included, checked on the CPU by faking the device's capabilities."""
 
+import os
 import warnings
 
 import pytest
@@ -18,6 +19,7 @@ from pipeline.core.device import (
     memory_format,
     needs_grad_scaler,
     peak_memory_mib,
+    usable_cpus,
 )
 from pipeline.core.errors import UserError
 
@@ -156,3 +158,13 @@ def test_tf32_and_cudnn_benchmark_only_on_cuda():
 
 def test_no_peak_memory_off_cuda():
     assert peak_memory_mib(torch.device("cpu")) is None
+
+
+def test_usable_cpus_are_the_affinity_mask_else_the_cpu_count(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3}, raising=False)
+    assert usable_cpus() == 2
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS and Windows have no affinity call
+    assert usable_cpus() == 64
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown
+    assert usable_cpus() == 1

@@ -98,6 +98,11 @@ def test_exponent_without_decimal_point_is_read_as_a_number():
         ({"augmentation": {"scale": [2.0, 0.5]}}, "augmentation: .*scale must be two factors 0 < lo <= hi"),
         ({"train": {"crops_per_image": 0}}, "train.crops_per_image: must be greater than or equal to 1"),
         ({"train": {"augment_on": "gpu"}}, "train.augment_on: must be 'auto', 'device' or 'workers', got 'gpu'"),
+        ({"train": {"nnodes": 2}}, "train: nnodes is 2 but rdzv_endpoint is not set; set it to host:port of one"),
+        ({"train": {"rdzv_endpoint": "node0"}}, "train.rdzv_endpoint: must be null or host:port, a port from 1 to"),
+        ({"train": {"rdzv_endpoint": ":29400"}}, "train.rdzv_endpoint: must be null or host:port"),
+        ({"train": {"rdzv_endpoint": "node0:70000"}}, "train.rdzv_endpoint: must be null or host:port"),
+        ({"train": {"rdzv_endpoint": 29400}}, "train.rdzv_endpoint: must be null or host:port"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(changes, message):
@@ -190,6 +195,17 @@ def test_model_level_training_keys_are_not_architecture_options():
     cfg, arch = train_config(parse_params(params_with(resnet34_unet=section)), "resnet34_unet")
     assert arch == {"decoder_channels": [8, 8, 8, 4, 4], "bilinear": False}
     assert cfg.encoder_weights == "w.pth" and cfg.zero_init_residual
+
+
+def test_the_resume_fingerprint_holds_the_rank_count_not_the_machines():
+    def train(**keys):
+        return parse_params(params_with(train=keys)).train
+
+    two = train(nproc=2).fingerprint_inputs()
+    assert train(nproc=1, nnodes=2, rdzv_endpoint="[::1]:29400").fingerprint_inputs() == two
+    assert train(nproc=2, rdzv_endpoint="node0:1").fingerprint_inputs() == two  # ignored on one machine
+    assert two["ranks"] == 2 and train().fingerprint_inputs()["ranks"] == 1
+    assert train(nproc=2, nnodes=2, rdzv_endpoint="node0:29400").ranks == 4
 
 
 def test_num_workers_does_not_change_the_resume_fingerprint():

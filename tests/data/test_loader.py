@@ -163,8 +163,12 @@ def test_training_processes_share_the_auto_workers(value, cpus, nproc, expected)
     assert resolve_num_workers(value, "cuda", cpu_count=cpus, nproc=nproc) == expected
 
 
-def test_resolve_num_workers_counts_this_machines_cpus():
-    assert resolve_num_workers("auto", "cuda") == min(8, os.cpu_count())
+def test_resolve_num_workers_counts_the_cpus_this_process_may_run_on(monkeypatch):
+    # A container or `taskset` gives the process 3 of the machine's 64 CPUs: 3 workers, not 8.
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5, 9}, raising=False)
+    assert resolve_num_workers("auto", "cuda") == 3
+    assert resolve_num_workers("auto", "cuda", nproc=2) == 1
 
 
 @pytest.mark.parametrize("value", [-1, "4", "Auto", 2.0, True, None])

@@ -3,6 +3,7 @@ training stage under 2 CPU processes (gloo) against 1."""
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from torch import nn
 import pipeline.train.setup as setup
 import stages.train
 from pipeline.core.errors import UserError
+from pipeline.core.params import parse_params
 from pipeline.core.runner import run_stage
 from pipeline.data.build import build_cache
 from pipeline.data.cache import save_cache
@@ -30,7 +32,8 @@ from pipeline.models.registry import build_model
 from pipeline.train import distributed
 from pipeline.train.config import RunConfig, TrainConfig
 from pipeline.train.fit import fit
-from tests.support import REPO, shipped_params, write_params
+from pipeline.train.resume import check_same_inputs
+from tests.support import REPO, merge, shipped_params, write_params
 
 # --- the decisions, in this one process ---
 
@@ -49,7 +52,7 @@ def test_a_process_counts_as_launched_only_when_torchrun_started_it():
 def test_the_global_batch_is_divided_among_the_processes():
     assert distributed.per_rank_batch(16, 1) == 16
     assert distributed.per_rank_batch(16, 4) == 4
-    with pytest.raises(UserError, match=r"^params.yaml: batch_size \(16\) must be a multiple of train.nproc \(3\)$"):
+    with pytest.raises(UserError, match=r"^params.yaml: batch_size \(16\) must be a multiple of .* \(3\)$"):
         distributed.per_rank_batch(16, 3)
 
 
@@ -82,6 +85,87 @@ def test_without_a_process_group_it_is_one_plain_process():
     distributed.sum_over_ranks(total)
     distributed.broadcast_buffers(model)
     assert total.item() == 2.5 and distributed.earliest_step(step) is step
+    assert distributed.from_rank0(model) is model and distributed.gather(model) == [model]
+
+
+def _train(**keys):
+    return parse_params(merge(shipped_params(), {"train": keys})).train
+
+
+def test_one_machine_runs_standalone_and_several_meet_at_the_endpoint():
+    assert distributed.torchrun_options(_train(nproc=2, rdzv_endpoint="h:1"), "petseg-unet") == [
+        "--standalone",
+        "--nproc-per-node=2",
+    ]
+    several = _train(nproc=2, nnodes=3, rdzv_endpoint="10.0.0.7:29400")
+    assert distributed.torchrun_options(several, "petseg-unet") == [
+        *("--nnodes=3", "--nproc-per-node=2", "--rdzv-backend=c10d"),
+        *("--rdzv-endpoint=10.0.0.7:29400", "--rdzv-id=petseg-unet"),
+    ]
+
+
+class FakeCuda:
+    """torch.cuda's calls that :func:`distributed.pin_device` and the device choice make, recorded in order,
+    on a machine of ``count`` GPUs; its first CUDA call (a tensor on "cuda") ends the stage."""
+
+    def __init__(self, monkeypatch, count=2):
+        self.calls = []
+        monkeypatch.setattr(torch.version, "cuda", "12.8")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda index: self.calls.append(("set_device", index)))
+        monkeypatch.setattr(torch, "zeros", self.zeros)
+
+    def zeros(self, *size, device=None, **kwargs):
+        self.calls.append(("first call", str(device)))
+        raise KeyboardInterrupt  # not an error the stage handles: the test ends it here
+
+
+def test_a_launched_rank_takes_its_gpu_before_the_first_cuda_call(tmp_path, monkeypatch):
+    cuda = FakeCuda(monkeypatch)
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    params = write_params(tmp_path / "params.yaml", train={"nproc": 2}, device="cuda")
+    argv = ["--params", str(params), "--model", "unet", "--train", "t", "--valid", "v"]
+    argv += ["--checkpoint", "m.pt", "--live", "live", "--resume", "r.pt"]
+    with pytest.raises(KeyboardInterrupt):
+        stages.train.main(argv)
+    assert cuda.calls == [("set_device", 1), ("first call", "cuda")]
+
+
+def test_only_a_launched_rank_that_may_use_cuda_pins_a_gpu(monkeypatch):
+    cuda = FakeCuda(monkeypatch)
+    rank = {"WORLD_SIZE": "4", "LOCAL_RANK": "3"}
+    distributed.pin_device("cpu", rank)  # a CPU training touches no GPU
+    distributed.pin_device("auto", {"PATH": "/bin"})  # a plain process keeps torch's default
+    distributed.pin_device("auto", rank)
+    assert cuda.calls == [("set_device", 3)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    distributed.pin_device("auto", rank)  # no GPU: nothing to pin
+    assert cuda.calls == [("set_device", 3)]
+
+
+def test_more_processes_than_gpus_on_a_machine_is_a_user_error(monkeypatch):
+    FakeCuda(monkeypatch, count=2)
+    distributed.check_gpus(2, "cuda")
+    distributed.check_gpus(8, "cpu")
+    with pytest.raises(UserError, match=r"^params.yaml: train.nproc is 3 but this machine has 2 GPUs; lower it$"):
+        distributed.check_gpus(3, "cuda")
+
+
+def test_the_processes_of_a_machine_share_its_loader_workers(monkeypatch):
+    assert distributed.local_world_size() == 1 and distributed.local_rank() == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert distributed.local_world_size() == 4 and distributed.local_rank() == 2
+
+
+def test_ranks_with_other_data_or_settings_are_refused_in_one_line():
+    inputs = {"model": "unet", "lr": 0.001, "cache:train": "ab" * 32}
+    check_same_inputs("unet", [inputs, dict(inputs)])
+    other = {**inputs, "cache:train": "cd" * 32}
+    with pytest.raises(UserError, match=r"^train unet: rank 2 has other training inputs than rank 0 \(cache:train: "):
+        check_same_inputs("unet", [inputs, inputs, other])
 
 
 # --- each rank's share of the training data ---
@@ -109,7 +193,9 @@ def test_the_ranks_share_every_global_batch_and_each_sample_once(n, batch, world
 
 
 def test_fewer_images_than_processes_is_a_user_error():
-    with pytest.raises(UserError, match=r"has 3 images, fewer than train.nproc \(4\)"):
+    with pytest.raises(
+        UserError, match=r"has 3 images, fewer than the training processes, train.nnodes x train.nproc \(4\)"
+    ):
         shard_positions(3, 8, 0, 4)
 
 
@@ -177,6 +263,7 @@ def _rank(rank, store, out, data):
         setup.build_model = _no_norm  # this process's own module
         logged = _fit_without_batchnorm(data, out / "run" / "m.pt")
         results = {"sum": total.item(), "steps": steps, "mean": norm.running_mean.item(), "norms": sorted(kinds)}
+        results |= {"sent": distributed.from_rank0(f"rank {rank}'s"), "gathered": distributed.gather(rank + 10)}
         torch.save({**results, "logged": logged}, out / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -192,6 +279,8 @@ def test_two_ranks_train_as_one_process_at_the_same_global_batch(tmp_path, tiny_
     assert [r["steps"] for r in ranks] == [[3, 2, 0], [3, 2, 0]]  # the earliest non-zero step, 0 = none
     assert [r["mean"] for r in ranks] == [7.0, 7.0]  # rank 0's buffers
     assert [r["norms"] for r in ranks] == [["SyncBatchNorm"], ["SyncBatchNorm"]]
+    assert [r["sent"] for r in ranks] == ["rank 0's", "rank 0's"]
+    assert [r["gathered"] for r in ranks] == [[10, 11], [10, 11]]
     # Rank 0 logs the values of one process (to float rounding: the ranks sum in another order).
     assert ranks[1]["logged"] == []  # log() is called on rank 0 only
     for got, want in zip(ranks[0]["logged"], single, strict=True):
@@ -213,7 +302,7 @@ EPOCHS = 3
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """Caches of 128 synthetic pets at 32 px (48 train, 16 valid) and params for 3 quick UNet epochs
-    at a global batch of 16, for 1 and for 2 processes."""
+    at a global batch of 16, for 1 and for 2 processes (params1.yaml, params2.yaml)."""
     root = tmp_path_factory.mktemp("distributed")
     make_synthetic(root / "raw", 128, seed=3)
     split = make_split(root / "raw", 0.25, seed=0)
@@ -228,19 +317,21 @@ def workdir(tmp_path_factory):
     return root
 
 
-def _args(root, nproc, run):
+def _args(root, which, run):
+    """The stage's arguments for params ``root``/params{which}.yaml and the outputs in ``root``/``run``."""
     return [
-        *("--params", str(root / f"params{nproc}.yaml"), "--model", "unet"),
+        *("--params", str(root / f"params{which}.yaml"), "--model", "unet"),
         *("--train", str(root / "train"), "--valid", str(root / "valid")),
         *("--checkpoint", str(root / run / "unet.pt"), "--live", str(root / run / "live")),
         *("--resume", str(root / run / ".resume" / "unet.pt")),
     ]
 
 
-def _stage(root, nproc, run, **kwargs):
-    """The stage as DVC runs it, in its own session (so that a kill reaches the ranks too)."""
+def _stage(root, which, run, **kwargs):
+    """The stage as DVC runs it (arguments as :func:`_args`), in its own session (so that a kill reaches the
+    ranks too)."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "stages.train", *_args(root, nproc, run)]
+    command = [sys.executable, "-m", "stages.train", *_args(root, which, run)]
     return subprocess.Popen(command, cwd=root, env=env, text=True, start_new_session=True, **kwargs)
 
 
@@ -271,8 +362,21 @@ def _history(run_dir):
     return {name: pd.read_csv(metrics / f"{name}.tsv", sep="\t") for name in ("train/loss", "valid/loss", "valid/dice")}
 
 
+@pytest.fixture(scope="module")
+def two_processes(workdir):
+    """The stage with train.nproc 2, killed after its first epoch and run again to the end: its stdout, and
+    the files that appeared in ``workdir`` meanwhile. (A resumed run ends as an uninterrupted one,
+    tests/train/test_resume.py.)"""
+    before = set(_files(workdir))
+    _kill_after_first_epoch(workdir, "two")
+    proc = _stage(workdir, 2, "two", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return out, set(_files(workdir)) - before
+
+
 @pytest.mark.e2e
-def test_two_processes_resume_give_the_valid_dice_of_one_and_write_each_output_once(workdir, capsys):
+def test_two_processes_resume_give_the_valid_dice_of_one_and_write_each_output_once(workdir, two_processes, capsys):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the ranks (torchrun sets OMP_NUM_THREADS=1): the same float sums
     try:
@@ -280,11 +384,7 @@ def test_two_processes_resume_give_the_valid_dice_of_one_and_write_each_output_o
     finally:
         torch.set_num_threads(threads)
     assert "train unet: 48 train / 16 valid images; device: cpu (" in capsys.readouterr().out
-    before = set(_files(workdir))
-    _kill_after_first_epoch(workdir, "two")
-    proc = _stage(workdir, 2, "two", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
+    out, new_files = two_processes
     assert out.startswith("train unet: 2 processes on cpu\n")
     # Every rank resumed after the epoch rank 0 saved (else they would disagree on the epochs to run);
     # rank 0 alone printed, each epoch once.
@@ -294,7 +394,7 @@ def test_two_processes_resume_give_the_valid_dice_of_one_and_write_each_output_o
     assert out.count("resuming after epoch") == 1 and out.count("best valid Dice") == 1
     # The files of one process, and nothing anywhere else: rank 1 wrote nothing, the state is gone.
     assert _files(workdir / "two") == _files(workdir / "one")
-    assert set(_files(workdir)) - before == {f"two/{name}" for name in _files(workdir / "two")}
+    assert new_files == {f"two/{name}" for name in _files(workdir / "two")}
     assert not (workdir / "two" / ".resume" / "unet.pt").exists()
     dice = {}
     for run in ("one", "two"):
@@ -312,10 +412,44 @@ def test_two_processes_resume_give_the_valid_dice_of_one_and_write_each_output_o
     assert (dice["two"] - dice["one"]).abs().max() < 0.01
 
 
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.e2e
+def test_two_machines_of_one_process_train_the_weights_of_one_machine_of_two(workdir, two_processes):
+    """Two "machines" on 127.0.0.1: two stages with train.nnodes 2 and train.nproc 1, meeting at one
+    endpoint, against one with train.nproc 2, at the same global batch. BatchNorm normalises over each
+    rank's share of the batch in both (no SyncBatchNorm on a CPU), so the comparison is fair: rank r
+    trains on the same images either way."""
+    params = yaml.safe_load((workdir / "params2.yaml").read_text())
+    params["train"] = {"nproc": 1, "nnodes": 2, "rdzv_endpoint": f"127.0.0.1:{_free_port()}", "sync_batchnorm": False}
+    (workdir / "params-machines.yaml").write_text(yaml.safe_dump(params))
+    machines = [_stage(workdir, "-machines", f"m{m}", stdout=subprocess.PIPE, stderr=subprocess.PIPE) for m in (0, 1)]
+    said = [machine.communicate(timeout=600) for machine in machines]
+    assert [machine.returncode for machine in machines] == [0, 0], [err[-3000:] for _, err in said]
+    assert [out.splitlines()[0] for out, _ in said] == ["train unet: 1 process on cpu, 2 on 2 machines"] * 2
+    # The machine of global rank 0 (torchrun's c10d rendezvous orders them by host name, then pid) wrote
+    # every output; the other wrote nothing and said where they are.
+    writer = [m for m in (0, 1) if (workdir / f"m{m}").exists()]
+    assert len(writer) == 1 and _files(workdir / f"m{writer[0]}") == _files(workdir / "two")
+    assert "which writes the outputs" in said[1 - writer[0]][0]
+    a = torch.load(workdir / "two" / "unet.pt", weights_only=True)
+    b = torch.load(workdir / f"m{writer[0]}" / "unet.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"]
+    for key in a["state_dict"]:
+        torch.testing.assert_close(b["state_dict"][key], a["state_dict"][key], rtol=0, atol=1e-5)
+
+
 def test_bad_multi_process_settings_fail_in_one_line_before_any_process_starts(workdir, tmp_path, capsys):
     params = yaml.safe_load((workdir / "params2.yaml").read_text())
     for change, message in (
-        ({"batch_size": 15}, "batch_size (15) must be a multiple of train.nproc (2)"),
+        (
+            {"batch_size": 15},
+            "batch_size (15) must be a multiple of the training processes, train.nnodes x train.nproc (2)",
+        ),
         ({"train": {"nproc": 2, "sync_batchnorm": True}}, "train.sync_batchnorm needs CUDA GPUs"),
     ):
         (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, **change}))
@@ -334,14 +468,16 @@ def test_torchrun_with_another_process_count_than_train_nproc_is_refused(workdir
     monkeypatch.setenv("MASTER_PORT", "0")
     argv = _args(workdir, 2, tmp_path / "run")
     assert run_stage(stages.train.main, argv) == 1
-    assert "train.nproc is 2 but torchrun started 1 processes" in capsys.readouterr().err
+    assert "train.nnodes x train.nproc is 2 but torchrun started 1 processes" in capsys.readouterr().err
     assert not dist.is_initialized() and not (tmp_path / "run").exists()
 
 
 def test_a_failed_training_process_fails_the_stage_in_one_line(tmp_path, monkeypatch, capsys):
     params = write_params(tmp_path / "params.yaml", train={"nproc": 2}, batch_size=4)
     launched = []
-    monkeypatch.setattr(distributed, "launch", lambda n, module, argv: launched.append((n, module)) or 3)
+    monkeypatch.setattr(
+        distributed, "launch", lambda train, run_id, module, argv: launched.append((train.nproc, module)) or 3
+    )
     args = ["--params", str(params), "--model", "unet", "--train", "t", "--valid", "v"]
     args += ["--checkpoint", str(tmp_path / "m.pt"), "--live", str(tmp_path / "live"), "--resume", str(tmp_path / "r")]
     assert run_stage(stages.train.main, args) == 1
