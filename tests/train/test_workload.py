@@ -1,16 +1,19 @@
 """The CPU guard before torch: each model's workload from params, and the bound that lets small runs through
 without importing torch, counting or timing anything."""
 
+import re
+
 import pytest
+import yaml
 
 import pipeline.train.estimate
 from pipeline.core.params import parse_params
-from pipeline.data.sizes import SplitSizes
+from pipeline.data.sizes import SplitSizes, split_sizes
 from pipeline.train import workload
 from pipeline.train.cpu_guard import check_cpu_time
 from pipeline.train.estimate import Cost, model_cost
 from pipeline.train.workload import MAX_TRAIN_FLOPS_PER_PIXEL, Workload, workloads
-from tests.support import TINY, merge, shipped_params
+from tests.support import REPO, TINY, merge, shipped_params
 
 
 def _params(**changes):
@@ -67,3 +70,28 @@ def test_the_bound_before_torch_exceeds_both_models_counted_flops_per_pixel():
 def test_the_slowest_rate_decides_what_cannot_take_an_hour():
     assert workload.cannot_take_an_hour(0.99 * workload.HOUR_S * workload.SLOWEST_RATE)
     assert not workload.cannot_take_an_hour(1.01 * workload.HOUR_S * workload.SLOWEST_RATE)
+
+
+def _makefile_cpu_settings() -> dict[str, object]:
+    """The Makefile's CPU_SETTINGS (`make repro-cpu`), key → value as `dvc exp run -S` reads them (YAML)."""
+    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.startswith("CPU_SETTINGS ="))
+    pairs = re.findall(r"-S (\S+?)=(\S+)", line)
+    return {key: yaml.safe_load(value) for key, value in pairs}
+
+
+def test_the_makefile_cpu_settings_are_the_readme_run(pets_mini):
+    settings = _makefile_cpu_settings()
+    assert len(settings) == 9 and settings["data.source"] == "$(CPU_DATA)"
+    nested: dict = {"data": {"source": str(pets_mini)}}
+    for key, value in settings.items():
+        *sections, name = key.split(".")
+        if key != "data.source":
+            target = nested
+            for section in sections:
+                target = target.setdefault(section, {})
+            target[name] = value
+    params = _params(**nested)
+    sizes = split_sizes(params.data, params.split)
+    assert sizes == SplitSizes(320, 36)  # README: 320 train / 36 valid
+    assert {(load.epochs, load.batch_size, load.side) for load in workloads(params, sizes)} == {(40, 8, 128)}
