@@ -11,6 +11,8 @@ from pathlib import Path
 from pipeline.core.errors import UserError
 
 LIST_FILES = ("list.txt", "trainval.txt", "test.txt")
+# Pairs in the official trainval.txt and test.txt (the dataset README in annotations.tar.gz).
+OFFICIAL_SIZES = {"trainval": 3680, "test": 3669}
 
 
 def image_path(root: Path, stem: str) -> Path:

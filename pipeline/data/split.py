@@ -16,6 +16,12 @@ from pipeline.data.report import DUPLICATE, GARBAGE_LINE, LISTS, MISSING_FILE, S
 LIST_LINE = re.compile(r"(\S+)\s+\d+\s+\d+\s+\d+")
 
 
+def held_out(count: int, fraction: float) -> int:
+    """How many of ``count`` stems a split holds out for ``fraction`` of them: ``round(fraction * count)``
+    (Python's round, half to even), the one rule for valid (of trainval) and for a folder's test share."""
+    return round(fraction * count)
+
+
 @dataclass(frozen=True)
 class Split:
     """Stem lists of the three splits; per list file (the pets' "trainval" and "test"; a folder dataset's
@@ -85,7 +91,7 @@ def make_split(root: Path, valid_fraction: float, seed: int) -> Split:
         stems, skipped[name], listed[name] = read_list(root, name, seen)
         lists[name] = sorted(stems)
     trainval = lists["trainval"]
-    n_valid = round(valid_fraction * len(trainval))
+    n_valid = held_out(len(trainval), valid_fraction)
     valid = sorted(random.Random(seed).sample(trainval, n_valid))
     chosen = set(valid)
     split = Split([s for s in trainval if s not in chosen], valid, lists["test"], listed, skipped)
@@ -173,9 +179,9 @@ def folder_split(root: Path, valid_fraction: float, test_fraction: float, seed: 
         stems = usable["masks"]
         shuffled = stems[:]
         random.Random(seed).shuffle(shuffled)
-        n_test = round(test_fraction * len(stems))
+        n_test = held_out(len(stems), test_fraction)
         test, rest = sorted(shuffled[:n_test]), shuffled[n_test:]
-        n_valid = round(valid_fraction * len(rest))
+        n_valid = held_out(len(rest), valid_fraction)
         split = {"train": sorted(rest[n_valid:]), "valid": sorted(rest[:n_valid]), "test": test}
     for name in SPLITS:
         if not split[name]:

@@ -19,6 +19,12 @@ LIST_HEADER = (
 )
 
 
+def trainval_size(num_images: int) -> int:
+    """How many of ``num_images`` pets :func:`make_synthetic` lists in trainval.txt: every other one, from the
+    first (the rest go to test.txt)."""
+    return len(range(num_images)[0::2])
+
+
 def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Random stripes plus noise around a random colour: float (h, w, 3) in [0, 255]."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
