@@ -78,9 +78,11 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
     train, valid = load_cache(args.train), load_cache(args.valid)
     caches = [Path(args.train), Path(args.valid)]
     # The precision is what ran, not the param: `auto` means bf16 on one machine and fp32 on another.
-    settings = {**cfg.fingerprint_inputs(), "train": params.train.model_dump(), "precision": compute.precision}
+    settings = {**cfg.fingerprint_inputs(), "train": params.train.fingerprint_inputs(), "precision": compute.precision}
     inputs = training_inputs(args.model, arch, settings, caches, cfg.encoder_weights)
-    store = ResumeStore(Path(args.resume), inputs, Path(args.live))
+    store = ResumeStore(
+        Path(args.resume), inputs, Path(args.live), every_s=params.train.resume_every_s, epochs=cfg.epochs
+    )
     rank0 = distributed.rank() == 0
     # Rank 0 puts the dvclive folder back with the state and says so; the others only read the state.
     state = store.load() if rank0 else load_state(store.path, inputs)[0]
@@ -130,7 +132,8 @@ def _fit_logged(
     config: RunConfig, data: tuple[Arrays, Arrays], state: dict[str, Any] | None, store: ResumeStore
 ) -> FitResult:
     """Rank 0's :func:`fit`: every epoch's record to dvclive in ``store.live_dir`` and the resume state to
-    ``store`` after it, each step of the way reported to whoever stops the stage."""
+    ``store`` after it (written when due, and when the stage is stopped, then saying which epoch a rerun
+    resumes after)."""
     epochs = config.train.epochs
     # dvcyaml=False: the plots are declared in dvc.yaml, which dvclive must not rewrite.
     with Live(store.live_dir, dvcyaml=False, save_dvc_exp=False, report=None, resume=state is not None) as live:
@@ -141,13 +144,12 @@ def _fit_logged(
                 live.log_metric(name, value)
             live.next_step()
 
-        def save_state(state: dict[str, Any]) -> None:
-            store.save(state)
-            done = state["epoch"]
+        def resumes_after(done: int) -> None:
             report_progress(f"{config.model} after epoch {done} of {epochs}", f"`dvc repro` resumes after epoch {done}")
 
         report_progress(f"{config.model} in its first epoch", "`dvc repro` starts its training again")
-        result = fit(config, *data, log, state, save_state)
+        with store.writing_when_interrupted(resumes_after):
+            result = fit(config, *data, log, state, store.save)
         live.summary["last_epoch"] = result.last_epoch
     return result
 

@@ -4,7 +4,7 @@ and data-parallel training. Part of the schema (:mod:`pipeline.core.param_schema
 stage's view of them is :class:`pipeline.train.config.TrainConfig`.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, create_model, model_validator
 
@@ -195,3 +195,14 @@ class Train(Section):
         description="BatchNorm statistics over the global batch rather than each process's share (CUDA only; "
         "nothing to sync with one process)",
     )
+    resume_every_s: NonNegative = Field(
+        300,
+        description="seconds between writes of the resume state, checked after each epoch (0 = every epoch); it "
+        "is also written after the last epoch and on Ctrl-C / SIGTERM, so a rerun resumes after the last "
+        "completed epoch",
+    )
+
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        """These settings as the resume fingerprint takes them: all but ``resume_every_s``, which changes
+        only how often the state is written, so changing it keeps a state."""
+        return self.model_dump(exclude={"resume_every_s"})
