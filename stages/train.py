@@ -96,7 +96,9 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
     }
     inputs = training_inputs(args.model, arch, settings, caches, cfg.encoder_weights)
     check_same_inputs(args.model, distributed.gather(inputs))  # other machines read their own files
-    store = ResumeStore(Path(args.resume), inputs, Path(args.live))
+    store = ResumeStore(
+        Path(args.resume), inputs, Path(args.live), every_s=params.train.resume_every_s, epochs=cfg.epochs
+    )
     rank0 = distributed.rank() == 0
     # Rank 0 reads the state, puts the dvclive folder back and says so; the others, maybe on machines
     # without the file, get its copy, so that every rank starts after the same epoch.
@@ -152,7 +154,8 @@ def _fit_logged(
     config: RunConfig, data: tuple[Arrays, Arrays], state: dict[str, Any] | None, store: ResumeStore
 ) -> FitResult:
     """Rank 0's :func:`fit`: every epoch's record to dvclive in ``store.live_dir`` and the resume state to
-    ``store`` after it, each step of the way reported to whoever stops the stage."""
+    ``store`` after it (written when due, and when the stage is stopped, then saying which epoch a rerun
+    resumes after)."""
     epochs = config.train.epochs
     # dvcyaml=False: the plots are declared in dvc.yaml, which dvclive must not rewrite.
     with Live(store.live_dir, dvcyaml=False, save_dvc_exp=False, report=None, resume=state is not None) as live:
@@ -163,13 +166,12 @@ def _fit_logged(
                 live.log_metric(name, value)
             live.next_step()
 
-        def save_state(state: dict[str, Any]) -> None:
-            store.save(state)
-            done = state["epoch"]
+        def resumes_after(done: int) -> None:
             report_progress(f"{config.model} after epoch {done} of {epochs}", f"`dvc repro` resumes after epoch {done}")
 
         report_progress(f"{config.model} in its first epoch", "`dvc repro` starts its training again")
-        result = fit(config, *data, log, state, save_state)
+        with store.writing_when_interrupted(resumes_after):
+            result = fit(config, *data, log, state, store.save)
         live.summary["last_epoch"] = result.last_epoch
     return result
 

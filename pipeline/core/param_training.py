@@ -217,6 +217,12 @@ class Train(Section):
         description="BatchNorm statistics over the global batch rather than each process's share (CUDA only; "
         "nothing to sync with one process)",
     )
+    resume_every_s: NonNegative = Field(
+        300,
+        description="seconds between writes of the resume state, checked after each epoch (0 = every epoch); it "
+        "is also written after the last epoch and on Ctrl-C / SIGTERM, so a rerun resumes after the last "
+        "completed epoch",
+    )
 
     @model_validator(mode="after")
     def _endpoint_for_machines(self):
@@ -233,6 +239,7 @@ class Train(Section):
 
     def fingerprint_inputs(self) -> dict[str, Any]:
         """The keys that decide the trained weights, as JSON data: the rank count, not how it is split into
-        machines (rank r trains on the same samples either way), and not where the machines meet."""
-        kept = self.model_dump(mode="json", exclude={"nproc", "nnodes", "rdzv_endpoint"})
+        machines (rank r trains on the same samples either way), not where the machines meet, and not
+        ``resume_every_s``, which changes only how often the state is written (so changing it keeps a state)."""
+        kept = self.model_dump(mode="json", exclude={"nproc", "nnodes", "rdzv_endpoint", "resume_every_s"})
         return {**kept, "ranks": self.ranks}

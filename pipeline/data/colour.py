@@ -7,6 +7,8 @@ The ops are those of torchvision's ``ColorJitter`` (brightness, contrast, satura
 in [1 - s, 1 + s], in an order drawn per sample) on float images in [0, 1].
 """
 
+import functools
+
 import torch
 
 # ImageNet channel statistics (torchvision model docs); the usual normalisation for natural photos.
@@ -29,9 +31,20 @@ def draw_jitter(strength: float) -> torch.Tensor:
     return torch.cat([factors, torch.randperm(3).float()])
 
 
+@functools.lru_cache(maxsize=32)
+def _constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``values`` as a (C, 1, 1) tensor on ``device``, built once per (values, device, dtype).
+
+    Built in each training step instead, ``torch.tensor(..., device="cuda")`` copies from pageable host
+    memory, which blocks the host until the GPU has caught up: a sync in every step. Made outside
+    inference mode, so a constant first built under validation's ``inference_mode`` also serves training.
+    """
+    with torch.inference_mode(False):
+        return torch.tensor(values, device=device, dtype=dtype).view(-1, 1, 1)
+
+
 def _luma(images: torch.Tensor) -> torch.Tensor:
-    weights = torch.tensor(LUMA, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    return (images * weights).sum(1, keepdim=True)
+    return (images * _constant(LUMA, images.device, images.dtype)).sum(1, keepdim=True)
 
 
 def _apply(op: int, images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -65,14 +78,14 @@ def colour_jitter(images: torch.Tensor, jitter: torch.Tensor) -> torch.Tensor:
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """float images (N, 3, H, W) or (3, H, W) in [0, 1] → ImageNet-normalised, same shape and dtype."""
-    mean = torch.tensor(MEAN, device=images.device, dtype=images.dtype).view(3, 1, 1)
-    std = torch.tensor(STD, device=images.device, dtype=images.dtype).view(3, 1, 1)
+    mean, std = _constant(MEAN, images.device, images.dtype), _constant(STD, images.device, images.dtype)
     return (images - mean) / std
 
 
 def model_input(images: torch.Tensor, jitter: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 images (N, 3, H, W) in [0, 255] → float32 model input, ImageNet-normalised, after each
-    sample's colour jitter (N, 6) when given (None: none)."""
+    sample's colour jitter (N, 6) when given (None: none). A jitter still on the host is copied to the images' device,
+    a blocking copy on a GPU: a training step moves it there beforehand, non_blocking from pinned memory."""
     images = images.float() / 255.0
     if jitter is not None:
         images = colour_jitter(images, jitter.to(images.device))

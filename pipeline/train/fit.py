@@ -96,7 +96,8 @@ def fit(
     ``train`` and ``valid`` are :class:`~pipeline.train.setup.Arrays` (or their first two, images uint8 (N, S,
     S, 3) and masks uint8 (N, S, S): class indices, 255 ignored). Each epoch calls ``log(epoch, record)`` with
     train/loss, valid/loss, valid/dice (a multi-class task's mean class Dice, and valid/miou), lr (the lr of the
-    epoch's first step), time/data_wait (share of the epoch's seconds spent waiting for batches) and, on CUDA,
+    epoch's first step), time/data_wait (share of the epoch's seconds spent waiting for the loader's next batch,
+    not moving it to the device: :func:`pipeline.train.loop.train_epoch`) and, on CUDA,
     gpu/peak_memory_mib; then ``save_state(state)`` with everything needed to continue (``state`` given back
     resumes after its epoch with identical results on the CPU). The checkpoint
     (:func:`pipeline.models.checkpoint.save_checkpoint`, atomic) holds ``model``, ``arch``, ``state_dict``,

@@ -31,10 +31,10 @@ def accumulation_groups(batches: int, steps: int) -> list[int]:
 
 @dataclass
 class Batch:
-    """How a loader's batch becomes the model's input on the device: uint8 images and masks are copied
-    there (asynchronously from pinned memory when ``non_blocking``), then the images get their colour
-    jitter (when ``jitter``) and normalisation batch-wise (:func:`pipeline.data.colour.model_input`)
-    in ``memory_format``."""
+    """How a loader's batch becomes the model's input on the device: uint8 images, masks and the jitter
+    are copied there (asynchronously from pinned memory when ``non_blocking``, so the host does not wait
+    for the GPU), then the images get their colour jitter (when ``jitter``) and normalisation batch-wise
+    (:func:`pipeline.data.colour.model_input`) in ``memory_format``."""
 
     device: torch.device
     non_blocking: bool
@@ -47,7 +47,8 @@ class Batch:
         """(images uint8 (N, 3, S, S), masks uint8 (N, 1, S, S), jitter (N, 6)) → (images float32
         normalised, masks float32 in {0, 1, 255}), both on the device."""
         images = images.to(self.device, non_blocking=self.non_blocking)
-        images = model_input(images, jitter if self.jitter else None).contiguous(memory_format=self.memory_format)
+        jitter = jitter.to(self.device, non_blocking=self.non_blocking) if self.jitter else None
+        images = model_input(images, jitter).contiguous(memory_format=self.memory_format)
         return images, masks.to(self.device, non_blocking=self.non_blocking).float()
 
 
@@ -85,7 +86,8 @@ def validate(
 
 @dataclass
 class EpochStats:
-    """One training epoch: mean loss, first non-finite step (1-based; 0 = none), seconds waiting for data."""
+    """One training epoch: mean loss, first non-finite step (1-based; 0 = none), seconds the host waited
+    for the loader's next batch (not counting its move to the device) and the epoch's seconds."""
 
     loss: float
     bad_step: int
@@ -135,9 +137,11 @@ def train_epoch(model: nn.Module, loader: DataLoader, step: TrainStep, progress:
 
     Each batch's loss is divided by the size of its accumulation group, so a group's gradient is
     the mean over its images as for one big batch. ``step.grad_clip`` > 0 clips the global gradient
-    norm (Pascanu et al. 2013) after unscaling. Nothing reads a device value inside the loop: the
-    loss sum (fp32) and the first non-finite step are kept on the device and read once at the end,
-    after reducing them over the ranks (loss and images summed, earliest bad step of any rank).
+    norm (Pascanu et al. 2013) after unscaling. Nothing reads a device value inside the loop, so the host
+    queues steps ahead of the GPU: the loss sum (fp32) and the first non-finite step are kept on the
+    device and read once at the end, after reducing them over the ranks (loss and images summed, earliest
+    bad step of any rank), and every host-to-device copy is non_blocking (:class:`Batch`). A GradScaler
+    (fp16) reads its inf check each step unless the optimiser takes it on the device, as fused AdamW does.
     """
     model.train()
     groups = accumulation_groups(len(loader), step.accumulate_steps)
@@ -158,11 +162,13 @@ def train_epoch(model: nn.Module, loader: DataLoader, step: TrainStep, progress:
 
 
 def _next_batch(batches: Iterator, move: Batch, running: _Running) -> tuple[torch.Tensor, torch.Tensor]:
-    """The loader's next batch on the device (:class:`Batch`), its wait added to ``running.data_seconds``."""
+    """The loader's next batch on the device (:class:`Batch`). Only the wait for the loader is added to
+    ``running.data_seconds``: the move to the device is the step's work, so a GPU-bound run does not read
+    as one starved of data."""
     wait = time.perf_counter()
-    images, masks = move(*next(batches))
+    batch = next(batches)
     running.data_seconds += time.perf_counter() - wait
-    return images, masks
+    return move(*batch)
 
 
 def _accumulate(

@@ -312,7 +312,7 @@ def workdir(tmp_path_factory):
     params.update(epochs=EPOCHS, batch_size=16, augment="none", num_workers=0)
     params["unet"] = {"base_channels": 4, "bilinear": False}
     for nproc in (1, 2):
-        params["train"] = {"nproc": nproc, "sync_batchnorm": False}
+        params["train"] = {"nproc": nproc, "sync_batchnorm": False, "resume_every_s": 0}
         (root / f"params{nproc}.yaml").write_text(yaml.safe_dump(params))
     return root
 

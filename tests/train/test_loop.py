@@ -1,15 +1,23 @@
 """One training epoch (pipeline/train/loop.py): gradient accumulation gives the gradient of one big
-batch, no batch is dropped from the groups, and gradient clipping bounds the update."""
+batch, no batch is dropped from the groups, gradient clipping bounds the update, a step reads nothing
+from the device and time/data_wait counts only the wait for the loader."""
+
+import collections
+import contextlib
 
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline.data.colour import IDENTITY
+import pipeline.train.loop as loop
+from pipeline.data.colour import IDENTITY, draw_jitter
+from pipeline.models.registry import build_model
 from pipeline.train.loop import Batch, TrainStep, accumulation_groups, train_epoch
-from pipeline.train.losses import bce_loss
-from pipeline.train.schedules import LrSchedule
+from pipeline.train.losses import bce_loss, loss_function
+from pipeline.train.schedules import LrSchedule, make_optimizer
+from tests.support import TINY_ARCH
 
 CPU = Batch(torch.device("cpu"), False, torch.contiguous_format)
 
@@ -69,3 +77,122 @@ def test_gradient_clipping_bounds_the_update_norm():
     # With SGD at lr 1 the update is the (clipped) gradient itself.
     norm = torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(before, clipped, strict=True)))
     assert norm == pytest.approx(0.05, rel=1e-4)
+
+
+# --- a step that reads nothing from the device, and what time/data_wait measures --------------------
+
+
+class DeviceReads(TorchDispatchMode):
+    """Counts the ops of a training step that make the host wait for the device on a GPU: a scalar read
+    (``.item()``, ``bool()``, ``int()`` of a tensor all dispatch ``aten._local_scalar_dense``), a tensor
+    built from Python data (``torch.tensor(...)``, ``aten.lift_fresh``: on a GPU a blocking copy from pageable
+    memory) and a copy to the host from another device (``_to_copy``/``copy_`` to the CPU). On a CPU-only run
+    every tensor is on the CPU, so that last kind cannot occur here; the first two are counted all the same."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.__name__  # e.g. "_local_scalar_dense.default"
+        to_host = (name.startswith("_to_copy") and str(kwargs.get("device", args[0].device)) == "cpu") or (
+            name.startswith("copy_") and args[0].device.type == "cpu"
+        )
+        if name.startswith(("_local_scalar_dense", "lift_fresh")) or (to_host and args[-1].device.type != "cpu"):
+            self.reads[name] += 1
+        return func(*args, **kwargs)
+
+
+def _unet_epoch(batches, reads=None):
+    """One epoch of a tiny real UNet over ``batches`` batches of 2 jittered 32 px images, with fused AdamW
+    (as set_up builds on CUDA: its step count stays on the device), clipping and the ce_dice loss."""
+    torch.manual_seed(0)
+    model = build_model("unet", 1, **TINY_ARCH["unet"])
+    images = torch.randint(0, 256, (2 * batches, 3, 32, 32), dtype=torch.uint8)
+    masks = (torch.rand(2 * batches, 1, 32, 32) > 0.5).to(torch.uint8)
+    jitter = torch.stack([draw_jitter(0.2) for _ in range(2 * batches)])
+    loader = DataLoader(TensorDataset(images, masks, jitter), batch_size=2)
+    optimizer = make_optimizer("adamw", model.parameters(), 1e-3, 1e-4, fused=True)
+    schedule = LrSchedule("cosine", optimizer, batches, 2, warmup_epochs=0.5)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    move = Batch(torch.device("cpu"), False, torch.contiguous_format, jitter=True)
+    step = TrainStep(loss_function("ce_dice", 1), optimizer, schedule, scaler, move, None, 1, grad_clip=1.0)
+    with reads or contextlib.nullcontext():
+        return train_epoch(model, loader, step)
+
+
+def test_a_training_step_reads_nothing_from_the_device():
+    _unet_epoch(1)  # builds what is built once (the colour constants), so both counts below start alike
+    two, five = DeviceReads(), DeviceReads()
+    _unet_epoch(2, two)
+    _unet_epoch(5, five)
+    assert two.reads["_local_scalar_dense.default"] > 0  # the epoch's end reads its sums: the mode sees reads
+    assert dict(five.reads) == dict(two.reads)  # 3 more steps, not one more read
+
+
+def test_every_copy_of_a_batch_to_the_device_is_non_blocking():
+    # The meta device stands in for a GPU: each copy to it dispatches one _to_copy with its non_blocking flag.
+    copies = []
+
+    class Copies(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func.__name__.startswith("_to_copy") and kwargs.get("device") == torch.device("meta"):
+                copies.append(kwargs.get("non_blocking", False))
+            return func(*args, **kwargs)
+
+    move = Batch(torch.device("meta"), True, torch.contiguous_format, jitter=True)
+    images, masks = torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
+    with Copies():
+        images, masks = move(images, masks, torch.tensor([IDENTITY] * 2))
+    assert copies == [True, True, True]  # images, jitter, masks
+    assert images.device.type == masks.device.type == "meta"
+
+
+class FakeClock:
+    """time.perf_counter for train_epoch: seconds pass only when a test says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_data_wait_is_the_loaders_share_not_the_steps(monkeypatch):
+    # The loader takes 1 s a batch, the move to the device 100 s and the loss 10 s (a GPU-bound step):
+    # only the loader's second is waiting for data.
+    clock = FakeClock()
+    monkeypatch.setattr(loop, "time", clock)
+
+    class SlowLoader:
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __len__(self):
+            return len(self.loader)
+
+        def __iter__(self):
+            for batch in self.loader:
+                clock.now += 1.0
+                yield batch
+
+    class SlowMove(Batch):
+        def __call__(self, *batch):
+            clock.now += 100.0
+            return super().__call__(*batch)
+
+    def slow_loss(logits, target):
+        clock.now += 10.0
+        return bce_loss(logits, target)
+
+    images, masks = torch.zeros(6, 3, 8, 8, dtype=torch.uint8), torch.zeros(6, 1, 8, 8, dtype=torch.uint8)
+    loader = SlowLoader(DataLoader(TensorDataset(images, masks, torch.tensor([IDENTITY] * 6)), batch_size=2))
+    model = NoNorm()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = LrSchedule("constant", optimizer, 3, 1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    move = SlowMove(torch.device("cpu"), False, torch.contiguous_format)
+    stats = train_epoch(model, loader, TrainStep(slow_loss, optimizer, schedule, scaler, move, None))
+    assert (stats.data_seconds, stats.seconds) == (3.0, 333.0)

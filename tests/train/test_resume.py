@@ -1,6 +1,7 @@
 """Resume after a kill: the state file, and a real training subprocess killed with SIGKILL, or stopped
 by Ctrl-C (SIGINT) or SIGTERM, which end it in one line."""
 
+import json
 import os
 import random
 import shutil
@@ -17,6 +18,7 @@ import yaml
 
 import pipeline.train.resume as resume
 from pipeline.core.device import choose_precision, precision_name, probe
+from pipeline.core.param_training import Train
 from pipeline.data.build import build_cache
 from pipeline.data.cache import save_cache
 from pipeline.data.split import make_split
@@ -87,8 +89,8 @@ def test_store_restores_the_live_folder_and_says_where_it_resumes(tmp_path):
     live = tmp_path / "live"
     live.mkdir()
     (live / "metrics.json").write_text('{"step": 0}')
-    store = ResumeStore(tmp_path / ".resume" / "m.pt", {"lr": 1}, live)
-    store.save({"epoch": 1})
+    store = ResumeStore(tmp_path / ".resume" / "m.pt", {"lr": 1}, live, every_s=0, epochs=4)
+    store.save({"epoch": 1, "stopped": False})
     (live / "metrics.json").unlink()
     said = []
     assert store.load(said.append)["epoch"] == 1
@@ -98,6 +100,70 @@ def test_store_restores_the_live_folder_and_says_where_it_resumes(tmp_path):
     assert store.load(said.append) is None and len(said) == 1
 
 
+class Clock:
+    """A monotonic clock that moves only when a test moves it, in seconds."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _written(monkeypatch):
+    """The epochs of the states written to disk, in order, as resume.save_state is called."""
+    written = []
+    real = resume.save_state
+    monkeypatch.setattr(
+        resume, "save_state", lambda path, state, inputs: (written.append(state["epoch"]), real(path, state, inputs))
+    )
+    return written
+
+
+def test_the_state_is_written_by_time_not_by_epoch_and_always_after_the_last(tmp_path, monkeypatch):
+    written, clock = _written(monkeypatch), Clock()
+    store = ResumeStore(tmp_path / "s.pt", {}, tmp_path / "live", every_s=250, epochs=10, clock=clock)
+    for epoch in range(1, 11):  # epochs of 100 s
+        clock.now += 100
+        store.save({"epoch": epoch, "stopped": False})
+    assert written == [3, 6, 9, 10]
+    written.clear()
+    store = ResumeStore(tmp_path / "s.pt", {}, tmp_path / "live", every_s=250, epochs=10, clock=clock)
+    store.save({"epoch": 1, "stopped": False})
+    store.save({"epoch": 2, "stopped": True})  # an early stop is the last epoch too
+    assert written == [2]
+    every = ResumeStore(tmp_path / "s.pt", {}, tmp_path / "live", every_s=0, epochs=10, clock=clock)
+    for epoch in (1, 2):
+        every.save({"epoch": epoch, "stopped": False})  # no time passes: 0 writes every epoch all the same
+    assert written == [2, 1, 2]
+
+
+def test_an_interruption_writes_the_last_completed_epoch_as_it_was(tmp_path, monkeypatch):
+    written, clock = _written(monkeypatch), Clock()
+    store = ResumeStore(tmp_path / "s.pt", {}, tmp_path / "live", every_s=3600, epochs=10, clock=clock)
+    weights, resumes_after = torch.zeros(3), []
+    with pytest.raises(KeyboardInterrupt), store.writing_when_interrupted(resumes_after.append):
+        raise KeyboardInterrupt  # in the first epoch: nothing to write, nothing to resume after
+    with pytest.raises(KeyboardInterrupt), store.writing_when_interrupted(resumes_after.append):
+        store.save({"epoch": 1, "stopped": False, "model": {"w": weights}})
+        store.save({"epoch": 2, "stopped": False, "model": {"w": weights}})
+        weights += 1  # epoch 3 trains in place, then Ctrl-C
+        raise KeyboardInterrupt
+    assert written == [2] and resumes_after == [2]
+    state, _ = load_state(tmp_path / "s.pt", {})
+    assert state["epoch"] == 2 and torch.equal(state["model"]["w"], torch.zeros(3))
+    with pytest.raises(KeyboardInterrupt), store.writing_when_interrupted(resumes_after.append):
+        raise KeyboardInterrupt  # nothing completed since the last write: nothing more to write
+    assert written == [2] and resumes_after == [2, 2]
+
+
+def test_how_often_the_state_is_written_is_not_in_its_fingerprint():
+    # Changing resume_every_s between a kill and the rerun must resume the state, not discard it.
+    base = Train().fingerprint_inputs()
+    assert Train(resume_every_s=5).fingerprint_inputs() == base and "resume_every_s" not in base
+    assert Train(crops_per_image=2).fingerprint_inputs() != base  # what changes the weights stays in
+
+
 # --- a real training subprocess, killed with SIGKILL after its 2nd epoch ---
 
 EPOCHS = 4
@@ -105,7 +171,8 @@ EPOCHS = 4
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """Caches of 48 synthetic pets at 96 px (epochs of about a second) and a params file for 4 quick UNet epochs."""
+    """Caches of 48 synthetic pets at 96 px (epochs of about a second) and params files for 4 quick UNet epochs:
+    params.yaml writes the resume state after every epoch, rare.yaml only after the last one (and when stopped)."""
     root = tmp_path_factory.mktemp("resume")
     make_synthetic(root / "raw", 48, seed=3)
     split = make_split(root / "raw", 0.25, seed=0)
@@ -114,13 +181,16 @@ def workdir(tmp_path_factory):
     params = shipped_params()
     params.update(epochs=EPOCHS, batch_size=4, augment="full", num_workers=0)
     params["unet"] = {"base_channels": 8, "bilinear": False}
+    params["train"]["resume_every_s"] = 0
     (root / "params.yaml").write_text(yaml.safe_dump(params))
+    params["train"]["resume_every_s"] = 3600
+    (root / "rare.yaml").write_text(yaml.safe_dump(params))
     return root
 
 
-def _command(root, run):
+def _command(root, run, params="params.yaml"):
     return [
-        *(sys.executable, "-m", "stages.train", "--params", str(root / "params.yaml"), "--model", "unet"),
+        *(sys.executable, "-m", "stages.train", "--params", str(root / params), "--model", "unet"),
         *("--train", str(root / "train.npz"), "--valid", str(root / "valid.npz")),
         *("--checkpoint", str(root / run / "unet.pt"), "--live", str(root / run / "live")),
         *("--resume", str(root / run / ".resume" / "unet.pt")),
@@ -138,21 +208,32 @@ def _run(root, run):
     return done.stdout
 
 
-def _state_epoch(state) -> int:
+def _state_epoch(run_dir) -> int:
     """The last epoch the resume state on disk holds (0: none yet). The file is replaced atomically."""
     try:
-        return int(resume._decode(torch.load(state, map_location="cpu", weights_only=True))["state"]["epoch"])
+        state = torch.load(run_dir / ".resume" / "unet.pt", map_location="cpu", weights_only=True)
+        return int(resume._decode(state)["state"]["epoch"])
     except (FileNotFoundError, EOFError, RuntimeError, KeyError):
         return 0
 
 
-def _run_and_kill_after_epoch(root, run, epoch, sig=signal.SIGKILL):
-    """Start training; send it ``sig`` once the resume state holds ``epoch`` or later. Returns its exit
-    status, what it wrote on stderr, and the epoch its state holds after the kill (the poll can lag on a
-    loaded machine, so that may be a later epoch, but never the last)."""
+def _handed_over_epoch(run_dir) -> int:
+    """The last epoch whose state the stage surely holds, written or not (0: none yet): the one before the
+    last epoch dvclive has logged, since an epoch is logged just before its state is handed over. (dvclive's
+    summary counts its step from 0.)"""
+    try:
+        return json.loads((run_dir / "live" / "metrics.json").read_text())["step"]
+    except (FileNotFoundError, ValueError, KeyError):  # not there yet, or caught mid-write
+        return 0
+
+
+def _run_and_kill_after_epoch(root, run, epoch, sig=signal.SIGKILL, params="params.yaml", progress=_state_epoch):
+    """Start training with ``params``; send it ``sig`` once ``progress`` (of the run's folder) is ``epoch`` or
+    later. Returns its exit status, what it wrote on stderr, and the epoch its state holds after the kill (the
+    poll can lag on a loaded machine, so that may be a later epoch, but never the last)."""
     for _ in range(3):  # a poll starved of CPU may see the state only after the last epoch: run again
         shutil.rmtree(root / run, ignore_errors=True)
-        code, stderr, done = _kill_once(root, run, epoch, sig)
+        code, stderr, done = _kill_once(root, run, epoch, sig, params, progress)
         if epoch <= done < EPOCHS:
             return code, stderr, done
     raise AssertionError(f"killed after epoch {done}, wanted {epoch}..{EPOCHS - 1}: {stderr[-2000:]}")
@@ -167,25 +248,28 @@ def _as_from_a_shell() -> None:
     os.nice(10)
 
 
-def _kill_once(root, run, epoch, sig):
-    state = root / run / ".resume" / "unet.pt"
+def _kill_once(root, run, epoch, sig, params, progress):
     proc = subprocess.Popen(
-        _command(root, run),
+        _command(root, run, params),
         cwd=root,
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         preexec_fn=_as_from_a_shell,
     )
-    # The epoch is read from the state itself: counting file versions misses some when this loop is
+    # The epoch is read from the files themselves: counting file versions misses some when this loop is
     # starved of CPU.
     deadline = time.monotonic() + 300
-    while _state_epoch(state) < epoch and proc.poll() is None and time.monotonic() < deadline:
+    while progress(root / run) < epoch and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
+    # With rare.yaml, only the last epoch writes a state: one there before the signal fails the test below.
+    unsignalled = _state_epoch(root / run)
     proc.send_signal(sig)
     proc.wait()
     stderr = proc.stderr.read().decode()
-    return proc.returncode, stderr, _state_epoch(state)
+    done = _state_epoch(root / run)
+    assert params == "params.yaml" or unsignalled in (0, EPOCHS), f"state of epoch {unsignalled} before the signal"
+    return proc.returncode, stderr, done
 
 
 def _history(run_dir):
@@ -202,15 +286,21 @@ def uninterrupted(workdir):
     return workdir / "whole"
 
 
+# SIGTERM runs with rare.yaml, where only the signal can have written the state of an epoch before the last, and
+# reruns with params.yaml: another resume_every_s keeps the state.
+KILLS = {
+    "SIGKILL": (signal.SIGKILL, -signal.SIGKILL, "params.yaml", _state_epoch),
+    "SIGINT": (signal.SIGINT, 130, "params.yaml", _state_epoch),
+    "SIGTERM-rare-writes": (signal.SIGTERM, 143, "rare.yaml", _handed_over_epoch),
+}
+
+
 @pytest.mark.e2e
-@pytest.mark.parametrize(
-    ("sig", "status"), [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130), (signal.SIGTERM, 143)]
-)
-def test_a_run_killed_after_epoch_2_resumes_at_epoch_3_and_ends_as_an_uninterrupted_one(
-    workdir, uninterrupted, sig, status
-):
-    run = f"killed-{sig.name}"
-    code, stderr, done = _run_and_kill_after_epoch(workdir, run, 2, sig)
+@pytest.mark.parametrize("kill", KILLS)
+def test_a_run_killed_after_epoch_2_resumes_at_epoch_3_and_ends_as_an_uninterrupted_one(workdir, uninterrupted, kill):
+    sig, status, params, progress = KILLS[kill]
+    run = f"killed-{kill}"
+    code, stderr, done = _run_and_kill_after_epoch(workdir, run, 2, sig, params, progress)
     assert code == status
     if sig != signal.SIGKILL:  # Ctrl-C and SIGTERM: one line saying what stopped and that a rerun resumes
         line = f"interrupted: train unet after epoch {done} of 4; `dvc repro` resumes after epoch {done}"
