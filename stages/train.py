@@ -18,7 +18,7 @@ from typing import Any
 from dvclive import Live
 
 from pipeline.core.constants import SCORE_LABELS
-from pipeline.core.device import Compute, choose_device, decide
+from pipeline.core.device import Compute, choose_compile, choose_device, decide
 from pipeline.core.errors import UserError
 from pipeline.core.messages import plural
 from pipeline.core.params import Params, load_params
@@ -75,6 +75,7 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
             "processes; run `python -m stages.train` without torchrun, it starts them itself"
         )
     compute, said = decide(params.device, params.precision, params.threads)
+    said.append(choose_compile(cfg.compile, compute.device.type).why)
     train, valid = load_cache(args.train), load_cache(args.valid)
     caches = [Path(args.train), Path(args.valid)]
     # The precision is what ran, not the param: `auto` means bf16 on one machine and fp32 on another.

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from pipeline.core.device import configure_backends, memory_format, needs_grad_scaler
+from pipeline.core.device import choose_compile, configure_backends, memory_format, needs_grad_scaler
 from pipeline.data.dataset import SegmentationDataset, jitter_strength, train_transform
 from pipeline.data.geometry import extents, own_padding
 from pipeline.data.loader import make_eval_loader, make_train_loader, resolve_num_workers
@@ -45,9 +45,10 @@ class Run:
     """What :func:`set_up` builds for a training run, before its first epoch.
 
     ``model`` is the plain module whose weights are saved; ``net`` what runs them (``model``, or
-    ``torch.compile(model)``); ``step`` the optimiser, schedule, loss and the rest an epoch steps
-    with. ``image_size`` is the side of the training images (or crops) in pixels. ``main``: this process writes
-    files (rank 0); ``progress``: it shows bars and epoch lines. ``parts`` are the stateful pieces a
+    ``torch.compile(model)`` as :func:`~pipeline.core.device.choose_compile` decides); ``step`` the
+    optimiser, schedule, loss and the rest an epoch steps with. ``image_size`` is the side of the training
+    images (or crops) in pixels. ``main``: this process writes files (rank 0); ``progress``: it shows bars
+    and epoch lines. ``parts`` are the stateful pieces a
     resume state holds (:func:`pipeline.train.resume.capture`).
     """
 
@@ -99,7 +100,7 @@ def set_up(config: RunConfig, train: Arrays | tuple, valid: Arrays | tuple) -> R
     step = _train_step(config, model, len(train_loader), jitter > 0)
     return Run(
         model=model,
-        net=torch.compile(model) if cfg.compile else model,
+        net=torch.compile(model) if choose_compile(cfg.compile, device.type).value else model,
         train_loader=train_loader,
         valid_loader=make_eval_loader(shard, batch, workers, device.type, own[shard_rows]),
         step=step,

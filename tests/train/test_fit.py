@@ -409,14 +409,22 @@ def test_compile_true_trains_the_compiled_model(tmp_path, tiny_data, monkeypatch
     assert len(compiled) == 1 and isinstance(compiled[0], nn.Module)
 
 
-def test_compile_false_never_compiles(tmp_path, tiny_data, monkeypatch):
+@pytest.mark.parametrize("asked", [False, "auto"])
+def test_compile_false_and_auto_on_a_cpu_never_compile(tmp_path, tiny_data, monkeypatch, asked):
     compiled = []
     monkeypatch.setattr(setup.torch, "compile", lambda model, *a, **k: compiled.append(model) or model)
-    _fit(tmp_path, tiny_data, PLAIN.model_copy(update=dict(epochs=1, compile=False)))
+    _fit(tmp_path, tiny_data, PLAIN.model_copy(update=dict(epochs=1, compile=asked)))
     assert compiled == []
 
 
+def test_a_test_not_marked_compiles_cannot_compile():
+    # tests/conftest.py's guard: the suite's tiny trainings fail rather than spend minutes compiling.
+    with pytest.raises(AssertionError, match="not marked `compiles`"):
+        torch.compile(nn.Linear(1, 1))
+
+
 @pytest.mark.slow
+@pytest.mark.compiles
 def test_compile_gives_the_results_of_eager_mode(tmp_path, tiny_data, monkeypatch):
     compiled_models = []
 
