@@ -44,11 +44,11 @@ def seed_everything(seed: int) -> None:
 class Run:
     """What :func:`set_up` builds for a training run, before its first epoch.
 
-    ``model`` is the plain module whose weights are saved; ``net`` what runs them (``model``, or
-    ``torch.compile(model)`` as :func:`~pipeline.core.device.choose_compile` decides); ``step`` the
-    optimiser, schedule, loss and the rest an epoch steps with. ``image_size`` is the side of the training
-    images (or crops) in pixels. ``main``: this process writes files (rank 0); ``progress``: it shows bars
-    and epoch lines. ``parts`` are the stateful pieces a
+    ``model`` is the plain module whose weights are saved, and the one validation runs; ``net`` what trains
+    them (``model``, or ``torch.compile(model)`` as :func:`~pipeline.core.device.choose_compile` decides);
+    ``step`` the optimiser, schedule, loss and the rest an epoch steps with. ``image_size`` is the side of
+    the training images (or crops) in pixels. ``main``: this process writes files (rank 0); ``progress``: it
+    shows bars and epoch lines. ``parts`` are the stateful pieces a
     resume state holds (:func:`pipeline.train.resume.capture`).
     """
 
