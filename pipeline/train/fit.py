@@ -161,7 +161,7 @@ def _epoch(config: RunConfig, run: Run, trainer: nn.Module, epoch: int, best: Be
     stats = _train(config, run, trainer, epoch)
     distributed.broadcast_buffers(run.model)
     # The eager model: a compiled one would compile again for eval mode and for each new valid shape
-    # (a last, smaller batch; keep_aspect's own sizes), ~50 s each on a CPU (docs/performance.md#torchcompile).
+    # (a last, smaller batch; keep_aspect's own sizes), 17-55 s each on this CPU (docs/performance.md#torchcompile).
     valid_loss, scores = validate(
         run.model, run.valid_loader, step.loss_fn, step.move, step.dtype, config.classes.count
     )
