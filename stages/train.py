@@ -20,7 +20,7 @@ from typing import Any
 from dvclive import Live
 
 from pipeline.core.constants import SCORE_LABELS
-from pipeline.core.device import Compute, choose_device, decide
+from pipeline.core.device import Compute, choose_compile, choose_device, decide
 from pipeline.core.errors import UserError
 from pipeline.core.messages import plural
 from pipeline.core.params import Params, load_params
@@ -82,6 +82,7 @@ def run(args: argparse.Namespace, params: Params, cfg: TrainConfig, arch: dict[s
             f"{distributed.world_size()} processes; run `python -m stages.train` without torchrun, it starts them"
         )
     compute, said = decide(params.device, params.precision, params.threads)
+    said.append(choose_compile(cfg.compile, compute.device.type).why)
     train, valid = load_cache(args.train), load_cache(args.valid)
     split_bytes = sum(array.nbytes for array in (train.images, train.masks, train.sizes))
     where = augment_on(params.train.augment_on, compute.device, split_bytes)

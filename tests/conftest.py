@@ -27,6 +27,31 @@ from tests.support import (
 PETS_MINI = Path(os.environ.get("PETSEG_PETS_MINI", REPO.parent / "shared" / "data" / "oxford-iiit-pet-mini"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def refuse_torch_compile():
+    """``torch.compile`` replaced, for the whole session (session fixtures' trainings included), by a function
+    that fails the test: the suite trains many tiny models, and one that started compiling would spend
+    seconds to minutes on it (``compile: auto`` is off on a CPU: pipeline.core.device.choose_compile).
+    Yields the real one, which a test marked ``compiles`` gets back (:func:`allow_marked_compile`)."""
+    import torch
+
+    real = torch.compile
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.compile in a test not marked `compiles`: tiny trainings must not compile")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "compile", refuse)
+        yield real
+
+
+@pytest.fixture(autouse=True)
+def allow_marked_compile(request, refuse_torch_compile, monkeypatch):
+    """The real ``torch.compile`` back for a test marked ``compiles``."""
+    if request.node.get_closest_marker("compiles"):
+        monkeypatch.setattr("torch.compile", refuse_torch_compile)
+
+
 @pytest.fixture(scope="session")
 def pets_mini() -> Path:
     """The real 619-pair Oxford-IIIT Pet subset; skips the test when it is absent."""

@@ -158,6 +158,25 @@ def choose_threads(requested: int | str) -> int | None:
     return None if requested == "auto" else int(requested)
 
 
+def choose_compile(requested: bool | str, device_type: str) -> Choice:
+    """Whether to ``torch.compile`` the model (``value``: bool; inductor, default mode) for the ``compile``
+    param on a ``device_type`` ("cuda" or "cpu") device.
+
+    true and false are taken as asked. "auto" is on for CUDA: there a training step of these models at
+    batch 16 is bound by the host, which launches ~600 eager kernels a step (3-6 ms against ~2.3 ms of GPU
+    work for the ResNet34-UNet), and inductor fuses the element-wise kernels between the convolutions
+    into fewer launches. It is off on a CPU: bench/compile.py measured a compile time there that a
+    README CPU run (40 epochs x 40 steps) does not earn back (docs/performance.md#torchcompile), and it
+    keeps the test suite's tiny trainings from compiling. CUDA graphs (``mode="reduce-overhead"``) would
+    cut the launches further but are not used: no test of the training step under them can run here.
+    """
+    if requested != "auto":
+        return Choice(bool(requested), f"compile: {'on' if requested else 'off'} (asked)")
+    if device_type == "cuda":
+        return Choice(True, "compile: on (auto: a CUDA step is bound by kernel launches)")
+    return Choice(False, f"compile: off (auto: on a {device_type} it costs more time than it saves)")
+
+
 @dataclass(frozen=True)
 class Compute:
     """What a run computes with: ``device``, and ``dtype`` for autocast (None = fp32)."""

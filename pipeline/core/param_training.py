@@ -10,6 +10,7 @@ from pydantic import Field, create_model, model_validator
 
 from pipeline.core import constants
 from pipeline.core.param_types import (
+    AutoOrFlag,
     AutoOrWorkers,
     ClassWeights,
     Count,
@@ -89,7 +90,11 @@ class TrainKeys(Section):
         "CUDA, 0 on a CPU; "
         "each sample's augmentation is seeded from the run seed, so results do not depend on it",
     )
-    compile: Flag = Field(False, description="`torch.compile` the model (speed only; the first epoch pays for it)")
+    compile: AutoOrFlag = Field(
+        False,
+        description="`torch.compile` the model (inductor, default mode; speed only, the first steps pay the compile "
+        "time): `auto` = on CUDA, off on a CPU, where it did not pay (docs/performance.md#torchcompile)",
+    )
 
 
 # A model section may override any shared key; None = not overridden.

@@ -38,6 +38,7 @@ Name = Annotated[str, Field(strict=True, min_length=1)]
 # What the "auto"-or-value kinds and the class count take; each error message and `petseg params` say it.
 _AUTO_OR_COUNT = "auto or a whole number >= 1"
 _AUTO_OR_WORKERS = "auto or a whole number >= 0"
+_AUTO_OR_FLAG = "auto, true or false"
 _AUTO_OR_PROBABILITY = "a number strictly between 0 and 1, or auto"
 _AUTO_OR_SIDE = f"auto or a whole number of pixels >= {SIZE_MULTIPLE}"
 _WINDOW = f"0 (whole images) or a multiple of {SIZE_MULTIPLE} pixels"
@@ -56,6 +57,13 @@ def loader_workers(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"must be {_AUTO_OR_WORKERS}")
     return value
+
+
+def flag(value: Any) -> bool:
+    """true or false (a YAML boolean, not a string or a number). Raises ValueError otherwise."""
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"must be {_AUTO_OR_FLAG}")
 
 
 def probability(value: Any) -> float:
@@ -124,6 +132,7 @@ def endpoint(value: Any) -> str | None:
 
 AutoOrCount = Annotated[int | str, BeforeValidator(auto_or_count), allowed(_AUTO_OR_COUNT)]
 AutoOrWorkers = Annotated[int | str, auto_or(loader_workers), allowed(_AUTO_OR_WORKERS)]
+AutoOrFlag = Annotated[bool | str, auto_or(flag), allowed(_AUTO_OR_FLAG)]
 AutoOrProbability = Annotated[float | str, auto_or(probability), allowed(_AUTO_OR_PROBABILITY)]
 AutoOrSide = Annotated[int | str, auto_or(side), allowed(_AUTO_OR_SIDE)]
 WindowSide = Annotated[int, BeforeValidator(window), allowed(_WINDOW)]

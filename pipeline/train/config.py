@@ -24,9 +24,10 @@ class TrainConfig(TrainKeys, ModelTraining):
     augmentation: AugmentOptions = AugmentOptions()
 
     def fingerprint_inputs(self) -> dict[str, Any]:
-        """The settings that decide the trained weights, as JSON data: all but ``num_workers``, which
-        only changes speed."""
-        return self.model_dump(mode="json", exclude={"num_workers"})
+        """The settings that decide the trained weights, as JSON data: all but ``num_workers`` and
+        ``compile``, which only change speed (a compiled step gives eager's losses within float rounding:
+        tests/train/test_fit.py, bench/compile.py), so a run killed with one resumes with the other."""
+        return self.model_dump(mode="json", exclude={"num_workers", "compile"})
 
 
 def train_config(params: Params, model: str) -> tuple[TrainConfig, dict[str, Any]]:

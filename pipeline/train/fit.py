@@ -161,7 +161,11 @@ def _epoch(config: RunConfig, run: Run, trainer: nn.Module, epoch: int, best: Be
     step, lr = run.step, run.step.schedule.lr  # the lr of the epoch's first step
     stats = _train(config, run, trainer, epoch)
     distributed.broadcast_buffers(run.model)
-    valid_loss, scores = validate(run.net, run.valid_loader, step.loss_fn, step.move, step.dtype, config.classes.count)
+    # The eager model: a compiled one would compile again for eval mode and for each new valid shape
+    # (a last, smaller batch; keep_aspect's own sizes), 17-55 s each on this CPU (docs/performance.md#torchcompile).
+    valid_loss, scores = validate(
+        run.model, run.valid_loader, step.loss_fn, step.move, step.dtype, config.classes.count
+    )
     score = scores[selection_metric(config.classes)]
     step.schedule.epoch_end(score)
     best = best.after(epoch, scores, score, run.model)

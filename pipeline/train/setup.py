@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from pipeline.core.device import configure_backends, memory_format, needs_grad_scaler
+from pipeline.core.device import choose_compile, configure_backends, memory_format, needs_grad_scaler
 from pipeline.data.dataset import SegmentationDataset, jitter_strength, train_transform
 from pipeline.data.device_augment import AffineDataset, DeviceLoader, DeviceSplit
 from pipeline.data.geometry import extents, own_padding
@@ -45,10 +45,11 @@ def seed_everything(seed: int) -> None:
 class Run:
     """What :func:`set_up` builds for a training run, before its first epoch.
 
-    ``model`` is the plain module whose weights are saved; ``net`` what runs them (``model``, or
-    ``torch.compile(model)``); ``step`` the optimiser, schedule, loss and the rest an epoch steps
-    with. ``image_size`` is the side of the training images (or crops) in pixels. ``main``: this process writes
-    files (rank 0); ``progress``: it shows bars and epoch lines. ``parts`` are the stateful pieces a
+    ``model`` is the plain module whose weights are saved, and the one validation runs; ``net`` what trains
+    them (``model``, or ``torch.compile(model)`` as :func:`~pipeline.core.device.choose_compile` decides);
+    ``step`` the optimiser, schedule, loss and the rest an epoch steps with. ``image_size`` is the side of
+    the training images (or crops) in pixels. ``main``: this process writes files (rank 0); ``progress``: it
+    shows bars and epoch lines. ``parts`` are the stateful pieces a
     resume state holds (:func:`pipeline.train.resume.capture`).
     """
 
@@ -98,7 +99,7 @@ def set_up(config: RunConfig, train: Arrays | tuple, valid: Arrays | tuple) -> R
     step = _train_step(config, model, len(train_loader), jitter > 0)
     return Run(
         model=model,
-        net=torch.compile(model) if cfg.compile else model,
+        net=torch.compile(model) if choose_compile(cfg.compile, device.type).value else model,
         train_loader=train_loader,
         valid_loader=make_eval_loader(shard, batch, workers, device.type, own[shard_rows]),
         step=step,

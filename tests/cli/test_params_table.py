@@ -56,7 +56,7 @@ def test_every_key_of_the_shipped_params_has_one_row_and_overrides_one_per_model
         ("epochs", "whole number >= 1", "required"),
         ("momentum", "number from 0 to 1", "`0.9`"),
         ("optimizer", "adamw or sgd", "`adamw`"),
-        ("compile", "true or false", "`false`"),
+        ("compile", "auto, true or false", "`false`"),
         ("data.url", "text", "required"),
         ("num_workers", "auto or a whole number >= 0", "`auto`"),
         ("evaluate.threshold", "a number strictly between 0 and 1, or auto", "required"),

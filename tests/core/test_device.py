@@ -10,6 +10,7 @@ from pipeline.core import device
 from pipeline.core.device import (
     Capabilities,
     autocast,
+    choose_compile,
     choose_device,
     choose_precision,
     choose_threads,
@@ -55,6 +56,20 @@ def test_asked_precisions_are_taken_and_fp16_needs_cuda():
     assert choose_precision("fp16", A100).value is torch.float16
     with pytest.raises(UserError, match="^precision: fp16 needs a CUDA GPU"):
         choose_precision("fp16", ZEN4)
+
+
+@pytest.mark.parametrize(
+    ("asked", "device_type", "on", "why"),
+    [
+        ("auto", "cuda", True, "compile: on (auto: a CUDA step is bound by kernel launches)"),
+        ("auto", "cpu", False, "compile: off (auto: on a cpu it costs more time than it saves)"),
+        (True, "cpu", True, "compile: on (asked)"),
+        (False, "cuda", False, "compile: off (asked)"),
+    ],
+)
+def test_compile_auto_is_on_for_cuda_only_and_asked_values_are_taken(asked, device_type, on, why):
+    choice = choose_compile(asked, device_type)
+    assert choice.value is on and choice.why == why
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):

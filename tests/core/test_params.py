@@ -70,7 +70,8 @@ def test_exponent_without_decimal_point_is_read_as_a_number():
         ({"accumulate_steps": 0}, "accumulate_steps: must be greater than or equal to 1"),
         ({"num_workers": -1}, "num_workers: must be auto or a whole number >= 0, got -1"),
         ({"num_workers": True}, "num_workers: must be auto or a whole number >= 0, got True"),
-        ({"compile": "yes"}, "compile: must be a valid boolean, got 'yes'"),
+        ({"compile": "yes"}, "compile: must be auto, true or false, got 'yes'"),
+        ({"compile": 1}, "compile: must be auto, true or false, got 1"),
         ({"init": "xavier"}, "init: must be 'default' or 'kaiming'"),
         ({"image_size": 100}, "image_size must be a multiple of 32, got 100"),
         ({"image_size": 16}, "image_size: must be greater than or equal to 32"),
@@ -208,11 +209,13 @@ def test_the_resume_fingerprint_holds_the_rank_count_not_the_machines():
     assert train(nproc=2, nnodes=2, rdzv_endpoint="node0:29400").ranks == 4
 
 
-def test_num_workers_does_not_change_the_resume_fingerprint():
+def test_num_workers_and_compile_do_not_change_the_resume_fingerprint():
     def fingerprint(**changes):
         return train_config(parse_params(params_with(**changes)), "unet")[0].fingerprint_inputs()
 
     assert fingerprint(num_workers=0) == fingerprint(num_workers=4) != fingerprint(num_workers=4, lr=0.002)
+    # Speed only: a run killed while compiled resumes eagerly, and the other way round.
+    assert fingerprint(compile=True) == fingerprint(compile=False) == fingerprint(compile="auto") != fingerprint(seed=1)
     assert fingerprint(augmentation={"jitter": 0.1}) != fingerprint()
 
 

@@ -119,6 +119,8 @@ def test_repro_writes_metrics_models_and_plots_for_both_models(dvc_repo, finishe
     said = (finished_pipeline.parent / REPRO_LOG).read_text()
     for model in ("unet", "resnet34_unet"):  # TINY asks for bf16: the autocast path trained both
         assert re.search(rf"train {model}: .*; precision: bf16 \(asked; (native|emulated)", said), said[-3000:]
+        # The tiny trainings in subprocesses, beyond tests/conftest.py's guard: `compile: auto` is off on a CPU.
+        assert re.search(rf"train {model}: .*; compile: off \(auto: on a cpu", said), said[-3000:]
     for model in ("unet", "resnet34_unet"):
         metrics = json.loads((repo / "metrics" / "evaluation" / model / "scores.json").read_text())
         assert metrics["images"] == 8  # synthetic: every other image is in test.txt

@@ -427,26 +427,45 @@ def test_zero_init_residual_is_passed_to_the_initialisation(tmp_path, tiny_data)
 # --- torch.compile ----------------------------------------------------------------------------------
 
 
-def test_compile_true_trains_the_compiled_model(tmp_path, tiny_data, monkeypatch):
+class _Compiled(nn.Module):
+    """A stand-in for torch.compile's wrapper (the real one is slow: tested below) that records whether
+    each call was in training mode."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.calls = model, []
+
+    def forward(self, x):
+        self.calls.append(self.training)
+        return self.model(x)
+
+
+def test_compile_true_trains_the_compiled_model_and_validates_the_eager_one(tmp_path, tiny_data, monkeypatch):
     compiled = []
-
-    def fake_compile(model, *args, **kwargs):  # torch.compile itself is slow: the real one is tested below
-        compiled.append(model)
-        return model
-
-    monkeypatch.setattr(setup.torch, "compile", fake_compile)
-    _fit(tmp_path, tiny_data, PLAIN.model_copy(update=dict(epochs=1, compile=True)))
-    assert len(compiled) == 1 and isinstance(compiled[0], nn.Module)
+    monkeypatch.setattr(setup.torch, "compile", lambda model, *a, **k: compiled.append(_Compiled(model)) or compiled[0])
+    _fit(tmp_path, tiny_data, PLAIN.model_copy(update=dict(epochs=2, compile=True)))
+    assert len(compiled) == 1 and isinstance(compiled[0].model, nn.Module)
+    # 6 train images at batch 2, two epochs; validation (eval mode) never reaches the compiled model, which
+    # would compile again for eval mode and for each new valid shape.
+    assert compiled[0].calls == [True] * 6
 
 
-def test_compile_false_never_compiles(tmp_path, tiny_data, monkeypatch):
+@pytest.mark.parametrize("asked", [False, "auto"])
+def test_compile_false_and_auto_on_a_cpu_never_compile(tmp_path, tiny_data, monkeypatch, asked):
     compiled = []
     monkeypatch.setattr(setup.torch, "compile", lambda model, *a, **k: compiled.append(model) or model)
-    _fit(tmp_path, tiny_data, PLAIN.model_copy(update=dict(epochs=1, compile=False)))
+    _fit(tmp_path, tiny_data, PLAIN.model_copy(update=dict(epochs=1, compile=asked)))
     assert compiled == []
 
 
+def test_a_test_not_marked_compiles_cannot_compile():
+    # tests/conftest.py's guard: the suite's tiny trainings fail rather than spend minutes compiling.
+    with pytest.raises(AssertionError, match="not marked `compiles`"):
+        torch.compile(nn.Linear(1, 1))
+
+
 @pytest.mark.slow
+@pytest.mark.compiles
 def test_compile_gives_the_results_of_eager_mode(tmp_path, tiny_data, monkeypatch):
     compiled_models = []
 
