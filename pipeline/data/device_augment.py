@@ -192,7 +192,7 @@ class DeviceSplit:
         for start in range(0, len(images), COPY_CHUNK):
             for array, target in zip((images, masks), on, strict=True):
                 target[start : start + COPY_CHUNK] = torch.from_numpy(np.array(array[start : start + COPY_CHUNK]))
-        return cls(*on, torch.as_tensor(np.asarray(extents, np.int64), device=device))
+        return cls(*on, torch.tensor(np.asarray(extents, np.int64), device=device))  # a copy: extents may be read-only
 
     def warp(self, indices: torch.Tensor, theta: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``indices`` int (b,) warped by their ``theta`` float32 (b, 2, 3) (:class:`AffineDataset`) to
