@@ -265,8 +265,8 @@ def _kill_once(root, run, epoch, sig, params, progress):
     # With rare.yaml, only the last epoch writes a state: one there before the signal fails the test below.
     unsignalled = _state_epoch(root / run)
     proc.send_signal(sig)
-    proc.wait()
-    stderr = proc.stderr.read().decode()
+    # Read stderr while waiting: a child writing more than a pipe holds would block, and wait() with it.
+    stderr = proc.communicate(timeout=300)[1].decode()
     done = _state_epoch(root / run)
     assert params == "params.yaml" or unsignalled in (0, EPOCHS), f"state of epoch {unsignalled} before the signal"
     return proc.returncode, stderr, done
