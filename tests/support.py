@@ -155,3 +155,17 @@ def new_project(repo: Path, params: dict) -> Path:
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "project")
     return repo
+
+
+class FakeClock:
+    """A clock whose seconds pass only when a test moves ``now``: call it (``time.monotonic``'s shape) or its
+    ``perf_counter`` (to stand in for the ``time`` module)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def perf_counter(self) -> float:
+        return self.now

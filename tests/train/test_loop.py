@@ -17,7 +17,7 @@ from pipeline.models.registry import build_model
 from pipeline.train.loop import Batch, TrainStep, accumulation_groups, train_epoch
 from pipeline.train.losses import bce_loss, loss_function
 from pipeline.train.schedules import LrSchedule, make_optimizer
-from tests.support import TINY_ARCH
+from tests.support import TINY_ARCH, FakeClock
 
 CPU = Batch(torch.device("cpu"), False, torch.contiguous_format)
 
@@ -148,16 +148,6 @@ def test_every_copy_of_a_batch_to_the_device_is_non_blocking():
         images, masks = move(images, masks, torch.tensor([IDENTITY] * 2))
     assert copies == [True, True, True]  # images, jitter, masks
     assert images.device.type == masks.device.type == "meta"
-
-
-class FakeClock:
-    """time.perf_counter for train_epoch: seconds pass only when a test says so."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def perf_counter(self):
-        return self.now
 
 
 def test_data_wait_is_the_loaders_share_not_the_steps(monkeypatch):

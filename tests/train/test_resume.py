@@ -35,7 +35,7 @@ from pipeline.train.resume import (
     snapshot_dir,
     training_inputs,
 )
-from tests.support import REPO, shipped_params
+from tests.support import REPO, FakeClock, shipped_params
 
 
 def test_rng_state_round_trip_replays_every_generator():
@@ -100,16 +100,6 @@ def test_store_restores_the_live_folder_and_says_where_it_resumes(tmp_path):
     assert store.load(said.append) is None and len(said) == 1
 
 
-class Clock:
-    """A monotonic clock that moves only when a test moves it, in seconds."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
 def _written(monkeypatch):
     """The epochs of the states written to disk, in order, as resume.save_state is called."""
     written = []
@@ -121,7 +111,7 @@ def _written(monkeypatch):
 
 
 def test_the_state_is_written_by_time_not_by_epoch_and_always_after_the_last(tmp_path, monkeypatch):
-    written, clock = _written(monkeypatch), Clock()
+    written, clock = _written(monkeypatch), FakeClock()
     store = ResumeStore(tmp_path / "s.pt", {}, tmp_path / "live", every_s=250, epochs=10, clock=clock)
     for epoch in range(1, 11):  # epochs of 100 s
         clock.now += 100
@@ -139,7 +129,7 @@ def test_the_state_is_written_by_time_not_by_epoch_and_always_after_the_last(tmp
 
 
 def test_an_interruption_writes_the_last_completed_epoch_as_it_was(tmp_path, monkeypatch):
-    written, clock = _written(monkeypatch), Clock()
+    written, clock = _written(monkeypatch), FakeClock()
     store = ResumeStore(tmp_path / "s.pt", {}, tmp_path / "live", every_s=3600, epochs=10, clock=clock)
     weights, resumes_after = torch.zeros(3), []
     with pytest.raises(KeyboardInterrupt), store.writing_when_interrupted(resumes_after.append):
