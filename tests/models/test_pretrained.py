@@ -253,3 +253,21 @@ def test_files_without_batchnorm_counters_load_and_keep_the_models_counters(mode
     state = model.encoder.state_dict()
     assert all(torch.equal(state[k], reference[k]) for k in reference if k not in counters and not k.startswith("fc."))
     assert len(counters) == 36 and all(state[k].item() == 3 for k in counters)
+
+
+# resnet18 lacks blocks resnet34 has; resnet50 has every resnet34 name (3, 4, 6, 3 blocks) plus its bottlenecks'.
+@pytest.mark.parametrize(("arch", "kind"), [("resnet18", "missing"), ("resnet50", "unexpected")])
+def test_another_architecture_fails_in_one_line_naming_the_file_and_the_first_odd_key(model, tmp_path, arch, kind):
+    other = getattr(torchvision.models, arch)(weights=None).state_dict()
+    path = tmp_path / f"{arch}.pth"
+    torch.save(other, path)
+    ours = list(model.encoder.state_dict())
+    missing = [k for k in ours if k not in other and not k.endswith("num_batches_tracked")]
+    odd = {"missing": missing, "unexpected": [k for k in other if k not in ours and not k.startswith("fc.")]}[kind]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UserError) as caught:
+        load_encoder_weights(model, str(path))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"resnet34_unet.encoder_weights: {path} is not a resnet34 state dict ({kind}: {odd[0]}, ")
+    assert_unchanged(model, before)
