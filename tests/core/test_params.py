@@ -222,6 +222,7 @@ def test_num_workers_and_compile_do_not_change_the_resume_fingerprint():
     # Speed only: a run killed while compiled resumes eagerly, and the other way round.
     assert fingerprint(compile=True) == fingerprint(compile=False) == fingerprint(compile="auto") != fingerprint(seed=1)
     assert fingerprint(augmentation={"jitter": 0.1}) != fingerprint()
+    assert fingerprint(unet={"ema": 0.99}) != fingerprint()  # the average is the checkpoint's weights
 
 
 def test_augmentation_section_is_read_into_options():
