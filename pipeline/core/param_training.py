@@ -74,6 +74,14 @@ class TrainKeys(Section):
     accumulate_steps: Count = Field(
         1, description="batches per optimiser step: the effective batch is `batch_size` x `accumulate_steps`"
     )
+    ema: Annotated[Number, Field(ge=0, lt=1)] = Field(
+        0.0,
+        description="exponential moving average of the weights, updated after every optimiser step: 0 = off, else "
+        "its decay (e.g. 0.999). Validation, the best epoch's choice and the checkpoint use the averaged weights; "
+        "BatchNorm's running statistics are averaged too. The average spans about 1 / (1 - decay) optimiser steps, "
+        "so keep that well below the run's steps (Polyak & Juditsky 1992; torch.optim.swa_utils.AveragedModel with "
+        "get_ema_multi_avg_fn, use_buffers=True; docs/training.md#weight-averaging)",
+    )
     patience: CountOrZero = Field(
         0,
         description="stop after this many epochs without a better valid score (Dice, or mIoU for C classes); "

@@ -91,7 +91,8 @@ def fit(
     save_state: SaveState | None = None,
 ) -> FitResult:
     """Train ``config.model`` for ``config.classes`` and save the weights of the epoch with the best
-    valid score (:func:`selection_metric`) to ``config.checkpoint``.
+    valid score (:func:`selection_metric`) to ``config.checkpoint``. With ``train.ema`` > 0 the weights
+    validated, chosen and saved are the exponential moving average's (:attr:`pipeline.train.setup.Run.kept`).
 
     ``train`` and ``valid`` are :class:`~pipeline.train.setup.Arrays` (or their first two, images uint8 (N, S,
     S, 3) and masks uint8 (N, S, S): class indices, 255 ignored). Each epoch calls ``log(epoch, record)`` with
@@ -156,19 +157,20 @@ def _epochs(
 
 
 def _epoch(config: RunConfig, run: Run, trainer: nn.Module, epoch: int, best: Best) -> tuple[Best, dict[str, float]]:
-    """Train ``epoch`` with ``trainer`` (``run.net``, under DDP with several ranks), validate, keep the
-    weights if it is the best so far; returns the best epoch after it and the epoch's record."""
+    """Train ``epoch`` with ``trainer`` (``run.net``, under DDP with several ranks), validate ``run.kept`` (the
+    moving average of the weights when on), keep its weights if it is the best so far; returns the best epoch
+    after it and the epoch's record."""
     step, lr = run.step, run.step.schedule.lr  # the lr of the epoch's first step
     stats = _train(config, run, trainer, epoch)
     distributed.broadcast_buffers(run.model)
-    # The eager model: a compiled one would compile again for eval mode and for each new valid shape
+    if run.kept is not run.model:  # the average of each rank's own BatchNorm statistics
+        distributed.broadcast_buffers(run.kept)
+    # An eager model: a compiled one would compile again for eval mode and for each new valid shape
     # (a last, smaller batch; keep_aspect's own sizes), 17-55 s each on this CPU (docs/performance.md#torchcompile).
-    valid_loss, scores = validate(
-        run.model, run.valid_loader, step.loss_fn, step.move, step.dtype, config.classes.count
-    )
+    valid_loss, scores = validate(run.kept, run.valid_loader, step.loss_fn, step.move, step.dtype, config.classes.count)
     score = scores[selection_metric(config.classes)]
     step.schedule.epoch_end(score)
-    best = best.after(epoch, scores, score, run.model)
+    best = best.after(epoch, scores, score, run.kept)
     if best.epoch == epoch:
         _keep(config, run, best)
     return best, _record(stats, valid_loss, scores, lr, step.move.device)

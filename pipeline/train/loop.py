@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from pipeline.core.constants import DEFAULT_THRESHOLD
@@ -96,11 +97,34 @@ class EpochStats:
 
 
 @dataclass(frozen=True)
+class WeightAverage:
+    """An exponential moving average of the weights of ``source`` (the plain module, not a DDP or compile
+    wrapper, whose parameters and buffers it would have to match one for one) kept in ``averaged``: torch's
+    :class:`~torch.optim.swa_utils.AveragedModel` with ``get_ema_multi_avg_fn(decay)`` and ``use_buffers=True``
+    (:func:`pipeline.train.setup.set_up` builds it), so BatchNorm's running statistics are averaged as the
+    parameters are. Its first :meth:`update` copies ``source``'s weights, each later one moves the average
+    a (1 - decay) share of the way to them (Polyak & Juditsky 1992, with exponential weights).
+
+    On a GPU each update makes the host wait for the device: AveragedModel reads its step count
+    ``n_averaged`` (a buffer on the device, int64) twice, ``bool(n_averaged == 0)`` and ``n_averaged > 0``;
+    the first waits for the queued optimiser step, the second only for its own comparison.
+    """
+
+    averaged: AveragedModel
+    source: nn.Module
+
+    def update(self) -> None:
+        """Average in ``source``'s weights as they are now (after an optimiser step)."""
+        self.averaged.update_parameters(self.source)
+
+
+@dataclass(frozen=True)
 class TrainStep:
     """What a training epoch steps the model with, besides the model and its loader: the loss, the
     optimiser with its lr ``schedule`` and grad ``scaler``, how a batch reaches the device (``move``),
-    the autocast ``dtype`` (None = fp32), batches per optimiser step (``accumulate_steps`` >= 1) and
-    the largest global gradient norm (``grad_clip``; 0 = no clipping)."""
+    the autocast ``dtype`` (None = fp32), batches per optimiser step (``accumulate_steps`` >= 1),
+    the largest global gradient norm (``grad_clip``; 0 = no clipping) and the moving average of the
+    weights updated after each optimiser step (``ema``; None = off)."""
 
     loss_fn: LossFn
     optimizer: torch.optim.Optimizer
@@ -110,6 +134,7 @@ class TrainStep:
     dtype: torch.dtype | None
     accumulate_steps: int = 1
     grad_clip: float = 0.0
+    ema: WeightAverage | None = None
 
 
 @dataclass
@@ -141,7 +166,8 @@ def train_epoch(model: nn.Module, loader: DataLoader, step: TrainStep, progress:
     queues steps ahead of the GPU: the loss sum (fp32) and the first non-finite step are kept on the
     device and read once at the end, after reducing them over the ranks (loss and images summed, earliest
     bad step of any rank), and every host-to-device copy is non_blocking (:class:`Batch`). A GradScaler
-    (fp16) reads its inf check each step unless the optimiser takes it on the device, as fused AdamW does.
+    (fp16) reads its inf check each step unless the optimiser takes it on the device, as fused AdamW does,
+    and the moving average of the weights (``step.ema``) reads its step count (:class:`WeightAverage`).
     """
     model.train()
     groups = accumulation_groups(len(loader), step.accumulate_steps)
@@ -197,7 +223,8 @@ def _accumulate(
 
 
 def _optimizer_step(model: nn.Module, step: TrainStep) -> None:
-    """Clip (when asked), step and zero the accumulated gradients, then advance the lr schedule."""
+    """Clip (when asked), step and zero the accumulated gradients, advance the lr schedule, then update the
+    moving average of the weights (when on)."""
     if step.grad_clip > 0:
         step.scaler.unscale_(step.optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip)
@@ -205,3 +232,8 @@ def _optimizer_step(model: nn.Module, step: TrainStep) -> None:
     step.scaler.update()
     step.optimizer.zero_grad(set_to_none=True)
     step.schedule.step()
+    if step.ema is not None:
+        # Also after a step the fp16 grad scaler skipped (an inf gradient): knowing it would take a read of
+        # its inf check from the device, and the average only moves towards weights that did not change
+        # (timm's train.py updates its EMA after every optimiser step in the same way).
+        step.ema.update()

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
 
 from pipeline.core.device import choose_compile, configure_backends, memory_format, needs_grad_scaler
@@ -20,7 +21,7 @@ from pipeline.models.pretrained import load_encoder_weights
 from pipeline.models.registry import build_model
 from pipeline.train import distributed
 from pipeline.train.config import RunConfig
-from pipeline.train.loop import Batch, TrainStep, accumulation_groups
+from pipeline.train.loop import Batch, TrainStep, WeightAverage, accumulation_groups
 from pipeline.train.losses import loss_function
 from pipeline.train.schedules import LrSchedule, make_optimizer
 
@@ -45,12 +46,12 @@ def seed_everything(seed: int) -> None:
 class Run:
     """What :func:`set_up` builds for a training run, before its first epoch.
 
-    ``model`` is the plain module whose weights are saved, and the one validation runs; ``net`` what trains
-    them (``model``, or ``torch.compile(model)`` as :func:`~pipeline.core.device.choose_compile` decides);
-    ``step`` the optimiser, schedule, loss and the rest an epoch steps with. ``image_size`` is the side of
-    the training images (or crops) in pixels. ``main``: this process writes files (rank 0); ``progress``: it
-    shows bars and epoch lines. ``parts`` are the stateful pieces a
-    resume state holds (:func:`pipeline.train.resume.capture`).
+    ``model`` is the plain module that trains; ``net`` what trains it (``model``, or ``torch.compile(model)``
+    as :func:`~pipeline.core.device.choose_compile` decides); ``step`` the optimiser, schedule, loss, the
+    moving average of the weights and the rest an epoch steps with. :attr:`kept` is the module validation
+    runs and whose weights are saved. ``image_size`` is the side of the training images (or crops) in
+    pixels. ``main``: this process writes files (rank 0); ``progress``: it shows bars and epoch lines.
+    ``parts`` are the stateful pieces a resume state holds (:func:`pipeline.train.resume.capture`).
     """
 
     model: nn.Module
@@ -63,24 +64,35 @@ class Run:
     progress: bool
 
     @property
+    def kept(self) -> nn.Module:
+        """The module validation runs and the checkpoint saves: the moving average's (``train.ema`` > 0),
+        else ``model`` itself. Either has the plain model's state dict keys."""
+        return self.model if self.step.ema is None else self.step.ema.averaged.module
+
+    @property
     def parts(self) -> dict[str, Any]:
-        """The stateful pieces by the names a resume state stores them under."""
-        return dict(
+        """The stateful pieces by the names a resume state stores them under (``ema`` only when on: it
+        holds the averaged weights and their step count ``n_averaged``)."""
+        parts = dict(
             model=self.model,
             optimizer=self.step.optimizer,
             schedule=self.step.schedule,
             scaler=self.step.scaler,
             sampler=self.train_loader.sampler,
         )
+        if self.step.ema is not None:
+            parts["ema"] = self.step.ema.averaged
+        return parts
 
 
 def set_up(config: RunConfig, train: Arrays | tuple, valid: Arrays | tuple) -> Run:
     """Seed every RNG with ``config.train.seed`` and build, in this order (each draws from the seeded
     RNGs, so the order is part of the result), the model and its initial weights, the loaders, the
-    optimiser, the schedule and the grad scaler, on ``config.compute.device``. Arguments as
-    :func:`pipeline.train.fit.fit`. Raises UserError if the rank count does not divide ``batch_size``,
-    for sync_batchnorm off CUDA, and as :func:`~pipeline.models.init.init_weights`,
-    :func:`~pipeline.models.pretrained.load_encoder_weights` and the schedule do for a bad setting."""
+    optimiser, the schedule, the grad scaler and (``train.ema`` > 0) the moving average of the weights,
+    on ``config.compute.device``. Arguments as :func:`pipeline.train.fit.fit`. Raises UserError if the
+    rank count does not divide ``batch_size``, for sync_batchnorm off CUDA, and as
+    :func:`~pipeline.models.init.init_weights`, :func:`~pipeline.models.pretrained.load_encoder_weights`
+    and the schedule do for a bad setting."""
     cfg, device, train, valid = config.train, config.compute.device, Arrays(*train), Arrays(*valid)
     seed_everything(cfg.seed)
     configure_backends(device.type, fixed_size=True)  # every training batch is size x size pixels
@@ -138,7 +150,8 @@ def _model(config: RunConfig) -> nn.Module:
 
 def _train_step(config: RunConfig, model: nn.Module, batches: int, jitter: bool) -> TrainStep:
     """The optimiser of ``model``'s parameters, its schedule over epochs of ``batches`` batches, the
-    loss, the grad scaler and the batch transfer (with colour ``jitter`` or not) of ``config``."""
+    loss, the grad scaler, the batch transfer (with colour ``jitter`` or not) and the moving average of
+    the weights (:func:`weight_average`) of ``config``."""
     cfg, device, dtype = config.train, config.compute.device, config.compute.dtype
     fused = device.type == "cuda"
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum, fused=fused)
@@ -153,4 +166,19 @@ def _train_step(config: RunConfig, model: nn.Module, batches: int, jitter: bool)
         dtype=dtype,
         accumulate_steps=cfg.accumulate_steps,
         grad_clip=cfg.grad_clip,
+        ema=weight_average(model, cfg.ema),
     )
+
+
+def weight_average(model: nn.Module, decay: float) -> WeightAverage | None:
+    """The exponential moving average of the plain ``model``'s parameters and buffers, with ``decay`` in
+    (0, 1) (``train.ema``), or None for ``decay`` 0 (off). torch's AveragedModel copies ``model`` on its
+    device and draws no random numbers, so the rest of the set-up is as without it. Its step count lives on
+    that device too: on the host, AveragedModel would copy it to the device at each update, once per dtype
+    of the weights, each a blocking copy that waits for the device as a read does
+    (:class:`~pipeline.train.loop.WeightAverage`)."""
+    if decay == 0:
+        return None
+    device = next(model.parameters()).device
+    averaged = AveragedModel(model, device, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return WeightAverage(averaged, model)

@@ -36,10 +36,11 @@ def params_with(**changes) -> dict:
 
 
 def test_model_section_overrides_shared_keys_and_keeps_arch_options():
-    params = parse_params(params_with(lr=0.001, unet={"base_channels": 8, "lr": 0.01}))
+    params = parse_params(params_with(lr=0.001, unet={"base_channels": 8, "lr": 0.01}, resnet34_unet={"ema": 0.999}))
     unet_cfg, unet_arch = train_config(params, "unet")
     res_cfg, res_arch = train_config(params, "resnet34_unet")
     assert unet_cfg.lr == 0.01 and res_cfg.lr == 0.001
+    assert unet_cfg.ema == 0 and res_cfg.ema == 0.999
     assert unet_arch == {"base_channels": 8, "bilinear": False}
     assert res_arch == {"decoder_channels": SHIPPED["resnet34_unet"]["decoder_channels"], "bilinear": False}
 
@@ -68,6 +69,9 @@ def test_exponent_without_decimal_point_is_read_as_a_number():
         ({"optimizer": "adam"}, "optimizer: must be 'adamw' or 'sgd'"),
         ({"epochs": 3, "warmup_epochs": 3}, r"unet: warmup_epochs \(3.0\) must leave at least one epoch"),
         ({"accumulate_steps": 0}, "accumulate_steps: must be greater than or equal to 1"),
+        ({"ema": 1}, "ema: must be less than 1, got 1$"),
+        ({"ema": -0.1}, "ema: must be greater than or equal to 0, got -0.1$"),
+        ({"resnet34_unet": {"ema": 1.5}}, "resnet34_unet.ema: must be less than 1, got 1.5$"),
         ({"num_workers": -1}, "num_workers: must be auto or a whole number >= 0, got -1"),
         ({"num_workers": True}, "num_workers: must be auto or a whole number >= 0, got True"),
         ({"compile": "yes"}, "compile: must be auto, true or false, got 'yes'"),
@@ -174,7 +178,7 @@ def test_the_shipped_params_file_is_valid_for_both_models():
 
 def test_keys_added_later_default_to_the_first_release_behaviour():
     params = params_with()
-    for key in ("optimizer", "warmup_epochs", "grad_clip", "accumulate_steps", "patience", "init", "compile"):
+    for key in ("optimizer", "warmup_epochs", "grad_clip", "accumulate_steps", "ema", "patience", "init", "compile"):
         del params[key]
     for key in ("encoder_weights", "zero_init_residual"):
         del params["resnet34_unet"][key]
@@ -188,6 +192,7 @@ def test_keys_added_later_default_to_the_first_release_behaviour():
         0,
     )
     assert (cfg.init, cfg.encoder_weights, cfg.zero_init_residual, cfg.compile) == ("default", "none", False, False)
+    assert cfg.ema == 0  # off
     assert cfg.augmentation == AugmentOptions()
 
 
@@ -217,6 +222,7 @@ def test_num_workers_and_compile_do_not_change_the_resume_fingerprint():
     # Speed only: a run killed while compiled resumes eagerly, and the other way round.
     assert fingerprint(compile=True) == fingerprint(compile=False) == fingerprint(compile="auto") != fingerprint(seed=1)
     assert fingerprint(augmentation={"jitter": 0.1}) != fingerprint()
+    assert fingerprint(unet={"ema": 0.99}) != fingerprint()  # the average is the checkpoint's weights
 
 
 def test_augmentation_section_is_read_into_options():

@@ -1,5 +1,6 @@
 """fit() (pipeline/train/fit.py): what each epoch logs, the checkpoint of the best valid Dice, early
-stopping, resume, the config's options reaching the training, determinism, and torch.compile."""
+stopping, resume, the config's options reaching the training, determinism, torch.compile and the moving
+average of the weights."""
 
 import copy
 import random
@@ -26,6 +27,7 @@ from pipeline.models.registry import build_model
 from pipeline.train.config import RunConfig, TrainConfig
 from pipeline.train.fit import fit
 from pipeline.train.losses import bce_loss
+from pipeline.train.resume import load_state, save_state
 from pipeline.train.setup import seed_everything
 from tests.support import TINY_ARCH
 
@@ -208,11 +210,16 @@ def test_an_equal_valid_dice_is_no_improvement(tmp_path, tiny_data, monkeypatch)
 # --- resume -----------------------------------------------------------------------------------------
 
 
-def test_resuming_from_a_saved_state_continues_exactly_like_the_uninterrupted_run(tmp_path, tiny_data):
-    cfg = PLAIN.model_copy(update=dict(augment="full", epochs=3))
+@pytest.mark.parametrize("ema", [0.0, 0.5], ids=["plain", "ema"])
+def test_resuming_from_a_saved_state_continues_exactly_like_the_uninterrupted_run(tmp_path, tiny_data, ema):
+    cfg = PLAIN.model_copy(update=dict(augment="full", epochs=3, ema=ema))
     states = []
     whole, logged = _fit(tmp_path / "whole", tiny_data, cfg, save_state=lambda s: states.append(copy.deepcopy(s)))
-    resumed, resumed_logged = _fit(tmp_path / "resumed", tiny_data, cfg, state=states[0])
+    # Through the file, as a killed run's state comes back (weights_only: the average's state loads too).
+    save_state(tmp_path / "state.pt", states[0], {})
+    state, _ = load_state(tmp_path / "state.pt", {})
+    assert ("ema" in state) == (ema > 0)
+    resumed, resumed_logged = _fit(tmp_path / "resumed", tiny_data, cfg, state=state)
     assert _results(resumed_logged) == _results(logged)[1:]
     assert (resumed.best_valid, resumed.best_epoch, resumed.last_epoch) == (
         whole.best_valid,
@@ -294,6 +301,38 @@ def test_the_resume_state_keeps_the_entry_names_earlier_states_were_saved_with(t
     best = {"best", "best_epoch", "since_best", "best_scores", "best_weights"}
     assert set(states[-1]) == parts | best | {"epoch", "stopped"}
     assert (states[-1]["epoch"], states[-1]["stopped"]) == (2, False)
+
+
+# --- the moving average of the weights (ema) ---------------------------------------------------------
+
+
+def _fit_watched(tmp_path, tiny_data, monkeypatch, cfg):
+    """_fit() of ``cfg``, keeping the run set_up() built and each module validate() was given."""
+    runs, validated = [], []
+    real_set_up, real_validate = training.set_up, training.validate
+    monkeypatch.setattr(training, "set_up", lambda *args: runs.append(real_set_up(*args)) or runs[-1])
+    monkeypatch.setattr(training, "validate", lambda model, *a: validated.append(model) or real_validate(model, *a))
+    _fit(tmp_path, tiny_data, cfg)
+    return runs[0], validated
+
+
+def _equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_with_ema_the_average_is_validated_and_saved_and_the_training_is_unchanged(tmp_path, tiny_data, monkeypatch):
+    cfg = PLAIN.model_copy(update=dict(epochs=1))
+    plain, plain_validated = _fit_watched(tmp_path / "plain", tiny_data, monkeypatch, cfg)
+    assert plain.step.ema is None and plain_validated == [plain.model]  # ema 0: no average built
+    assert _equal(torch.load(tmp_path / "plain" / "m.pt", weights_only=True)["state_dict"], plain.model.state_dict())
+    run, validated = _fit_watched(tmp_path / "ema", tiny_data, monkeypatch, cfg.model_copy(update=dict(ema=0.5)))
+    averaged = run.step.ema.averaged.module
+    assert len(validated) == 1 and validated[0] is averaged
+    saved = torch.load(tmp_path / "ema" / "m.pt", weights_only=True)["state_dict"]
+    assert _equal(saved, averaged.state_dict())
+    assert not _equal(saved, run.model.state_dict())
+    # The average only reads the weights: the model trains as without it.
+    assert _equal(run.model.state_dict(), plain.model.state_dict())
 
 
 # --- the config reaches the training ----------------------------------------------------------------

@@ -1,6 +1,7 @@
 """One training epoch (pipeline/train/loop.py): gradient accumulation gives the gradient of one big
-batch, no batch is dropped from the groups, gradient clipping bounds the update, a step reads nothing
-from the device and time/data_wait counts only the wait for the loader."""
+batch, no batch is dropped from the groups, gradient clipping bounds the update, the moving average of
+the weights is the one worked out by hand, a step reads nothing from the device (but for that average's
+step count) and time/data_wait counts only the wait for the loader."""
 
 import collections
 import contextlib
@@ -17,6 +18,7 @@ from pipeline.models.registry import build_model
 from pipeline.train.loop import Batch, TrainStep, accumulation_groups, train_epoch
 from pipeline.train.losses import bce_loss, loss_function
 from pipeline.train.schedules import LrSchedule, make_optimizer
+from pipeline.train.setup import weight_average
 from tests.support import TINY_ARCH, FakeClock
 
 CPU = Batch(torch.device("cpu"), False, torch.contiguous_format)
@@ -104,9 +106,10 @@ class DeviceReads(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def _unet_epoch(batches, reads=None):
+def _unet_epoch(batches, reads=None, ema=0.0):
     """One epoch of a tiny real UNet over ``batches`` batches of 2 jittered 32 px images, with fused AdamW
-    (as set_up builds on CUDA: its step count stays on the device), clipping and the ce_dice loss."""
+    (as set_up builds on CUDA: its step count stays on the device), clipping, the ce_dice loss and a moving
+    average of the weights with decay ``ema`` (0 = none)."""
     torch.manual_seed(0)
     model = build_model("unet", 1, **TINY_ARCH["unet"])
     images = torch.randint(0, 256, (2 * batches, 3, 32, 32), dtype=torch.uint8)
@@ -117,7 +120,8 @@ def _unet_epoch(batches, reads=None):
     schedule = LrSchedule("cosine", optimizer, batches, 2, warmup_epochs=0.5)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     move = Batch(torch.device("cpu"), False, torch.contiguous_format, jitter=True)
-    step = TrainStep(loss_function("ce_dice", 1), optimizer, schedule, scaler, move, None, 1, grad_clip=1.0)
+    average = weight_average(model, ema)
+    step = TrainStep(loss_function("ce_dice", 1), optimizer, schedule, scaler, move, None, 1, 1.0, average)
     with reads or contextlib.nullcontext():
         return train_epoch(model, loader, step)
 
@@ -129,6 +133,47 @@ def test_a_training_step_reads_nothing_from_the_device():
     _unet_epoch(5, five)
     assert two.reads["_local_scalar_dense.default"] > 0  # the epoch's end reads its sums: the mode sees reads
     assert dict(five.reads) == dict(two.reads)  # 3 more steps, not one more read
+
+
+def test_the_moving_average_of_the_weights_reads_only_its_step_count_twice_a_step():
+    # torch's AveragedModel.update_parameters reads its n_averaged (on the device) with bool(n_averaged == 0)
+    # and `n_averaged > 0`; pytorch/pytorch PRs 157705 and 175085 proposed a host-side count instead. A torch
+    # that drops the reads fails this test: then the notes in pipeline/train/loop.py and docs/training.md go.
+    _unet_epoch(1, ema=0.9)
+    two, five = DeviceReads(), DeviceReads()
+    _unet_epoch(2, two, ema=0.9)
+    _unet_epoch(5, five, ema=0.9)
+    assert five.reads - two.reads == collections.Counter({"_local_scalar_dense.default": 3 * 2})
+    assert two.reads - five.reads == collections.Counter()
+
+
+def test_the_moving_average_after_three_steps_is_the_one_worked_out_by_hand():
+    # A tiny real UNet (with BatchNorm), one optimiser step per epoch of one batch. get_ema_multi_avg_fn's
+    # rule: the first update copies the weights, each later one gives decay * average + (1 - decay) * weights.
+    decay = 0.6
+    torch.manual_seed(0)
+    model = build_model("unet", 1, **TINY_ARCH["unet"])
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    masks = (torch.rand(2, 1, 32, 32) > 0.5).to(torch.uint8)
+    loader = DataLoader(TensorDataset(images, masks, torch.tensor([IDENTITY] * 2)), batch_size=2)
+    optimizer = make_optimizer("adamw", model.parameters(), 1e-2, 0.0)
+    average = weight_average(model, decay)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    step = TrainStep(bce_loss, optimizer, LrSchedule("constant", optimizer, 1, 3), scaler, CPU, None, ema=average)
+    after = []
+    for _ in range(3):
+        train_epoch(model, loader, step)
+        after.append({k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()})
+    expected = after[0]
+    for weights in after[1:]:
+        expected = {k: decay * expected[k] + (1 - decay) * weights[k] for k in expected}
+    got = average.averaged.module.state_dict()
+    assert {k.rsplit(".", 1)[1] for k in expected} >= {"weight", "bias", "running_mean", "running_var"}
+    for key, value in expected.items():
+        # torch computes it as a lerp, average + (1 - decay) * (weights - average): equal to rounding.
+        torch.testing.assert_close(got[key], value, rtol=1e-6, atol=1e-7, msg=key)
+    assert not all(torch.equal(got[k], after[-1][k]) for k in expected)  # an average, not the last weights
+    assert average.averaged.n_averaged.item() == 3
 
 
 def test_every_copy_of_a_batch_to_the_device_is_non_blocking():
