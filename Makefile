@@ -51,6 +51,7 @@ JOBS ?= 1
 SETS ?=
 SEEDS_QUEUED := .dvc/tmp/seeds-queued.txt
 seeds: setup
+	mkdir -p $(dir $(SEEDS_QUEUED))
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc exp run --queue -S 'seed=$(SEEDS)' $(SETS) > $(SEEDS_QUEUED)
 	cat $(SEEDS_QUEUED)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc queue start -j $(JOBS)

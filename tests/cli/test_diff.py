@@ -168,16 +168,17 @@ def _change(old: float, new: float, low: float, high: float) -> DiceChange:
 
 
 def test_a_change_must_exceed_the_seed_range_as_well_as_the_interval():
-    gain, loss = _change(0.80, 0.83, 0.01, 0.05), _change(0.80, 0.77, -0.05, -0.01)
-    assert [verdict(gain), verdict(gain, 0.02), verdict(gain, 0.03), verdict(gain, 0.04)] == [
+    # Changes of exactly 1/16 (binary fractions, so the comparison with a range of 1/16 is exact).
+    gain, loss = _change(0.5, 0.5625, 0.01, 0.1), _change(0.5, 0.4375, -0.1, -0.01)
+    assert [verdict(gain), verdict(gain, 0.03125), verdict(gain, 0.0625), verdict(gain, 0.125)] == [
         BETTER,
         BETTER,
-        WITHIN_NOISE,  # a change no larger than seeds alone made
+        WITHIN_NOISE,  # no larger than seeds alone made
         WITHIN_NOISE,
     ]
-    assert [verdict(loss, 0.02), verdict(loss, 0.04)] == [WORSE, WITHIN_NOISE]
+    assert [verdict(loss, 0.03125), verdict(loss, 0.0625)] == [WORSE, WITHIN_NOISE]
     # An interval holding 0 stays within noise, however small the seed range.
-    assert verdict(_change(0.80, 0.85, -0.01, 0.11), 0.0) == WITHIN_NOISE
+    assert verdict(_change(0.5, 0.5625, -0.01, 0.1), 0.0) == WITHIN_NOISE
 
 
 def _seeds_file(repo: Path, low: float, high: float, metric: str = "dice") -> None:

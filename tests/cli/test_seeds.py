@@ -291,6 +291,17 @@ def test_wait_polls_until_its_experiments_are_done_and_names_the_failed_ones():
     assert str(raised.value) == "1 of 2 queued experiments failed; see why: dvc queue logs calmy-tire"
 
 
+@pytest.mark.e2e
+def test_wait_reads_the_real_queue_status(experiments, monkeypatch, tmp_path):
+    repo, _ = experiments
+    monkeypatch.setenv("PATH", dvc_env()["PATH"])
+    monkeypatch.chdir(repo)
+    queue.wait(["calmy-tire"], sleep=pytest.fail)  # nothing was queued here: a name it does not list is done
+    monkeypatch.chdir(tmp_path)  # not a DVC repository
+    with pytest.raises(UserError, match="dvc queue status failed"):
+        queue.dvc_queue_status()
+
+
 def test_the_queue_helper_runs_as_a_module(tmp_path):
     (tmp_path / "queued.txt").write_text("")
     done = subprocess.run(
@@ -310,7 +321,10 @@ def test_make_seeds_queues_one_experiment_per_seed_then_waits_and_saves():
         return made.stdout.splitlines()
 
     lines = dry_run()
-    assert any(line.endswith("dvc exp run --queue -S 'seed=0,1,2'  > .dvc/tmp/seeds-queued.txt") for line in lines)
+    queued = next(line for line in lines if "dvc exp run --queue" in line)
+    assert (
+        "-S 'seed=0,1,2'" in queued and queued.endswith("> .dvc/tmp/seeds-queued.txt") and "mkdir -p .dvc/tmp/" in lines
+    )
     assert any(line.endswith("dvc queue start -j 1") for line in lines)
     assert lines[-2].endswith("-m pipeline.cli.queue .dvc/tmp/seeds-queued.txt") and lines[-1].endswith(
         "petseg seeds --save"
