@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DVC_NO_ANALYTICS ?= 1
 
-.PHONY: setup test test-fast repro repro-cpu mutation
+.PHONY: setup test test-fast repro repro-cpu seeds mutation
 setup: $(VENV)/.installed
 
 # torch/torchvision are pinned here, not in pyproject.toml: pip would otherwise be free to pick any
@@ -40,6 +40,23 @@ CPU_SETTINGS = -S data.source=$(CPU_DATA) -S image_size=128 -S epochs=40 -S batc
 # With device=cpu, asked for: the guard, which names this target, lets it through on a slow or busy CPU too.
 repro-cpu: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc exp run $(CPU_SETTINGS) -S device=cpu
+
+# Seeds (docs/training.md, "Seeds: how large is the noise"): both models trained once per seed of SEEDS (DVC
+# queues one experiment per value of the comma list) with the settings SETS (e.g. SETS="$(CPU_SETTINGS)"), JOBS at
+# a time (1: a training uses every core); waits for them, then prints each model's mean and spread of test Dice
+# and saves them where petseg diff reads them. Queued runs execute in copies under .dvc/tmp/exps: a data.source
+# outside the repository must be an absolute path there.
+SEEDS ?= 0,1,2
+JOBS ?= 1
+SETS ?=
+SEEDS_QUEUED := .dvc/tmp/seeds-queued.txt
+seeds: setup
+	mkdir -p $(dir $(SEEDS_QUEUED))
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc exp run --queue -S 'seed=$(SEEDS)' $(SETS) > $(SEEDS_QUEUED)
+	cat $(SEEDS_QUEUED)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc queue start -j $(JOBS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pipeline.cli.queue $(SEEDS_QUEUED)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" petseg seeds --save
 
 # Mutation testing of metrics, losses, data, dataset and training with mutmut: slow (see
 # docs/mutation.md), so not part of `test` or CI. Results are cached in mutants/ (delete it for a

@@ -1,2 +1,3 @@
 """The ``petseg`` command line: ``petseg predict`` (a trained model on any photos), ``petseg diff``
-(two evaluations compared, with a paired bootstrap) and ``petseg params`` (every params.yaml key)."""
+(two evaluations compared, with a paired bootstrap), ``petseg seeds`` (each model's spread over training seeds)
+and ``petseg params`` (every params.yaml key)."""

@@ -1,6 +1,10 @@
 """`petseg diff [REV]`: each model's headline test scores in the workspace against a git revision, and
 whether its test Dice (mIoU for a multi-class task) changed by more than the noise (:mod:`pipeline.evaluate.compare`).
 
+With the file `petseg seeds --save` writes (:data:`~pipeline.cli.options.SEEDS_FILE`, in the workspace), each
+model's range of scores over training seeds is reported beside its change, and a change must also exceed it to be
+better or worse (:func:`pipeline.evaluate.compare.verdict`).
+
 Like `dvc metrics diff`, the old side is read through git (``git show REV:<path>``: the metrics files
 are git-tracked) and the new side from the workspace. Which files to read comes from dvc.yaml, as DVC
 resolves it: each evaluate stage's ``--metrics`` and ``--per-image`` outputs, and the figures in the plot
@@ -17,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from pipeline.cli.options import SEEDS_FILE
+from pipeline.cli.seeds import Spread, widest_spreads
 from pipeline.core.constants import HEADLINE_METRICS, MULTICLASS_HEADLINE_METRICS, SCORE_LABELS
 from pipeline.core.errors import UserError, first_line
 from pipeline.core.messages import plural
@@ -108,11 +114,14 @@ def read_at(root: Path, rev: str | None, path: str) -> str:
 @dataclass(frozen=True)
 class ModelDiff:
     """One model's headline metrics at both sides (key → (old, new); a key absent on one side is
-    None there) and its Dice change (:class:`~pipeline.evaluate.compare.DiceChange`)."""
+    None there), its Dice change (:class:`~pipeline.evaluate.compare.DiceChange`) and its score's
+    spread over seeds (None without a saved one for this model and score) and the verdict from both."""
 
     model: str
     metrics: dict[str, tuple[float | None, float | None]]
     dice: "DiceChange"
+    seeds: Spread | None
+    verdict: str
 
 
 def _json(text: str, where: str) -> dict:
@@ -141,10 +150,11 @@ def compare(root: Path, rev: str, resamples: int, seed: int, level: float) -> tu
     """Every model's :class:`ModelDiff`, workspace against ``rev``, and the sources read. Raises
     UserError as :func:`read_sources`, :func:`check_revision` and :func:`read_at`, or when the two
     sides scored different test images."""
-    from pipeline.evaluate.compare import paired_bootstrap
+    from pipeline.evaluate.compare import paired_bootstrap, verdict
 
     sources = read_sources(root)
     check_revision(root, rev)
+    spreads = widest_spreads(root / SEEDS_FILE)
     diffs = []
     for evaluated in sources.models:
         old = _json(read_at(root, rev, evaluated.metrics), f"{rev}:{evaluated.metrics}")
@@ -156,7 +166,8 @@ def compare(root: Path, rev: str, resamples: int, seed: int, level: float) -> tu
             for side in (rev, None)
         ]
         dice = paired_bootstrap(*tables, resamples, seed, level, where=f"{evaluated.per_image} at {rev} and now")
-        diffs.append(ModelDiff(evaluated.model, metrics, dice))
+        seeds = spreads.get((evaluated.model, dice.metric))
+        diffs.append(ModelDiff(evaluated.model, metrics, dice, seeds, verdict(dice, seeds.range if seeds else None)))
     return diffs, sources
 
 
@@ -176,17 +187,26 @@ def _change(old: float | None, new: float | None) -> str:
 def _summary(diff: ModelDiff) -> str:
     d = diff.dice
     interval = f"{100 * d.level:g} % CI [{d.low:+.4f}, {d.high:+.4f}]"
-    return (
+    summary = (
         f"{SCORE_LABELS[d.metric]} {d.change:+.4f}, {interval} over {d.images} test "
         f"{plural(d.images, 'image')}: {d.better} better, {d.worse} worse"
     )
+    if diff.seeds is None:
+        return summary
+    s = diff.seeds
+    return f"{summary}; over {len(s.values)} seeds {s.min:.4f}-{s.max:.4f} (range {s.range:.4f}, sd {s.sd:.4f})"
+
+
+def _method(diffs: list[ModelDiff], resamples: int) -> str:
+    seeds = f"; seed ranges from {SEEDS_FILE}" if any(diff.seeds for diff in diffs) else ""
+    return f"paired bootstrap, {resamples:,} resamples of the test images{seeds}"
 
 
 def render_text(diffs: list[ModelDiff], rev: str, resamples: int) -> str:
     """A plain-text report: per model its verdict, the Dice interval, then its metrics old → new."""
-    lines = [f"petseg diff: workspace against {rev} (paired bootstrap, {resamples:,} resamples of the test images)"]
+    lines = [f"petseg diff: workspace against {rev} ({_method(diffs, resamples)})"]
     for diff in diffs:
-        lines += ["", f"{diff.model}: {diff.dice.verdict} ({_summary(diff)})"]
+        lines += ["", f"{diff.model}: {diff.verdict} ({_summary(diff)})"]
         width = max(len(k) for k in diff.metrics)
         lines.append(f"  {'metric':<{width}}  {rev:>10}  {'workspace':>10}  {'change':>8}")
         for key, (old, new) in diff.metrics.items():
@@ -197,14 +217,14 @@ def render_text(diffs: list[ModelDiff], rev: str, resamples: int) -> str:
 def render_markdown(diffs: list[ModelDiff], rev: str, resamples: int, figures: dict[str, str]) -> str:
     """The same as a Markdown table, for a pull-request comment, with links to the review figures."""
     lines = [
-        f"**petseg diff**: workspace against `{rev}` (paired bootstrap, {resamples:,} resamples of the test images)",
+        f"**petseg diff**: workspace against `{rev}` ({_method(diffs, resamples)})",
         "",
         f"| model | verdict | metric | {rev} | workspace | change |",
         "| --- | --- | --- | ---: | ---: | ---: |",
     ]
     for diff in diffs:
         for i, (key, (old, new)) in enumerate(diff.metrics.items()):
-            model, verdict = (f"**{diff.model}**", f"**{diff.dice.verdict}**") if i == 0 else ("", "")
+            model, verdict = (f"**{diff.model}**", f"**{diff.verdict}**") if i == 0 else ("", "")
             lines.append(f"| {model} | {verdict} | {key} | {_number(old)} | {_number(new)} | {_change(old, new)} |")
     lines.append("")
     lines += [f"- {diff.model}: {_summary(diff)}" for diff in diffs]

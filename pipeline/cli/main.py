@@ -1,4 +1,4 @@
-"""The ``petseg`` command (``python -m pipeline``): ``predict``, ``diff`` and ``params``.
+"""The ``petseg`` command (``python -m pipeline``): ``predict``, ``diff``, ``seeds`` and ``params``.
 
 Nothing here imports torch: ``petseg --help`` and a usage error print at once, and each subcommand
 imports its code only when it runs.
@@ -52,7 +52,15 @@ _DIFF = (
     f"classes) changed by more than the noise: a {100 * options.CONFIDENCE:g} % confidence interval of the "
     "change from a paired bootstrap over the test images (metrics/evaluation/<model>/per_image.csv of both "
     "sides), the number of images that got better and worse, and a verdict: better, worse, or within noise. "
-    "Exit status 0, or 1 if something cannot be read.",
+    f"With {options.SEEDS_FILE} (petseg seeds --save), better or worse also needs the change to exceed the "
+    "model's range of scores over seeds. Exit status 0, or 1 if something cannot be read.",
+)
+_SEEDS = (
+    "each model's mean and spread of test scores over seeds, from dvc exp show --csv",
+    "Group the experiments of `dvc exp show --csv` (run here, or CSV: a file it wrote, - for stdin) by their params "
+    "but seed, and print per setting and model the runs, mean, sample standard deviation, min, max and range of "
+    "the test score (Dice, or mIoU for more than two classes): the noise of one training. `make seeds` queues "
+    "the runs (docs/training.md). Exit status 0, or 1 if there is no setting of two runs or more.",
 )
 _PARAMS = (
     "list every params.yaml key: the values it takes, its default and what it does",
@@ -62,7 +70,7 @@ _PARAMS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``petseg`` argument parser: one subcommand per action (``predict``, ``diff``, ``params``)."""
+    """The ``petseg`` argument parser: one subcommand per action (``predict``, ``diff``, ``seeds``, ``params``)."""
     parser = argparse.ArgumentParser(
         prog="petseg", description="petseg: segmentation of photos (pets, or your classes)."
     )
@@ -70,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (summary, description), add_arguments in (
         ("predict", _PREDICT, _predict_arguments),
         ("diff", _DIFF, _diff_arguments),
+        ("seeds", _SEEDS, _seeds_arguments),
         ("params", _PARAMS, _params_arguments),
     ):
         add_arguments(commands.add_parser(name, help=summary, description=description))
@@ -112,6 +121,19 @@ def _diff_arguments(diff: argparse.ArgumentParser) -> None:
         "--md", "--markdown", action="store_true", help="print a Markdown table for a pull-request comment"
     )
     _count_option(diff, "--resamples", options.BOOTSTRAP_RESAMPLES, "bootstrap resamples")
+
+
+def _seeds_arguments(seeds: argparse.ArgumentParser) -> None:
+    seeds.add_argument(
+        "csv", nargs="?", metavar="CSV", help="what `dvc exp show --csv` printed, - for stdin (default: run it here)"
+    )
+    seeds.add_argument(
+        "--save",
+        nargs="?",
+        const=options.SEEDS_FILE,
+        metavar="PATH",
+        help=f"also write the numbers as JSON (default PATH: {options.SEEDS_FILE}, which petseg diff reads)",
+    )
 
 
 def _params_arguments(params: argparse.ArgumentParser) -> None:
@@ -159,6 +181,30 @@ def _diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(args: argparse.Namespace) -> int:
+    from pipeline.cli.seeds import dvc_csv, render_text, save, settings
+
+    if args.csv is None:
+        text, where = dvc_csv(Path.cwd()), "dvc exp show --csv"
+    elif args.csv == "-":
+        text, where = sys.stdin.read(), "stdin"
+    else:
+        text, where = _read(Path(args.csv)), args.csv
+    found = settings(text, where)
+    print(render_text(found, where), end="")
+    if args.save:
+        save(args.save, found)
+        print(f"wrote {args.save}")
+    return 0
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, IsADirectoryError):
+        raise UserError(f"{path}: no such file; give what `dvc exp show --csv` printed, or no CSV to run it") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``petseg`` command: parse ``argv`` (default ``sys.argv[1:]``), run the subcommand.
 
@@ -171,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help or a usage error, already printed by argparse
         return exit_.code if isinstance(exit_.code, int) else 1
     try:
-        return {"predict": _predict, "diff": _diff, "params": _params}[args.command](args)
+        return {"predict": _predict, "diff": _diff, "seeds": _seeds, "params": _params}[args.command](args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -11,3 +11,7 @@ DEFAULT_BATCH_SIZE = 8  # images per forward pass of `petseg predict`
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
+
+# `petseg seeds --save`'s file, which `petseg diff` reads each model's seed spread from (git-tracked, not a DVC
+# output: it summarises experiments, no stage writes it).
+SEEDS_FILE = "metrics/seeds.json"

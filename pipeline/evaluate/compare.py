@@ -139,3 +139,14 @@ def paired_bootstrap(
         worse=int((per_image < -EQUAL_DICE).sum()),
         images=len(old),
     )
+
+
+def verdict(change: DiceChange, seed_range: float | None = None) -> str:
+    """The verdict on ``change`` given the noise of training: :attr:`DiceChange.verdict` (whether the paired
+    bootstrap's interval excludes 0: the noise of which images are in the test set) when ``seed_range`` is
+    None; else "better" or "worse" only when the change's size also exceeds ``seed_range``, the range (max - min)
+    of the score over training seeds of one setting (`petseg seeds`), since two runs of one setting differ by
+    up to that much with no change at all. Else "within noise"."""
+    if seed_range is not None and abs(change.change) <= seed_range:
+        return WITHIN_NOISE
+    return change.verdict

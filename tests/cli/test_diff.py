@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from pipeline.cli.main import main
+from pipeline.cli.options import SEEDS_FILE
 from pipeline.core.errors import UserError
-from pipeline.evaluate.compare import BETTER, WITHIN_NOISE, WORSE, paired_bootstrap
+from pipeline.evaluate.compare import BETTER, WITHIN_NOISE, WORSE, DiceChange, paired_bootstrap, verdict
 from tests.support import REPO
 
 IMAGES = 60
@@ -160,3 +161,45 @@ def test_a_multi_class_bootstrap_compares_the_miou_of_the_summed_per_class_count
     assert (same.low, same.high, same.verdict) == (0.0, 0.0, WITHIN_NOISE)
     with pytest.raises(UserError, match="different tasks or classes"):
         paired_bootstrap(old, per_image(*counts(1, 0.7)), 10, 0, 0.95)
+
+
+def _change(old: float, new: float, low: float, high: float) -> DiceChange:
+    return DiceChange("dice", old, new, low, high, 0.95, better=0, worse=0, images=IMAGES)
+
+
+def test_a_change_must_exceed_the_seed_range_as_well_as_the_interval():
+    # Changes of exactly 1/16 (binary fractions, so the comparison with a range of 1/16 is exact).
+    gain, loss = _change(0.5, 0.5625, 0.01, 0.1), _change(0.5, 0.4375, -0.1, -0.01)
+    assert [verdict(gain), verdict(gain, 0.03125), verdict(gain, 0.0625), verdict(gain, 0.125)] == [
+        BETTER,
+        BETTER,
+        WITHIN_NOISE,  # no larger than seeds alone made
+        WITHIN_NOISE,
+    ]
+    assert [verdict(loss, 0.03125), verdict(loss, 0.0625)] == [WORSE, WITHIN_NOISE]
+    # An interval holding 0 stays within noise, however small the seed range.
+    assert verdict(_change(0.5, 0.5625, -0.01, 0.1), 0.0) == WITHIN_NOISE
+
+
+def _seeds_file(repo: Path, low: float, high: float, metric: str = "dice") -> None:
+    """The file `petseg seeds --save` writes: unet's score over three seeds spans low..high."""
+    values = [low, (low + high) / 2, high]
+    spread = {"metric": metric, "seeds": [0, 1, 2], "values": values, "mean": float(np.mean(values))}
+    spread |= {"sd": float(np.std(values, ddof=1)), "min": low, "max": high}
+    (repo / SEEDS_FILE).write_text(json.dumps({"settings": [{"params": {"lr": "0.001"}, "models": {"unet": spread}}]}))
+
+
+def test_with_a_seeds_file_a_gain_within_the_seed_range_is_noise(repo, capsys):
+    write(repo, "unet", per_image(*counts(0, 0.95)))  # a gain of 0.15 Dice, its interval well above 0
+    _seeds_file(repo, 0.70, 0.90)  # seeds alone moved unet by 0.20
+    code, out, _ = run(repo, capsys)
+    assert code == 0 and f"seed ranges from {SEEDS_FILE}" in out.splitlines()[0]
+    assert f"unet: {WITHIN_NOISE} (Dice +0.1517" in out
+    assert "over 3 seeds 0.7000-0.9000 (range 0.2000, sd 0.1000)" in out
+    assert "resnet34_unet: within noise (Dice +0.0000" in out and out.count("over 3 seeds") == 1  # none saved for it
+    _seeds_file(repo, 0.78, 0.80)
+    code, out, _ = run(repo, capsys, "--md")
+    assert f"| **unet** | **{BETTER}** |" in out and "range 0.0200" in out
+    _seeds_file(repo, 0.70, 0.90, metric="miou")  # a spread of another task's score does not apply
+    code, out, _ = run(repo, capsys)
+    assert f"unet: {BETTER}" in out and "seed ranges" not in out
