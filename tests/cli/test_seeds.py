@@ -317,7 +317,13 @@ def test_the_queue_helper_runs_as_a_module(tmp_path):
 
 def test_make_seeds_queues_one_experiment_per_seed_then_waits_and_saves():
     def dry_run(*variables: str) -> list[str]:
-        made = subprocess.run(["make", "-n", "seeds", *variables], cwd=REPO, capture_output=True, text=True, check=True)
+        made = subprocess.run(
+            ["make", "--no-print-directory", "-n", "seeds", *variables],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return made.stdout.splitlines()
 
     lines = dry_run()
