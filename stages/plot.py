@@ -33,7 +33,7 @@ from pipeline.report.files import FIGURES, model_files
 from pipeline.report.inputs import REDO_EVALUATE, load_predictions, read_curves, read_metrics, read_table
 from pipeline.report.mask_figures import overlay_grid, worst_grid
 from pipeline.report.plots import learning_curves, per_breed_bars, save_figure, score_bars, score_distribution
-from pipeline.report.table import side_by_side
+from pipeline.report.table import class_ious, side_by_side
 
 
 @dataclass
@@ -70,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rng = np.random.default_rng(params.seed)
     chosen = np.sort(rng.choice(len(test.stems), min(params.num_images, len(test.stems)), replace=False))
     score, names = task_metric(test.classes.count), test.classes.names
+    iou = per_class(inputs.matrices, names)
     figures = {
         "curves": learning_curves(inputs.curves, score),
         "overlays": overlay_grid(test, inputs.predictions, inputs.per_image, chosen, score),
@@ -78,14 +79,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         **({"breeds": per_breed_bars(inputs.per_breed, score)} if inputs.per_breed else {}),
         "scores": score_bars(inputs.metrics, test.classes.count),
         "confusion": confusion_figure(inputs.matrices, names),
-        "per_class": per_class_bars(per_class(inputs.matrices, names), names),
+        "per_class": per_class_bars(iou, names),
         "recall": per_class_bars(per_class(inputs.matrices, names, "recall"), names, "recall"),
     }
     # A per-breed figure left by an earlier run on the pets is not about this dataset.
     (Path(args.plots) / FIGURES["breeds"]).unlink(missing_ok=True)
     for name, fig in figures.items():
         save_figure(fig, Path(args.plots) / FIGURES[name])
-    write_json(args.summary, side_by_side(inputs.metrics, headline_keys(test.classes.count)))
+    summary = side_by_side(inputs.metrics, headline_keys(test.classes.count))
+    # Two classes: the headline's iou is class 1's already.
+    write_json(args.summary, summary | (class_ious(iou) if test.classes.count > 2 else {}))
     print(f"plot: wrote {len(figures)} figures in {args.plots} and {args.summary}")
 
 

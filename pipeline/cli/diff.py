@@ -23,7 +23,7 @@ import pandas as pd
 
 from pipeline.cli.options import SEEDS_FILE
 from pipeline.cli.seeds import Spread, widest_spreads
-from pipeline.core.constants import HEADLINE_METRICS, MULTICLASS_HEADLINE_METRICS, SCORE_LABELS
+from pipeline.core.constants import HEADLINE_METRICS, MULTICLASS_HEADLINE_METRICS, score_label
 from pipeline.core.errors import UserError, first_line
 from pipeline.core.messages import plural
 from pipeline.report.files import FIGURES
@@ -112,16 +112,25 @@ def read_at(root: Path, rev: str | None, path: str) -> str:
 
 
 @dataclass(frozen=True)
+class Judged:
+    """One score's change (:class:`~pipeline.evaluate.compare.DiceChange`), its spread over seeds (None without a
+    saved one for this model and score) and the verdict from both (:func:`pipeline.evaluate.compare.verdict`)."""
+
+    change: "DiceChange"
+    seeds: Spread | None
+    verdict: str
+
+
+@dataclass(frozen=True)
 class ModelDiff:
-    """One model's headline metrics at both sides (key → (old, new); a key absent on one side is
-    None there), its Dice change (:class:`~pipeline.evaluate.compare.DiceChange`) and its score's
-    spread over seeds (None without a saved one for this model and score) and the verdict from both."""
+    """One model's headline metrics at both sides (key → (old, new); a key absent on one side is None there),
+    its headline score's :class:`Judged` change (Dice, or mIoU for a multi-class task) and, for a multi-class
+    task, each class's IoU change."""
 
     model: str
     metrics: dict[str, tuple[float | None, float | None]]
-    dice: "DiceChange"
-    seeds: Spread | None
-    verdict: str
+    score: Judged
+    classes: list[Judged]
 
 
 def _json(text: str, where: str) -> dict:
@@ -146,11 +155,17 @@ def _table(text: str, where: str) -> pd.DataFrame:
         raise UserError(f"{where}: not a CSV ({first_line(err)}); rerun its evaluate stage") from None
 
 
+def _judged(change: "DiceChange", seeds: Spread | None) -> Judged:
+    from pipeline.evaluate.compare import verdict
+
+    return Judged(change, seeds, verdict(change, seeds.range if seeds else None))
+
+
 def compare(root: Path, rev: str, resamples: int, seed: int, level: float) -> tuple[list[ModelDiff], Sources]:
     """Every model's :class:`ModelDiff`, workspace against ``rev``, and the sources read. Raises
     UserError as :func:`read_sources`, :func:`check_revision` and :func:`read_at`, or when the two
     sides scored different test images."""
-    from pipeline.evaluate.compare import paired_bootstrap, verdict
+    from pipeline.evaluate.compare import class_changes, paired_bootstrap
 
     sources = read_sources(root)
     check_revision(root, rev)
@@ -165,9 +180,15 @@ def compare(root: Path, rev: str, resamples: int, seed: int, level: float) -> tu
             _table(read_at(root, side, evaluated.per_image), f"{side + ':' if side else ''}{evaluated.per_image}")
             for side in (rev, None)
         ]
-        dice = paired_bootstrap(*tables, resamples, seed, level, where=f"{evaluated.per_image} at {rev} and now")
-        seeds = spreads.get((evaluated.model, dice.metric))
-        diffs.append(ModelDiff(evaluated.model, metrics, dice, seeds, verdict(dice, seeds.range if seeds else None)))
+        where = f"{evaluated.per_image} at {rev} and now"
+        judged = [
+            _judged(change, spreads.get((evaluated.model, change.metric)))
+            for change in (
+                paired_bootstrap(*tables, resamples, seed, level, where),
+                *class_changes(*tables, resamples, seed, level, where),
+            )
+        ]
+        diffs.append(ModelDiff(evaluated.model, metrics, judged[0], judged[1:]))
     return diffs, sources
 
 
@@ -184,29 +205,32 @@ def _change(old: float | None, new: float | None) -> str:
     return f"{change:+d}" if isinstance(change, int) else f"{change:+.4f}"
 
 
-def _summary(diff: ModelDiff) -> str:
-    d = diff.dice
+def _summary(judged: Judged) -> str:
+    d = judged.change
     interval = f"{100 * d.level:g} % CI [{d.low:+.4f}, {d.high:+.4f}]"
     summary = (
-        f"{SCORE_LABELS[d.metric]} {d.change:+.4f}, {interval} over {d.images} test "
+        f"{score_label(d.metric)} {d.change:+.4f}, {interval} over {d.images} test "
         f"{plural(d.images, 'image')}: {d.better} better, {d.worse} worse"
     )
-    if diff.seeds is None:
+    if judged.seeds is None:
         return summary
-    s = diff.seeds
+    s = judged.seeds
     return f"{summary}; over {len(s.values)} seeds {s.min:.4f}-{s.max:.4f} (range {s.range:.4f}, sd {s.sd:.4f})"
 
 
 def _method(diffs: list[ModelDiff], resamples: int) -> str:
-    seeds = f"; seed ranges from {SEEDS_FILE}" if any(diff.seeds for diff in diffs) else ""
+    saved = any(judged.seeds for diff in diffs for judged in (diff.score, *diff.classes))
+    seeds = f"; seed ranges from {SEEDS_FILE}" if saved else ""
     return f"paired bootstrap, {resamples:,} resamples of the test images{seeds}"
 
 
 def render_text(diffs: list[ModelDiff], rev: str, resamples: int) -> str:
-    """A plain-text report: per model its verdict, the Dice interval, then its metrics old → new."""
+    """A plain-text report: per model its verdict, the score's interval, each class's IoU verdict and interval
+    (a multi-class task), then its metrics old → new."""
     lines = [f"petseg diff: workspace against {rev} ({_method(diffs, resamples)})"]
     for diff in diffs:
-        lines += ["", f"{diff.model}: {diff.verdict} ({_summary(diff)})"]
+        lines += ["", f"{diff.model}: {diff.score.verdict} ({_summary(diff.score)})"]
+        lines += [f"  {score_label(c.change.metric)}: {c.verdict} ({_summary(c)})" for c in diff.classes]
         width = max(len(k) for k in diff.metrics)
         lines.append(f"  {'metric':<{width}}  {rev:>10}  {'workspace':>10}  {'change':>8}")
         for key, (old, new) in diff.metrics.items():
@@ -224,10 +248,16 @@ def render_markdown(diffs: list[ModelDiff], rev: str, resamples: int, figures: d
     ]
     for diff in diffs:
         for i, (key, (old, new)) in enumerate(diff.metrics.items()):
-            model, verdict = (f"**{diff.model}**", f"**{diff.verdict}**") if i == 0 else ("", "")
+            model, verdict = (f"**{diff.model}**", f"**{diff.score.verdict}**") if i == 0 else ("", "")
             lines.append(f"| {model} | {verdict} | {key} | {_number(old)} | {_number(new)} | {_change(old, new)} |")
+        for c in diff.classes:
+            old, new = c.change.old, c.change.new
+            label = score_label(c.change.metric)
+            lines.append(f"| | {c.verdict} | {label} | {_number(old)} | {_number(new)} | {_change(old, new)} |")
     lines.append("")
-    lines += [f"- {diff.model}: {_summary(diff)}" for diff in diffs]
+    for diff in diffs:
+        lines += [f"- {diff.model}: {_summary(diff.score)}"]
+        lines += [f"  - {_summary(c)}" for c in diff.classes]
     if figures:
         lines += ["", " · ".join(f"[{label}]({path})" for label, path in figures.items())]
     return "\n".join(lines) + "\n"

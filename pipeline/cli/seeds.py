@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.core.constants import HEADLINE_METRICS, MULTICLASS_HEADLINE_METRICS, SCORE_LABELS
+from pipeline.core.constants import CLASS_IOU, HEADLINE_METRICS, MULTICLASS_HEADLINE_METRICS, score_label
 from pipeline.core.errors import UserError, first_line
 from pipeline.core.io import write_json
 from pipeline.core.messages import plural
@@ -33,7 +33,8 @@ DVC_COLUMNS = ("Experiment", "rev", "typ", "Created", "parent", "State", "Execut
 SEED = "seed"
 # A task's headline score (pipeline/core/constants.py): a multi-class task's where an experiment has it, else Dice.
 SCORES = (MULTICLASS_HEADLINE_METRICS[0], HEADLINE_METRICS[0])
-_SCORE_COLUMN = re.compile(rf"^(?:[^:]+:)?({'|'.join(SCORES)})\.([^.]+)$")
+# A score column is ``<score>.<model>``: a headline score, or a class's IoU in a multi-class summary.
+_SCORE_COLUMN = re.compile(rf"^(?:[^:]+:)?({'|'.join(SCORES)}|{CLASS_IOU}[^.]+)\.([^.]+)$")
 # How the table marks rows: a commit and the workspace are "baseline"; experiments are "branch_base"/"branch_commit".
 _BASELINE = "baseline"
 _ALL = " all"  # a grouping column no `dvc exp show` column can be named (none starts with a space)
@@ -122,25 +123,29 @@ def read_table(text: str, where: str) -> pd.DataFrame:
         raise UserError(f"{where}: not a CSV ({first_line(err)}); give what `dvc exp show --csv` prints") from None
 
 
+def _spread(group: pd.DataFrame, seed: str, model: str, metric: str, column: str) -> Spread:
+    runs = group[[seed, column]].dropna().sort_values(seed, key=lambda s: s.astype(int), kind="stable")
+    values = runs[column].astype(float)
+    return Spread(
+        model=model,
+        metric=metric,
+        seeds=runs[seed].astype(int).tolist(),
+        values=values.tolist(),
+        mean=float(values.mean()),
+        sd=float(values.std(ddof=1)),
+        min=float(values.min()),
+        max=float(values.max()),
+    )
+
+
 def _spreads(group: pd.DataFrame, seed: str, scores: dict[str, dict[str, str]]) -> list[Spread]:
-    """Each model's :class:`Spread` over the runs in ``group`` (one setting; numeric score columns)."""
+    """Each model's :class:`Spread` of its headline score over the runs in ``group`` (one setting; numeric score
+    columns), then, for a multi-class task, one of each class's IoU."""
     spreads = []
     for model, columns in scores.items():
         metric = next(m for m in SCORES if m in columns and group[columns[m]].notna().any())
-        runs = group[[seed, columns[metric]]].dropna().sort_values(seed, key=lambda s: s.astype(int), kind="stable")
-        values = runs[columns[metric]].astype(float)
-        spreads.append(
-            Spread(
-                model=model,
-                metric=metric,
-                seeds=runs[seed].astype(int).tolist(),
-                values=values.tolist(),
-                mean=float(values.mean()),
-                sd=float(values.std(ddof=1)),
-                min=float(values.min()),
-                max=float(values.max()),
-            )
-        )
+        classes = [m for m in columns if m.startswith(CLASS_IOU) and group[columns[m]].notna().any()]
+        spreads += [_spread(group, seed, model, m, columns[m]) for m in (metric, *classes)]
     return spreads
 
 
@@ -198,31 +203,41 @@ def render_text(found: list[Setting], where: str) -> str:
         f"petseg seeds: test scores over seeds, {runs} runs in {len(shown)} {plural(len(shown), 'setting')} ({where})"
     ]
     width = max(len(spread.model) for setting in shown for spread in setting.spreads)
+    label = max(len(score_label(spread.metric)) for setting in shown for spread in setting.spreads)
     for number, setting in enumerate(shown, 1):
         lines += ["", f"setting {number} of {len(shown)}: {_describe(setting, differing)}"]
         header = ("runs", "mean", "sd", "min", "max", "range")
-        lines.append(f"  {'model':<{width}}  {'score':<5}  " + "  ".join(f"{h:>6}" for h in header) + "  seeds")
+        lines.append(f"  {'model':<{width}}  {'score':<{label}}  " + "  ".join(f"{h:>6}" for h in header) + "  seeds")
         for s in setting.spreads:
             numbers = "  ".join(_number(v) for v in (s.mean, s.sd, s.min, s.max, s.range))
             seeds = ",".join(map(str, s.seeds))
-            lines.append(f"  {s.model:<{width}}  {SCORE_LABELS[s.metric]:<5}  {len(s.values):>6}  {numbers}  {seeds}")
+            scored = f"{s.model:<{width}}  {score_label(s.metric):<{label}}"
+            lines.append(f"  {scored}  {len(s.values):>6}  {numbers}  {seeds}")
     left_out = len(found) - len(shown)
     if left_out:
         lines += ["", f"left out: {left_out} {plural(left_out, 'setting')} of one run (a spread needs two seeds)"]
     return "\n".join(lines) + "\n"
 
 
+def _by_model(spreads: list[Spread]) -> dict[str, dict[str, dict]]:
+    models: dict[str, dict[str, dict]] = {}
+    for s in spreads:
+        models.setdefault(s.model, {})[s.metric] = {k: v for k, v in asdict(s).items() if k not in ("model", "metric")}
+    return models
+
+
 def save(path: str | Path, found: list[Setting]) -> None:
     """Write the settings of two runs or more to ``path`` as JSON, atomically: ``{"settings": [{"params":
-    {name: value as the CSV shows it; unset ones left out}, "models": {model: {"metric", "seeds", "values",
-    "mean", "sd", "min", "max"}}}]}``. Scores are fractions in [0, 1]."""
+    {name: value as the CSV shows it; unset ones left out}, "models": {model: {metric: {"seeds", "values",
+    "mean", "sd", "min", "max"}}}}]}``, the metrics being the headline score and, for a multi-class task, each
+    class's IoU (``iou_<class>``). Scores are fractions in [0, 1]."""
     write_json(
         path,
         {
             "settings": [
                 {
                     "params": {name: value for name, value in setting.params.items() if value != ""},
-                    "models": {s.model: {k: v for k, v in asdict(s).items() if k != "model"} for s in setting.spreads},
+                    "models": _by_model(setting.spreads),
                 }
                 for setting in found
                 if setting.runs >= 2
@@ -239,7 +254,12 @@ def widest_spreads(path: Path) -> dict[tuple[str, str], Spread]:
         return {}
     try:
         saved = json.loads(path.read_text())["settings"]
-        spreads = [Spread(model=model, **values) for setting in saved for model, values in setting["models"].items()]
+        spreads = [
+            Spread(model=model, metric=metric, **values)
+            for setting in saved
+            for model, metrics in setting["models"].items()
+            for metric, values in metrics.items()
+        ]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise UserError(f"{path}: not what `petseg seeds --save` writes ({first_line(err)}); run it again") from None
     return {(s.model, s.metric): s for s in sorted(spreads, key=lambda s: s.range)}

@@ -68,3 +68,14 @@ DEFAULT_THRESHOLD = 0.5
 # How messages and reports name the score that picks a checkpoint and judges a change: the Dice of class
 # 1 for a binary task, the mIoU for a multi-class one.
 SCORE_LABELS = {"dice": "Dice", "miou": "mIoU"}
+# A multi-class task's summary (metrics/test.json) also holds each class's test IoU under this prefix and the
+# class's name (``iou_boundary``), so that `dvc exp show`, `petseg seeds` and `petseg diff` see a thin class.
+CLASS_IOU = "iou_"
+
+
+def score_label(metric: str) -> str:
+    """How reports name ``metric``: a key of :data:`SCORE_LABELS`, or a class's IoU (``iou_boundary`` →
+    "IoU boundary"). Raises KeyError for any other key."""
+    if metric.startswith(CLASS_IOU):
+        return f"IoU {metric[len(CLASS_IOU) :]}"
+    return SCORE_LABELS[metric]

@@ -14,7 +14,15 @@ import pytest
 from pipeline.cli.main import main
 from pipeline.cli.options import SEEDS_FILE
 from pipeline.core.errors import UserError
-from pipeline.evaluate.compare import BETTER, WITHIN_NOISE, WORSE, DiceChange, paired_bootstrap, verdict
+from pipeline.evaluate.compare import (
+    BETTER,
+    WITHIN_NOISE,
+    WORSE,
+    DiceChange,
+    class_changes,
+    paired_bootstrap,
+    verdict,
+)
 from tests.support import REPO
 
 IMAGES = 60
@@ -184,9 +192,10 @@ def test_a_change_must_exceed_the_seed_range_as_well_as_the_interval():
 def _seeds_file(repo: Path, low: float, high: float, metric: str = "dice") -> None:
     """The file `petseg seeds --save` writes: unet's score over three seeds spans low..high."""
     values = [low, (low + high) / 2, high]
-    spread = {"metric": metric, "seeds": [0, 1, 2], "values": values, "mean": float(np.mean(values))}
+    spread = {"seeds": [0, 1, 2], "values": values, "mean": float(np.mean(values))}
     spread |= {"sd": float(np.std(values, ddof=1)), "min": low, "max": high}
-    (repo / SEEDS_FILE).write_text(json.dumps({"settings": [{"params": {"lr": "0.001"}, "models": {"unet": spread}}]}))
+    models = {"unet": {metric: spread}}
+    (repo / SEEDS_FILE).write_text(json.dumps({"settings": [{"params": {"lr": "0.001"}, "models": models}]}))
 
 
 def test_with_a_seeds_file_a_gain_within_the_seed_range_is_noise(repo, capsys):
@@ -203,3 +212,48 @@ def test_with_a_seeds_file_a_gain_within_the_seed_range_is_noise(repo, capsys):
     _seeds_file(repo, 0.70, 0.90, metric="miou")  # a spread of another task's score does not apply
     code, out, _ = run(repo, capsys)
     assert f"unet: {BETTER}" in out and "seed ranges" not in out
+
+
+def test_each_class_s_iou_gets_its_own_interval_from_the_same_resamples():
+    rng = np.random.default_rng(1)
+    tp, fp, fn = (rng.integers(10, 200, (40, 3)) for _ in range(3))
+    old = _class_table(tp, fp, fn)
+    moved = tp.copy()
+    moved[:, 2] += 30  # only the boundary class gets better, by 30 pixels in every image
+    new = _class_table(moved, fp, fn)
+    changes = class_changes(old, new, 500, 0, 0.95)
+    assert [c.metric for c in changes] == ["iou_background", "iou_pet", "iou_boundary"]
+    for c, change in enumerate(changes):
+        assert change.old == pytest.approx(tp[:, c].sum() / (tp[:, c] + fp[:, c] + fn[:, c]).sum(), abs=1e-12)
+        assert change.new == pytest.approx(moved[:, c].sum() / (moved[:, c] + fp[:, c] + fn[:, c]).sum(), abs=1e-12)
+    assert [c.verdict for c in changes] == [WITHIN_NOISE, WITHIN_NOISE, BETTER]
+    assert (changes[0].low, changes[0].high) == (0.0, 0.0) and (changes[2].better, changes[2].worse) == (40, 0)
+    assert class_changes(per_image(*counts(1, 0.7)), per_image(*counts(1, 0.8)), 10, 0, 0.95) == []
+
+
+def test_a_multi_class_diff_judges_each_class_by_its_interval_and_its_seed_range(repo, capsys):
+    rng = np.random.default_rng(2)
+    tp, fp, fn = (rng.integers(100, 200, (IMAGES, 3)) for _ in range(3))
+    moved = tp.copy()
+    moved[:, 2] += 60
+    for model in ("unet", "resnet34_unet"):
+        write_classes(repo, model, _class_table(tp, fp, fn))
+    _git(repo, "commit", "-qam", "trimap baseline")
+    write_classes(repo, "unet", _class_table(moved, fp, fn))
+    code, out, _ = run(repo, capsys)
+    unet = out.split("\n\n")[1].splitlines()
+    assert code == 0 and unet[0].startswith("unet: better (mIoU +")
+    assert unet[1].startswith("  IoU background: within noise (IoU background +0.0000")
+    assert unet[3].startswith("  IoU boundary: better (IoU boundary +")
+    boundary = float(unet[3].split("+")[1].split(",")[0])
+    _seeds_file(repo, 0.40, 0.40 + 2 * boundary, metric="iou_boundary")  # seeds alone moved it twice as far
+    code, out, _ = run(repo, capsys, "--md")
+    assert f"| | {WITHIN_NOISE} | IoU boundary |" in out and f"| | {WITHIN_NOISE} | IoU pet |" in out
+    assert f"  - IoU boundary +{boundary:.4f}" in out and f"(range {2 * boundary:.4f}" in out
+
+
+def write_classes(repo: Path, model: str, table: pd.DataFrame) -> None:
+    """A multi-class evaluation of ``table`` (:func:`_class_table`) in repo/metrics/evaluation/<model>/."""
+    folder = repo / "metrics" / "evaluation" / model
+    (folder / "scores.json").write_text(json.dumps({"miou": table.miou.mean(), "best_epoch": 3}))
+    table.to_csv(folder / "per_image.csv", index=False)

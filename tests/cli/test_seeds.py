@@ -115,8 +115,9 @@ def test_each_setting_gets_the_mean_and_sd_of_the_scores_its_runs_wrote(experime
     settings_saved = json.loads(saved.read_text())["settings"]
     full = next(s for s in settings_saved if s["params"].get("resnet34_unet.augment") == "full")
     runs = [w for w in written if w["augment"] == "full"]
-    unet = full["models"]["unet"]
-    assert unet["metric"] == "dice" and unet["seeds"] == [1, 2] and full["params"]["lr"] == "0.001"
+    assert list(full["models"]["unet"]) == ["dice"]
+    unet = full["models"]["unet"]["dice"]
+    assert unet["seeds"] == [1, 2] and full["params"]["lr"] == "0.001"
     assert unet["mean"] == pytest.approx(statistics.mean(r["unet"] for r in runs), abs=1e-12)
     assert unet["sd"] == pytest.approx(statistics.stdev(r["unet"] for r in runs), abs=1e-12)
 
@@ -187,6 +188,26 @@ def test_a_multi_class_setting_is_scored_by_its_miou():
     assert "unet           mIoU" in render_text(found, "exps.csv")
 
 
+def test_a_multi_class_summary_s_class_ious_get_a_spread_each(tmp_path):
+    def trimap_runs(table: pd.DataFrame) -> pd.DataFrame:
+        table["task"] = ["binary", "binary", "binary", "trimap", "trimap", "binary", "binary"]
+        for model in ("unet", "resnet34_unet"):
+            table[f"miou.{model}"] = ["", "", "", "0.61", "0.65", "", ""]
+            table[f"iou_boundary.{model}"] = ["", "", "", "0.40", "0.43", "", ""]
+        return table
+
+    found = settings(_edited(trimap_runs), "exps.csv")
+    trimap = next(s for s in found if s.params["task"] == "trimap")
+    boundary = {(sp.model, sp.metric): sp for sp in trimap.spreads}[("unet", "iou_boundary")]
+    # gamer-ball (seed 2) wrote 0.40 and pedal-sida (seed 1) 0.43: listed by seed.
+    assert boundary.seeds == [1, 2] and boundary.values == [0.43, 0.40] and boundary.range == pytest.approx(0.03)
+    assert [(sp.model, sp.metric) for sp in trimap.spreads][:2] == [("unet", "miou"), ("unet", "iou_boundary")]
+    assert "unet           IoU boundary       2  0.4150" in render_text(found, "exps.csv")
+    save(tmp_path / "s.json", found)
+    widest = widest_spreads(tmp_path / "s.json")
+    assert widest["unet", "iou_boundary"].values == [0.43, 0.40] and widest["unet", "miou"].mean == pytest.approx(0.63)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -235,7 +256,7 @@ def test_the_saved_file_gives_diff_each_model_s_widest_spread(tmp_path, capsys):
     assert widest["unet", "dice"].range == pytest.approx(0.8977179522174581 - 0.7269904972321259)
     assert widest["resnet34_unet", "dice"].range == pytest.approx(0.889868680203492 - 0.8595049717133831)
     assert widest_spreads(tmp_path / "absent.json") == {}
-    (tmp_path / "bad.json").write_text('{"settings": [{"models": {"unet": {"metric": "dice"}}}]}')
+    (tmp_path / "bad.json").write_text('{"settings": [{"models": {"unet": {"dice": {"seeds": [0]}}}}]}')
     with pytest.raises(UserError, match="bad.json: not what `petseg seeds --save` writes"):
         widest_spreads(tmp_path / "bad.json")
 
@@ -248,7 +269,7 @@ def test_save_writes_only_settings_of_two_runs(tmp_path):
         {"lr": "0.001"},
         {"lr": "0.001", "resnet34_unet.augment": "full"},
     ]
-    assert set(saved["settings"][0]["models"]["unet"]) == {"metric", "seeds", "values", "mean", "sd", "min", "max"}
+    assert set(saved["settings"][0]["models"]["unet"]["dice"]) == {"seeds", "values", "mean", "sd", "min", "max"}
 
 
 # --- the queue helper and target of `make seeds` -----------------------------------------------------------

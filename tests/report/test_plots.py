@@ -1,6 +1,7 @@
 """The plot stage and its figures, one set for every task, on small hand-made evaluate and training outputs:
 a binary task and a 3-class task whose last image is all ignored (its per-image mIoU is NaN)."""
 
+import itertools
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 import stages.plot
-from pipeline.core.constants import HEADLINE_METRICS, MULTICLASS_HEADLINE_METRICS
+from pipeline.core.constants import CLASS_IOU, HEADLINE_METRICS, MULTICLASS_HEADLINE_METRICS
 from pipeline.core.errors import UserError
 from pipeline.core.runner import run_stage
 from pipeline.data.cache import CachedSplit, load_cache, save_cache
@@ -258,8 +259,13 @@ def test_plot_stage_writes_every_figure_into_its_folder_and_the_test_scores(inpu
             assert img.format == "PNG" and min(img.size) > 100
     scores = json.loads((inputs / "test.json").read_text())
     binary = load_cache(inputs / "test.npz").classes.binary
-    # The task's score first: the first columns of `dvc exp show`.
-    assert list(scores) == list(HEADLINE_METRICS if binary else MULTICLASS_HEADLINE_METRICS)
+    # The task's score first: the first columns of `dvc exp show`; a multi-class task's class IoUs after.
+    test, _, predictions, _ = _loaded(inputs)
+    classes = [] if binary else [f"{CLASS_IOU}{name}" for name in test.classes.names]
+    assert list(scores) == [*(HEADLINE_METRICS if binary else MULTICLASS_HEADLINE_METRICS), *classes]
+    for key, (model, m) in itertools.product(classes, split_confusion(test, predictions).items()):
+        c = test.classes.names.index(key[len(CLASS_IOU) :])
+        assert scores[key][model] == pytest.approx(m[c, c] / (m[c].sum() + m[:, c].sum() - m[c, c]), abs=1e-12)
     first = "dice" if binary else "miou"
     assert scores[first] == pytest.approx({"unet": 0.9 if binary else 0.7, "resnet34_unet": 0.8 if binary else 0.6})
     assert list(scores[first]) == list(MODELS) and scores["best_epoch"] == {"unet": 3, "resnet34_unet": 4}

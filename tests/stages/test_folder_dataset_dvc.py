@@ -73,6 +73,12 @@ def test_a_folder_dataset_runs_end_to_end_with_per_class_metrics(folder_run):
         assert metrics["resize"] == {"mode": "keep_aspect", "side": 32}
     summary = json.loads((repo / "metrics" / "test.json").read_text())
     assert list(summary)[0] == "miou" and set(summary["miou"]) == {"unet", "resnet34_unet"}
+    # Each class's IoU, last, as the evaluate stage measured it: `dvc exp show` and `petseg seeds` see each class.
+    assert list(summary)[-len(NAMES) :] == [f"iou_{name}" for name in NAMES]
+    for model in ("unet", "resnet34_unet"):
+        scores = json.loads((repo / "metrics" / "evaluation" / model / "scores.json").read_text())
+        for name in NAMES:
+            assert summary[f"iou_{name}"][model] == pytest.approx(scores["per_class"][name]["iou"], abs=1e-12)
     # Every figure but the per-breed one, none named after a Dice it does not show.
     figures = sorted(p.name for p in (repo / "plots").iterdir())
     assert figures == sorted(name for key, name in FIGURES.items() if key != "breeds")
